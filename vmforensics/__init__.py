@@ -1,0 +1,65 @@
+"""vmforensics: forensic evidence acquisition from virtual machines.
+
+Names are imported lazily so that ``import vmforensics`` stays fast and a missing optional
+hypervisor SDK only matters when that hypervisor is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "LocalAcquirer": "vmforensics.acquire.local",
+    "VMwareAcquirer": "vmforensics.acquire.vmware",
+    "HyperVAcquirer": "vmforensics.acquire.hyperv",
+    "LibvirtAcquirer": "vmforensics.acquire.libvirt",
+    "AcquisitionResult": "vmforensics.acquire.base",
+    "CaseInfo": "vmforensics.custody.models",
+    "Manifest": "vmforensics.custody.models",
+    "SigningKey": "vmforensics.custody.signing",
+    "VerifyKey": "vmforensics.custody.signing",
+    "verify": "vmforensics.custody.verify",
+    "VerificationReport": "vmforensics.custody.verify",
+    "open_image": "vmforensics.images.open",
+    "DiskImage": "vmforensics.images.base",
+}
+_ERRORS = (
+    "VMForensicsError",
+    "UsageError",
+    "ConnectionError_",
+    "AuthenticationError",
+    "HostVerificationError",
+    "SourceError",
+    "VMNotFoundError",
+    "SourceChangedError",
+    "EvidenceError",
+    "UnsafePathError",
+    "KeyError_",
+    "VerificationError",
+    "ImageFormatError",
+)
+_EXPORTS.update({name: "vmforensics.errors" for name in _ERRORS})
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vmforensics.errors import *  # noqa: F403
+    from vmforensics.images.base import DiskImage
+    from vmforensics.images.open import open_image
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'vmforensics' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,1 @@
+"""Acquirers: one per hypervisor, all on the same template (acquire/base.py)."""

@@ -1,0 +1,73 @@
+"""One exception hierarchy for everything a user can cause or meet.
+
+Every error raised on purpose by vmforensics is a :class:`VMForensicsError`; the message says what
+went wrong and, where there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class VMForensicsError(Exception):
+    """Base class of every error vmforensics raises on purpose."""
+
+
+class UsageError(VMForensicsError, ValueError):
+    """An argument passed to the library is invalid (caught before anything is touched)."""
+
+
+class ConnectionError_(VMForensicsError):  # noqa: N801 - trailing underscore avoids the builtin
+    """A hypervisor or transport could not be reached, or dropped the connection."""
+
+
+class AuthenticationError(ConnectionError_):
+    """The server refused the credentials."""
+
+
+class HostVerificationError(ConnectionError_):
+    """The server's TLS certificate or SSH host key is unknown or does not match the pin."""
+
+
+class SourceError(VMForensicsError):
+    """The source (hypervisor, VM, remote file) is missing, unreadable or behaved unexpectedly."""
+
+
+class VMNotFoundError(SourceError):
+    """No VM matches the name, UUID or reference given."""
+
+
+class SourceChangedError(SourceError):
+    """A source file changed (size or modification time) while it was being acquired."""
+
+
+class EvidenceError(VMForensicsError):
+    """The evidence directory cannot be written as required (exists, not empty, unsafe name...)."""
+
+
+class UnsafePathError(EvidenceError):
+    """An untrusted source name would escape the evidence directory or is not a valid file name."""
+
+
+class KeyError_(VMForensicsError):  # noqa: N801 - trailing underscore avoids the builtin
+    """A signing key cannot be loaded, saved or used (wrong passphrase, unsupported algorithm)."""
+
+
+class VerificationError(VMForensicsError):
+    """An evidence directory failed verification where the caller asked for an exception."""
+
+
+class ImageFormatError(VMForensicsError):
+    """A disk image is malformed, unsupported, or needs a file that is missing.
+
+    ``offset`` is the byte offset in ``path`` where the problem was found, when there is one.
+    """
+
+    def __init__(self, reason: str, *, offset: int | None = None, path: str | None = None):
+        self.reason = reason
+        self.offset = offset
+        self.path = path
+        where = []
+        if path:
+            where.append(str(path))
+        if offset is not None:
+            where.append(f"offset {offset} (0x{offset:x})")
+        super().__init__(f"{': '.join([', '.join(where), reason]) if where else reason}")

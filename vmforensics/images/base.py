@@ -1,0 +1,454 @@
+"""The one stream base every disk-image reader shares.
+
+A format reader only describes its layout: :meth:`DiskImage._segments` says, for a span of the
+virtual disk, which pieces come from which file offset, which are zero, which come from the parent
+and which are bytes the reader produced (a decompressed grain). This base turns that into a
+seekable :class:`io.RawIOBase` with few system calls: adjacent pieces of the same file are merged
+into one ``preadv`` straight into the caller's buffer.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from enum import Enum
+from typing import Any, BinaryIO, ClassVar, Generic, NamedTuple, TypeVar
+
+import attrs
+
+from vmforensics.errors import ImageFormatError
+
+log = logging.getLogger(__name__)
+
+#: No header field may make a reader allocate more than this at once (tables, descriptors).
+MAX_ALLOCATION = 64 * 1024 * 1024
+
+Opener = Callable[[str], BinaryIO]
+"""Opens a file by path for binary reading; raises FileNotFoundError (or OSError) if it cannot."""
+
+
+class Kind(Enum):
+    DATA = "data"  # bytes at ``offset`` in ``source``
+    ZERO = "zero"  # reads as zeros (unallocated in a base image, or explicitly zeroed)
+    PARENT = "parent"  # not in this layer: read the same range of the parent
+    BYTES = "bytes"  # ``data`` produced by the reader (for example a decompressed cluster)
+
+
+class Segment(NamedTuple):
+    """``length`` bytes of the virtual disk, following the previous segment."""
+
+    length: int
+    kind: Kind
+    source: ImageSource | None = None
+    offset: int = 0
+    data: bytes | memoryview | None = None
+
+
+def zero(length: int) -> Segment:
+    return Segment(length, Kind.ZERO)
+
+
+def from_parent(length: int) -> Segment:
+    return Segment(length, Kind.PARENT)
+
+
+def data(length: int, source: ImageSource, offset: int) -> Segment:
+    return Segment(length, Kind.DATA, source, offset)
+
+
+def produced(payload: bytes | memoryview) -> Segment:
+    return Segment(len(payload), Kind.BYTES, data=payload)
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def fill_zero(view: memoryview) -> None:
+    for start in range(0, len(view), len(_ZEROS)):
+        chunk = view[start : start + len(_ZEROS)]
+        chunk[:] = _ZEROS[: len(chunk)]
+
+
+class ImageSource:
+    """One file of an image (the image itself, an extent, a data file), read by absolute offset.
+
+    Uses ``os.preadv`` on real files (no shared file position, no intermediate copy) and falls back
+    to seek+readinto under a lock for other file objects (archives, remote streams).
+    """
+
+    def __init__(self, fileobj: BinaryIO, name: str, *, owned: bool = True):
+        self.fileobj = fileobj
+        self.name = name
+        self._owned = owned
+        self._lock = threading.Lock()
+        try:
+            self._fd: int | None = fileobj.fileno()
+            os.preadv  # noqa: B018 - not on every platform
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            self._fd = None
+        if self._fd is not None:
+            self.size = os.fstat(self._fd).st_size
+        else:
+            with self._lock:
+                self.size = fileobj.seek(0, io.SEEK_END)
+
+    def readinto_at(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` exactly from ``offset``; a short read means a truncated file."""
+        done = 0
+        while done < len(view):
+            if self._fd is not None:
+                got = os.preadv(self._fd, [view[done:]], offset + done)
+            else:
+                with self._lock:
+                    self.fileobj.seek(offset + done)
+                    got = self.fileobj.readinto(view[done:]) or 0
+            if got == 0:
+                raise ImageFormatError(
+                    f"file ends before {len(view)} bytes could be read here (truncated?)",
+                    offset=offset + done,
+                    path=self.name,
+                )
+            done += got
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Read exactly ``length`` bytes (headers, tables); refuses absurd sizes from headers."""
+        if length < 0 or offset < 0:
+            raise ImageFormatError(f"negative read of {length} bytes", offset=offset, path=self.name)
+        if length > MAX_ALLOCATION:
+            raise ImageFormatError(
+                f"a structure of {length} bytes exceeds the {MAX_ALLOCATION}-byte limit",
+                offset=offset,
+                path=self.name,
+            )
+        if offset + length > self.size:
+            raise ImageFormatError(
+                f"{length} bytes needed but the file is {self.size} bytes long",
+                offset=offset,
+                path=self.name,
+            )
+        buf = bytearray(length)
+        self.readinto_at(memoryview(buf), offset)
+        return bytes(buf)
+
+    def close(self) -> None:
+        if self._owned:
+            self.fileobj.close()
+
+    def __repr__(self) -> str:
+        return f"ImageSource({self.name!r}, size={self.size})"
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[K, V]):
+    """A small LRU cache for decoded tables (grain tables, L2 tables, BAT pages)."""
+
+    def __init__(self, capacity: int = 256):
+        self.capacity = capacity
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K, load: Callable[[K], V]) -> V:
+        try:
+            self._items.move_to_end(key)
+            return self._items[key]
+        except KeyError:
+            value = load(key)
+            self._items[key] = value
+            if len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+            return value
+
+
+@attrs.frozen
+class ImageInfo:
+    """What an image is: format, subtype, size, identifiers, files, warnings and its parent's info."""
+
+    format: str
+    subtype: str
+    size: int
+    path: str
+    files: tuple[str, ...] = ()
+    identifiers: dict[str, str] = attrs.field(factory=dict)
+    allocated: int | None = None
+    warnings: tuple[str, ...] = ()
+    details: dict[str, Any] = attrs.field(factory=dict)
+    parent: ImageInfo | None = None
+
+    @property
+    def chain(self) -> list[ImageInfo]:
+        """This layer first, then each parent down to the base."""
+        layers: list[ImageInfo] = []
+        layer: ImageInfo | None = self
+        while layer is not None:
+            layers.append(layer)
+            layer = layer.parent
+        return layers
+
+    @property
+    def all_warnings(self) -> list[str]:
+        return [f"{layer.path}: {w}" for layer in self.chain for w in layer.warnings]
+
+
+class DiskImage(io.RawIOBase):
+    """A read-only, seekable view of a virtual disk's guest-visible bytes.
+
+    Subclasses set ``format_name`` and implement :meth:`_segments` (and usually
+    :meth:`_allocated` and :meth:`_describe`).
+    """
+
+    format_name: ClassVar[str] = "raw"
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        path: str,
+        sources: Sequence[ImageSource] = (),
+        parent: DiskImage | None = None,
+        strict: bool = False,
+    ):
+        super().__init__()
+        if size < 0:
+            raise ImageFormatError(f"negative virtual size {size}", path=path)
+        self._size = size
+        self.path = path
+        self.sources = list(sources)
+        self.parent = parent
+        self.strict = strict
+        self.warnings: list[str] = []
+        self._pos = 0
+
+    # --- what a format implements -------------------------------------------------------------
+
+    def _segments(self, offset: int, length: int) -> Iterable[Segment]:
+        """Describe ``[offset, offset+length)`` (within ``size``) as consecutive segments."""
+        raise NotImplementedError
+
+    def _allocated(self) -> Iterable[tuple[int, int]]:
+        """Ranges (offset, length) this layer itself holds data for, in order. Default: all."""
+        return [(0, self._size)] if self._size else []
+
+    def _describe(self) -> dict[str, Any]:
+        """Format-specific facts for :meth:`info`: subtype, identifiers, details, files."""
+        return {"subtype": self.format_name}
+
+    # --- shared behaviour ---------------------------------------------------------------------
+
+    def warn(self, message: str, *, offset: int | None = None) -> None:
+        """Report an inconsistency: raise when strict, else record it and log it."""
+        if self.strict:
+            raise ImageFormatError(message, offset=offset, path=self.path)
+        if offset is not None:
+            message = f"{message} (offset {offset})"
+        log.warning("%s: %s", self.path, message)
+        self.warnings.append(message)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = self.readinto_at(view, self._pos)
+        self._pos += count
+        return count
+
+    def readall(self) -> bytes:
+        return self.read_at(self._pos, max(0, self._size - self._pos))
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Read up to ``length`` bytes at ``offset`` without moving the stream position."""
+        buf = bytearray(max(0, min(length, self._size - offset)))
+        self.readinto_at(memoryview(buf), offset)
+        return bytes(buf)
+
+    def readinto_at(self, view: memoryview, offset: int) -> int:
+        """Fill ``view`` from virtual ``offset``; returns the count (short only at the end)."""
+        if self.closed:
+            raise ValueError("I/O operation on closed disk image")
+        count = max(0, min(len(view), self._size - offset))
+        if count == 0:
+            return 0
+        view = view[:count]
+        done = 0
+        run_source: ImageSource | None = None
+        run_offset = run_start = run_length = 0
+        for seg in self._segments(offset, count):
+            if seg.length <= 0:
+                raise ImageFormatError(
+                    f"reader produced an empty segment at virtual offset {offset + done}", path=self.path
+                )
+            if done + seg.length > count:
+                raise ImageFormatError(
+                    f"reader produced segments past the requested span at {offset + done}", path=self.path
+                )
+            if seg.kind is Kind.DATA and seg.source is run_source and seg.offset == run_offset + run_length:
+                run_length += seg.length
+                done += seg.length
+                continue
+            if run_source is not None:
+                run_source.readinto_at(view[run_start : run_start + run_length], run_offset)
+                run_source = None
+            part = view[done : done + seg.length]
+            if seg.kind is Kind.DATA:
+                run_source, run_offset, run_start, run_length = seg.source, seg.offset, done, seg.length
+            elif seg.kind is Kind.ZERO:
+                fill_zero(part)
+            elif seg.kind is Kind.PARENT:
+                if self.parent is None:
+                    fill_zero(part)
+                else:
+                    got = self.parent.readinto_at(part, offset + done)
+                    if got < len(part):  # parent smaller than the child: the rest reads as zeros
+                        fill_zero(part[got:])
+            else:
+                assert seg.data is not None
+                part[:] = seg.data
+            done += seg.length
+        if run_source is not None:
+            run_source.readinto_at(view[run_start : run_start + run_length], run_offset)
+        if done != count:
+            raise ImageFormatError(
+                f"reader described {done} of {count} bytes at virtual offset {offset}", path=self.path
+            )
+        return count
+
+    def extents(self) -> Iterator[tuple[int, int]]:
+        """Allocated ranges (offset, length) of the whole chain, merged and in order."""
+        ranges = list(self._allocated())
+        if self.parent is not None:
+            ranges.extend((o, min(n, self._size - o)) for o, n in self.parent.extents() if o < self._size)
+        ranges.sort()
+        start = end = -1
+        for off, length in ranges:
+            if length <= 0:
+                continue
+            if off <= end:
+                end = max(end, off + length)
+                continue
+            if end > start >= 0:
+                yield (start, end - start)
+            start, end = off, off + length
+        if end > start >= 0:
+            yield (start, end - start)
+
+    def info(self) -> ImageInfo:
+        described = dict(self._describe())
+        return ImageInfo(
+            format=self.format_name,
+            subtype=described.pop("subtype", self.format_name),
+            size=self._size,
+            path=self.path,
+            files=tuple(described.pop("files", [s.name for s in self.sources])),
+            identifiers=described.pop("identifiers", {}),
+            allocated=described.pop("allocated", sum(n for _, n in self._allocated())),
+            warnings=tuple(self.warnings),
+            details=described.pop("details", {}),
+            parent=self.parent.info() if self.parent is not None else None,
+        )
+
+    def as_tsk(self) -> Any:
+        """This image as a ``pytsk3.Img_Info`` for ``pytsk3.Volume_Info`` / ``pytsk3.FS_Info``."""
+        from vmforensics.images.tsk import as_tsk
+
+        return as_tsk(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            for source in self.sources:
+                source.close()
+            if self.parent is not None:
+                self.parent.close()
+        super().close()
+
+    def __enter__(self) -> DiskImage:
+        return self
+
+    def __repr__(self) -> str:
+        chain = f", parent={self.parent!r}" if self.parent is not None else ""
+        return f"<{type(self).__name__} {self.path!r} size={self._size}{chain}>"
+
+
+class Resolver:
+    """Opens the other files an image refers to (extents, parents) relative to the image itself.
+
+    Names found inside images are untrusted: only the referring file's own directory is searched
+    (the name as a relative path, then its base name), never absolute paths on the examiner's
+    machine. ``opener`` lets the same readers work over a transport or an archive.
+    """
+
+    def __init__(self, opener: Opener | None = None, *, strict: bool = False):
+        self.opener: Opener = opener or (lambda p: open(p, "rb"))  # noqa: SIM115 - caller closes
+        self.strict = strict
+
+    @staticmethod
+    def candidates(name: str, relative_to: str) -> list[str]:
+        base_dir = posixpath.dirname(relative_to.replace("\\", "/"))
+        clean = name.replace("\\", "/")
+        out: list[str] = []
+        drive_or_absolute = clean.startswith("/") or (len(clean) > 1 and clean[1] == ":")
+        if not drive_or_absolute:
+            out.append(posixpath.normpath(posixpath.join(base_dir, clean)) if base_dir else clean)
+        leaf = posixpath.basename(clean)
+        if leaf:
+            same_dir = posixpath.join(base_dir, leaf) if base_dir else leaf
+            if same_dir not in out:
+                out.append(same_dir)
+        return out
+
+    def open_source(self, names: str | Sequence[str], relative_to: str, *, what: str) -> ImageSource:
+        """Open the first of ``names`` that exists; else refuse, naming the file that is needed."""
+        wanted = [names] if isinstance(names, str) else list(names)
+        tried: list[str] = []
+        for name in wanted:
+            for path in self.candidates(name, relative_to):
+                if path in tried:
+                    continue
+                tried.append(path)
+                try:
+                    return ImageSource(self.opener(path), path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise ImageFormatError(f"cannot open {what} {path!r}: {exc}", path=relative_to) from exc
+        raise ImageFormatError(
+            f"needs {what} {wanted[0]!r}, which was not found (looked for: {', '.join(tried) or 'nothing'})",
+            path=relative_to,
+        )
+
+    def open_parent(self, names: str | Sequence[str], relative_to: str) -> DiskImage:
+        """Open the parent image (format detected by magic) from the first name that exists."""
+        from vmforensics.images.open import open_source_image
+
+        source = self.open_source(names, relative_to, what="parent image")
+        return open_source_image(source, resolver=self)

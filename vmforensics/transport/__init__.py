@@ -1,0 +1,1 @@
+"""Read-only transports: local files, SSH, SMB and vSphere datastore HTTPS."""
