@@ -1,0 +1,172 @@
+"""The streaming copier: one remote file into the evidence directory, hashed in the same pass.
+
+Reads run on the caller's thread while hashing and writing run on the evidence writer's worker,
+so the link, the hash and the disk overlap. A dropped connection is resumed from the bytes
+already durable on disk (reconnect with backoff, a bounded number of times), and each retry is
+a custody event. The source's size and mtime are compared before and after.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from vmforensics.custody.evidence import EvidenceDirectory
+from vmforensics.custody.ledger import Ledger
+from vmforensics.custody.models import EvidenceFile, RemoteHashCheck, utc_now
+from vmforensics.errors import ConnectionError_, SourceChangedError, SourceError
+from vmforensics.progress import Progress
+from vmforensics.transport.base import RemoteStat, Transport
+
+log = logging.getLogger(__name__)
+
+
+def copy_file(
+    transport: Transport,
+    remote_path: str,
+    evidence: EvidenceDirectory,
+    dest_name: str,
+    *,
+    role: str = "file",
+    hashes: tuple[str, ...] = ("sha256",),
+    ledger: Ledger | None = None,
+    progress: Progress | None = None,
+    retries: int = 5,
+    backoff: float = 0.5,
+    remote_hash: bool = False,
+    resume: bool = False,
+    size_reported: int | None = None,
+    source_label: str | None = None,
+) -> EvidenceFile:
+    """Acquire ``remote_path`` as ``files/<dest_name>`` and return its sealed record."""
+    label = source_label or remote_path
+    before = transport.stat(remote_path)
+    if before.is_dir or before.is_symlink:
+        kind = "a directory" if before.is_dir else "a symbolic link"
+        raise SourceError(f"{label} is {kind}, not a file")
+    started = utc_now()
+    writer = evidence.open_file(dest_name, hashes, resume=resume)
+    try:
+        if writer.size > before.size:
+            raise SourceChangedError(
+                f"{dest_name}: {writer.size} bytes already on disk but the source is {before.size} bytes now"
+            )
+        if writer.resumed_from and ledger is not None:
+            ledger.append("resume-file", source=label, local=dest_name, offset=writer.resumed_from)
+        if progress is not None:
+            progress.start_file(dest_name, before.size, writer.size)
+        resumed = _stream(transport, remote_path, label, writer, ledger, progress, retries, backoff)
+        digests = writer.seal()
+    finally:
+        writer.close()
+    after = transport.stat(remote_path)
+    changed = _changed(before, after) or writer.size != before.size
+    notes: list[str] = []
+    if changed:
+        notes.append(
+            f"source changed during acquisition: size {before.size} -> {after.size}, "
+            f"mtime {before.mtime} -> {after.mtime}, copied {writer.size}"
+        )
+        log.warning("%s: %s", label, notes[-1])
+    check = _remote_check(transport, remote_path, digests) if remote_hash else None
+    if check is not None and check.matched is False:
+        notes.append(f"remote {check.algorithm} {check.value} differs from the copy's")
+    record = EvidenceFile(
+        source_path=label,
+        local_path=f"files/{dest_name}",
+        role=role,
+        size=writer.size,
+        hashes=digests,
+        size_reported=size_reported if size_reported is not None else before.size,
+        source_mtime=before.mtime,
+        transport=transport.scheme,
+        started=started,
+        finished=utc_now(),
+        resumed=resumed + (1 if writer.resumed_from else 0),
+        changed_during_acquisition=changed,
+        remote_hash=check,
+        notes=tuple(notes),
+    )
+    if ledger is not None:
+        ledger.append(
+            "acquire-file",
+            source=label,
+            local=record.local_path,
+            role=role,
+            size=record.size,
+            hashes=digests,
+            changed=changed,
+            remote_hash=None if check is None else {"value": check.value, "matched": check.matched},
+        )
+    return record
+
+
+def _stream(
+    transport: Transport,
+    path: str,
+    label: str,
+    writer: Any,
+    ledger: Ledger | None,
+    progress: Progress | None,
+    retries: int,
+    backoff: float,
+) -> int:
+    """Copy from the writer's current size to the end; returns the number of reconnections."""
+    attempt = 0
+    while True:
+        stream = None
+        try:
+            stream = transport.open_read(path, writer.size)
+            while True:
+                buffer = writer.buffer()
+                try:
+                    count = stream.readinto(memoryview(buffer))
+                except BaseException:
+                    writer.free.put(buffer)
+                    raise
+                writer.submit(buffer, count)
+                if not count:
+                    return attempt
+                if progress is not None:
+                    progress.advance(count)
+        except ConnectionError_ as exc:
+            writer.flush()  # everything received so far is durable: the resume point
+            attempt += 1
+            if ledger is not None:
+                ledger.append(
+                    "transfer-interrupted", source=label, offset=writer.size, attempt=attempt, error=str(exc)
+                )
+            if attempt > retries:
+                raise ConnectionError_(
+                    f"{label}: gave up after {retries} reconnections at byte {writer.size}; "
+                    "what was copied is kept — run the acquisition again with resume to continue"
+                ) from exc
+            log.warning("%s: connection lost at byte %d (%s); reconnecting", label, writer.size, exc)
+            time.sleep(min(backoff * 2 ** (attempt - 1), 30))
+            try:
+                transport.reconnect()
+            except ConnectionError_ as again:
+                log.warning("%s: reconnect failed: %s", label, again)
+        finally:
+            if stream is not None:
+                stream.close()
+
+
+def _changed(before: RemoteStat, after: RemoteStat) -> bool:
+    return before.size != after.size or (
+        before.mtime is not None and after.mtime is not None and before.mtime != after.mtime
+    )
+
+
+def _remote_check(transport: Transport, path: str, digests: dict[str, str]) -> RemoteHashCheck | None:
+    try:
+        value = transport.remote_hash(path, "sha256")
+    except (ConnectionError_, SourceError) as exc:
+        log.warning("%s: remote hash failed: %s", path, exc)
+        value = None
+    if value is None:
+        return RemoteHashCheck(algorithm="sha256", value=None, matched=None)
+    return RemoteHashCheck(
+        algorithm="sha256", value=value.lower(), matched=value.lower() == digests["sha256"]
+    )

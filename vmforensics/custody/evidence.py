@@ -1,0 +1,252 @@
+"""Write-once evidence files: exclusive create, hashing in the same pass, fsync, read-only seal.
+
+Destination names come from untrusted sources, so every component is checked and every
+directory is opened relative to its parent with O_NOFOLLOW: nothing can be written outside
+``<evidence dir>/files`` through ``..``, absolute paths or planted symbolic links.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import re
+import stat
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from vmforensics.errors import EvidenceError, UnsafePathError, UsageError
+
+FILES_DIR = "files"
+HASH_ALGORITHMS = ("sha256", "sha1", "md5", "sha512")
+READ_CHUNK = 8 * 1024 * 1024
+_WINDOWS_DEVICES = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE)
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def check_hashes(algorithms: Iterable[str]) -> tuple[str, ...]:
+    """SHA-256 always first, then the extra algorithms asked for, each once."""
+    chosen = ["sha256"]
+    for name in algorithms:
+        name = name.lower().replace("-", "")
+        if name not in HASH_ALGORITHMS:
+            raise UsageError(f"unsupported hash {name!r} (choose from {', '.join(HASH_ALGORITHMS)})")
+        if name not in chosen:
+            chosen.append(name)
+    return tuple(chosen)
+
+
+def safe_relative_path(name: str) -> tuple[str, ...]:
+    """Split an untrusted relative name into checked components, or raise UnsafePathError."""
+    if not name or "\x00" in name:
+        raise UnsafePathError(f"unusable file name {name!r}")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise UnsafePathError(f"absolute path {name!r} refused: evidence names must be relative")
+    parts = tuple(name.split("/"))
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise UnsafePathError(f"path {name!r} refused: empty, '.' or '..' component")
+        if _FORBIDDEN.search(part):
+            raise UnsafePathError(f"path {name!r} refused: control character or backslash in {part!r}")
+        if _WINDOWS_DEVICES.match(part.rstrip(" .")):
+            raise UnsafePathError(f"path {name!r} refused: {part!r} is a Windows device name")
+        if part != part.rstrip(" .") and part.rstrip(" .") in ("", ".", ".."):
+            raise UnsafePathError(f"path {name!r} refused: component {part!r}")
+        if len(part.encode("utf-8", "surrogateescape")) > 255:
+            raise UnsafePathError(f"path {name!r} refused: component longer than 255 bytes")
+    return parts
+
+
+class EvidenceFileWriter:
+    """Appends to one evidence file while hashing, on a worker thread that overlaps the caller's reads.
+
+    ``submit(buffer, length)`` hands a buffer to the worker, which hashes and writes it and then
+    puts it back on ``free``; the caller meanwhile fills the next buffer. ``size`` is the number of
+    bytes already on disk (the resume point).
+    """
+
+    def __init__(self, fd: int, relative: str, algorithms: tuple[str, ...], *, buffers: int = 4):
+        self.relative = relative
+        self.algorithms = algorithms
+        self._fd = fd
+        self._hashers = {name: hashlib.new(name) for name in algorithms}
+        self.size = 0
+        self.resumed_from = 0
+        self._rehash_existing()
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(buffers):
+            self.free.put(bytearray(READ_CHUNK))
+        self._work: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._worker = threading.Thread(target=self._run, name=f"evidence:{relative}", daemon=True)
+        self._worker.start()
+
+    def _rehash_existing(self) -> None:
+        """Resume: hash what an earlier, interrupted run left on disk, and continue after it."""
+        buf = bytearray(READ_CHUNK)
+        view = memoryview(buf)
+        offset = 0
+        while True:
+            got = os.preadv(self._fd, [view], offset)
+            if not got:
+                break
+            for hasher in self._hashers.values():
+                hasher.update(view[:got])
+            offset += got
+        self.size = self.resumed_from = offset
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            buffer, length = item
+            try:
+                if self._error is None:
+                    view = memoryview(buffer)[:length]
+                    for hasher in self._hashers.values():
+                        hasher.update(view)
+                    written = 0
+                    while written < length:
+                        written += os.write(self._fd, view[written:])
+            except BaseException as exc:  # reported to the caller on its next call
+                self._error = exc
+            finally:
+                self.free.put(buffer)
+                self._work.task_done()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise EvidenceError(f"writing {self.relative} failed: {self._error}") from self._error
+
+    def buffer(self) -> bytearray:
+        """A free buffer to fill (blocks while all are being hashed and written)."""
+        self._raise_pending()
+        return self.free.get()
+
+    def submit(self, buffer: bytearray, length: int) -> None:
+        self._raise_pending()
+        if length <= 0:
+            self.free.put(buffer)
+            return
+        self.size += length
+        self._work.put((buffer, length))
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Convenience for small writes: copies ``data`` through the worker's buffers."""
+        view = memoryview(data)
+        for start in range(0, len(view), READ_CHUNK):
+            part = view[start : start + READ_CHUNK]
+            buffer = self.buffer()
+            buffer[: len(part)] = part
+            self.submit(buffer, len(part))
+
+    def flush(self) -> None:
+        """Wait until everything submitted is hashed and written, then make it durable."""
+        self._work.join()
+        self._raise_pending()
+        os.fsync(self._fd)
+
+    def hexdigests(self) -> dict[str, str]:
+        self.flush()
+        return {name: hasher.hexdigest() for name, hasher in self._hashers.items()}
+
+    def close(self) -> None:
+        if self._worker.is_alive():
+            self._work.put(None)
+            self._worker.join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def seal(self) -> dict[str, str]:
+        """Flush, fsync, make the file read-only and return its digests."""
+        digests = self.hexdigests()
+        os.fchmod(self._fd, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        self.close()
+        return digests
+
+    def __enter__(self) -> EvidenceFileWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EvidenceDirectory:
+    """An evidence directory: ``files/`` for acquired bytes plus the custody records beside it."""
+
+    def __init__(self, root: str | os.PathLike[str], *, resume: bool = False):
+        self.root = Path(root)
+        if self.root.is_symlink():
+            raise EvidenceError(f"{self.root} is a symbolic link; give the real evidence directory")
+        if self.root.exists():
+            if not self.root.is_dir():
+                raise EvidenceError(f"{self.root} exists and is not a directory")
+            if any(self.root.iterdir()) and not resume:
+                raise EvidenceError(
+                    f"{self.root} is not empty; choose a new directory (or resume=True to continue "
+                    "an interrupted acquisition there)"
+                )
+        else:
+            try:
+                self.root.mkdir(parents=True)
+            except OSError as exc:
+                raise EvidenceError(f"cannot create {self.root}: {exc.strerror or exc}") from exc
+        (self.root / FILES_DIR).mkdir(exist_ok=True)
+        if (self.root / FILES_DIR).is_symlink():
+            raise EvidenceError(f"{self.root / FILES_DIR} is a symbolic link; refusing to write through it")
+
+    def local_path(self, relative: str) -> Path:
+        return self.root / FILES_DIR / "/".join(safe_relative_path(relative))
+
+    def _open_parent(self, parts: tuple[str, ...]) -> int:
+        fd = os.open(self.root / FILES_DIR, _DIR_FLAGS)
+        try:
+            for part in parts:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    raise UnsafePathError(f"{part!r} in the evidence tree is not a plain directory") from exc
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def open_file(self, relative: str, algorithms: Iterable[str] = ("sha256",), *, resume: bool = False):
+        """Create ``files/<relative>`` exclusively, or with ``resume`` continue a partial one."""
+        parts = safe_relative_path(relative)
+        parent = self._open_parent(parts[:-1])
+        flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(parts[-1], flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=parent)
+            except FileExistsError:
+                if not resume:
+                    raise EvidenceError(
+                        f"evidence file {relative!r} already exists; it is never overwritten"
+                    ) from None
+                try:
+                    fd = os.open(parts[-1], flags, dir_fd=parent)
+                except OSError as exc:
+                    raise UnsafePathError(f"{relative!r} exists and is not a plain file: {exc}") from exc
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode) or not info.st_mode & stat.S_IWUSR:
+                    os.close(fd)
+                    raise EvidenceError(f"{relative!r} is already sealed (read-only); it is not rewritten")
+        finally:
+            os.close(parent)
+        return EvidenceFileWriter(fd, relative, check_hashes(algorithms))
+
+    def is_sealed(self, relative: str) -> bool:
+        path = self.local_path(relative)
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            return False
+        return stat.S_ISREG(info.st_mode) and not info.st_mode & stat.S_IWUSR
