@@ -7,6 +7,7 @@ directory is opened relative to its parent with O_NOFOLLOW: nothing can be writt
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -203,10 +204,8 @@ class EvidenceDirectory:
         fd = os.open(self.root / FILES_DIR, _DIR_FLAGS)
         try:
             for part in parts:
-                try:
+                with contextlib.suppress(FileExistsError):
                     os.mkdir(part, 0o755, dir_fd=fd)
-                except FileExistsError:
-                    pass
                 try:
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
@@ -238,7 +237,9 @@ class EvidenceDirectory:
                 info = os.fstat(fd)
                 if not stat.S_ISREG(info.st_mode) or not info.st_mode & stat.S_IWUSR:
                     os.close(fd)
-                    raise EvidenceError(f"{relative!r} is already sealed (read-only); it is not rewritten")
+                    raise EvidenceError(
+                        f"{relative!r} is already sealed (read-only); it is not rewritten"
+                    ) from None
         finally:
             os.close(parent)
         return EvidenceFileWriter(fd, relative, check_hashes(algorithms))
