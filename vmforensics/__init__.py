@@ -37,18 +37,18 @@ _ERRORS = (
     "SourceChangedError",
     "EvidenceError",
     "UnsafePathError",
-    "KeyError_",
+    "SigningKeyError",
     "VerificationError",
     "ImageFormatError",
 )
 _EXPORTS.update({name: "vmforensics.errors" for name in _ERRORS})
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from vmforensics.errors import *  # noqa: F403
-    from vmforensics.images.base import DiskImage
-    from vmforensics.images.open import open_image
+    from vmforensics.images.base import DiskImage  # noqa: F401
+    from vmforensics.images.open import open_image  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ class UsageError(VMForensicsError, ValueError):
     """An argument passed to the library is invalid (caught before anything is touched)."""
 
 
-class ConnectionError_(VMForensicsError):  # noqa: N801 - trailing underscore avoids the builtin
+class ConnectionError_(VMForensicsError):  # noqa: N801, N818 - the name DESIGN.md gives; avoids the builtin
     """A hypervisor or transport could not be reached, or dropped the connection."""
 
 
@@ -47,7 +47,7 @@ class UnsafePathError(EvidenceError):
     """An untrusted source name would escape the evidence directory or is not a valid file name."""
 
 
-class KeyError_(VMForensicsError):  # noqa: N801 - trailing underscore avoids the builtin
+class SigningKeyError(VMForensicsError):
     """A signing key cannot be loaded, saved or used (wrong passphrase, unsupported algorithm)."""
 
 

@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from vmforensics.errors import KeyError_, UsageError
+from vmforensics.errors import SigningKeyError, UsageError
 
 Algorithm = Literal["ed25519", "ecdsa-p256", "rsa-pss"]
 ALGORITHMS: tuple[str, ...] = ("ed25519", "ecdsa-p256", "rsa-pss")
@@ -35,9 +35,9 @@ def _algorithm_of(key: PublicKey) -> str:
         return "ecdsa-p256"
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
-            raise KeyError_(f"RSA key of {key.key_size} bits is too weak (at least {MIN_RSA_BITS})")
+            raise SigningKeyError(f"RSA key of {key.key_size} bits is too weak (at least {MIN_RSA_BITS})")
         return "rsa-pss"
-    raise KeyError_(f"unsupported key type {type(key).__name__} (use {', '.join(ALGORITHMS)})")
+    raise SigningKeyError(f"unsupported key type {type(key).__name__} (use {', '.join(ALGORITHMS)})")
 
 
 class VerifyKey:
@@ -76,7 +76,7 @@ class VerifyKey:
         try:
             key = serialization.load_pem_public_key(pem)
         except (ValueError, UnsupportedAlgorithm) as exc:
-            raise KeyError_(f"not a PEM public key: {exc}") from exc
+            raise SigningKeyError(f"not a PEM public key: {exc}") from exc
         return cls(key)  # type: ignore[arg-type]
 
     @classmethod
@@ -141,9 +141,9 @@ class SigningKey:
         try:
             key = serialization.load_pem_private_key(pem, _bytes(passphrase) if passphrase else None)
         except TypeError as exc:  # encrypted but no passphrase, or the reverse
-            raise KeyError_(f"cannot load the private key: {exc}") from exc
+            raise SigningKeyError(f"cannot load the private key: {exc}") from exc
         except (ValueError, UnsupportedAlgorithm) as exc:
-            raise KeyError_("cannot load the private key: wrong passphrase or not a PEM private key") from exc
+            raise SigningKeyError("cannot load the private key: wrong passphrase, or not a PEM key") from exc
         return cls(key)  # type: ignore[arg-type]
 
     @classmethod
@@ -169,15 +169,15 @@ def _read(path: str | os.PathLike[str]) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise KeyError_(f"cannot read key file {os.fspath(path)!r}: {exc.strerror or exc}") from exc
+        raise SigningKeyError(f"cannot read key file {os.fspath(path)!r}: {exc.strerror or exc}") from exc
 
 
 def _write_exclusive(path: Path, content: bytes, mode: int) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError as exc:
-        raise KeyError_(f"{path} exists; refusing to overwrite a key") from exc
+        raise SigningKeyError(f"{path} exists; refusing to overwrite a key") from exc
     except OSError as exc:
-        raise KeyError_(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise SigningKeyError(f"cannot write {path}: {exc.strerror or exc}") from exc
     with os.fdopen(fd, "wb") as f:
         f.write(content)

@@ -55,7 +55,7 @@ class Transport(abc.ABC):
         """The file's digest computed on the source side, or None where that is not possible."""
         return None
 
-    def reconnect(self) -> None:
+    def reconnect(self) -> None:  # noqa: B027 - optional hook
         """Re-establish a dropped connection (same peer, same verification); default: nothing."""
 
     def describe(self) -> dict[str, Any]:
@@ -70,7 +70,7 @@ class Transport(abc.ABC):
             else:
                 yield entry
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
     def __enter__(self) -> Transport:
