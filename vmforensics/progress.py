@@ -45,6 +45,12 @@ class Progress:
             self._tqdm = tqdm
             self._overall = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=description)
 
+    def set_total(self, total: int | None) -> None:
+        self.total = total
+        if self._bars:
+            self._overall.total = total
+            self._overall.refresh()
+
     def start_file(self, name: str, total: int | None, initial: int = 0) -> None:
         self._file, self._file_done, self._file_total = name, initial, total
         self.done += initial

@@ -1,0 +1,434 @@
+"""The acquisition template every hypervisor follows.
+
+``Acquirer.acquire`` runs connect -> identify -> preserve -> enumerate -> stream -> cleanup -> seal,
+each phase a custody event. Cleanup comes before the seal so that what was undone on the source
+is itself under the signature. A vendor module implements the steps; this module owns the
+order, the ledger, the evidence directory, the manifest and the failure handling.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import attrs
+
+from vmforensics.acquire.copier import copy_file
+from vmforensics.custody.evidence import FILES_DIR, EvidenceDirectory, check_hashes
+from vmforensics.custody.ledger import LEDGER_NAME, Ledger
+from vmforensics.custody.models import (
+    CaseInfo,
+    ClockReading,
+    EvidenceFile,
+    ExaminerHost,
+    Integrity,
+    Manifest,
+    Omission,
+    Phase,
+    SourceAction,
+    SourceInfo,
+    VMIdentity,
+    new_acquisition_id,
+    utc_now,
+)
+from vmforensics.custody.seal import write_sealed_records
+from vmforensics.custody.signing import SigningKey
+from vmforensics.errors import EvidenceError, SourceError, UsageError, VMForensicsError
+from vmforensics.progress import Progress, ProgressOption
+from vmforensics.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+Preserve = Literal["snapshot", "suspend", "save", "checkpoint", "none"]
+
+
+@attrs.frozen
+class PlannedFile:
+    """A file the enumeration found: where to read it and what to call it in the evidence."""
+
+    source_path: str  # path for the transport
+    dest_name: str  # relative name under files/ (checked again by the evidence writer)
+    role: str
+    size_reported: int | None = None
+    label: str | None = None  # the hypervisor's own name for it, e.g. "[ds1] web01/web01.vmx"
+
+
+@attrs.frozen
+class AcquisitionResult:
+    """What ``acquire`` returns: the evidence directory, its sealed manifest and the duration."""
+
+    path: Path
+    manifest: Manifest
+    duration: float
+
+    @property
+    def files(self) -> tuple[EvidenceFile, ...]:
+        return self.manifest.files
+
+    @property
+    def omissions(self) -> tuple[Omission, ...]:
+        return self.manifest.omissions
+
+    def __repr__(self) -> str:
+        return (
+            f"<AcquisitionResult {self.path} files={len(self.files)} bytes={self.manifest.total_bytes} "
+            f"omissions={len(self.omissions)} duration={self.duration:.1f}s>"
+        )
+
+    def _repr_html_(self) -> str:
+        from vmforensics.reports import result_html
+
+        return result_html(self)
+
+
+class Session:
+    """The state of one acquisition run, shared by the template and the vendor steps."""
+
+    def __init__(self, evidence: EvidenceDirectory, ledger: Ledger, case: CaseInfo, options: dict[str, Any]):
+        self.evidence = evidence
+        self.ledger = ledger
+        self.case = case
+        self.options = options
+        self.source = SourceInfo(kind="unknown")
+        self.vm: VMIdentity | None = None
+        self.clock: ClockReading | None = None
+        self.phases: list[Phase] = []
+        self.actions: list[SourceAction] = []
+        self.files: list[EvidenceFile] = []
+        self.omissions: list[Omission] = []
+        self.state: dict[str, Any] = {}  # vendor steps keep their own facts here (snapshot ids...)
+
+    def omit(self, source_path: str, role: str, reason: str) -> None:
+        """Record a file the source has that will not be in the evidence, and why."""
+        self.omissions.append(Omission(source_path, role, reason))
+        self.ledger.append("omit", source=source_path, role=role, reason=reason)
+
+    @contextlib.contextmanager
+    def action(self, name: str, **parameters: Any) -> Iterator[dict[str, Any]]:
+        """Record a change made on the source; the body fills ``details`` (task ids, results)."""
+        details: dict[str, Any] = {}
+        started = utc_now()
+        self.ledger.append("source-action-start", action=name, parameters=parameters)
+        outcome = "ok"
+        try:
+            yield details
+        except BaseException as exc:
+            outcome = f"failed: {exc}"
+            raise
+        finally:
+            self.actions.append(SourceAction(name, parameters, started, utc_now(), outcome, details))
+            self.ledger.append("source-action-end", action=name, outcome=outcome, details=details)
+
+
+class Acquirer(abc.ABC):
+    """The template: vendor modules implement the steps, :meth:`acquire` runs them in order."""
+
+    kind: ClassVar[str] = ""
+    preserve_modes: ClassVar[tuple[str, ...]] = ("none",)
+
+    # --- the vendor steps ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def connect(self, session: Session) -> None:
+        """Open the API connection; fill ``session.source`` (product, host, verification)."""
+
+    @abc.abstractmethod
+    def identify(self, session: Session, target: str) -> VMIdentity:
+        """Find the VM and return what identifies it (also measure ``session.clock`` here)."""
+
+    def preserve(self, session: Session, mode: str, *, memory: bool, isolate: bool) -> None:  # noqa: B027
+        """Freeze the VM's state (snapshot, suspend...) through ``session.action``."""
+
+    @abc.abstractmethod
+    def enumerate(self, session: Session) -> list[PlannedFile]:
+        """Every file that belongs to the VM; what is left out goes to ``session.omit``."""
+
+    @abc.abstractmethod
+    def transport(self, session: Session) -> Transport:
+        """The transport that reads the enumerated files."""
+
+    def cleanup(self, session: Session) -> None:  # noqa: B027
+        """Undo what ``preserve`` created (only that), through ``session.action``."""
+
+    def disconnect(self, session: Session) -> None:  # noqa: B027
+        """Close the API connection."""
+
+    # --- the template --------------------------------------------------------------------------
+
+    def acquire(
+        self,
+        target: str,
+        out: str | os.PathLike[str],
+        *,
+        case: CaseInfo,
+        preserve: str = "none",
+        memory: bool = True,
+        isolate: bool = False,
+        signer: SigningKey | None = None,
+        hashes: Sequence[str] = ("sha256",),
+        cleanup: bool = True,
+        progress: ProgressOption = True,
+        resume: bool = False,
+        remote_hash: bool = False,
+        exclude_roles: Sequence[str] = (),
+    ) -> AcquisitionResult:
+        """Acquire the VM ``target`` into the new evidence directory ``out`` and seal it.
+
+        ``signer`` signs the manifest; without one a single-use key is generated and only its
+        public half is kept (the signature then proves integrity, not who signed).
+        """
+        if not isinstance(case, CaseInfo):
+            raise UsageError("case must be a vmforensics.CaseInfo(case_id=..., examiner=...)")
+        if preserve not in self.preserve_modes:
+            raise UsageError(
+                f"preserve={preserve!r} is not available here (choose from {self.preserve_modes})"
+            )
+        algorithms = check_hashes(hashes)
+        key = signer or SigningKey.generate()
+        began = time.monotonic()
+        evidence = EvidenceDirectory(out, resume=resume)
+        session = self._open_session(
+            evidence, case, resume, signer is None, target, preserve, memory, isolate
+        )
+        session.options.update(
+            hashes=list(algorithms), remote_hash=remote_hash, exclude_roles=list(exclude_roles)
+        )
+        preserved = False
+        transport: Transport | None = None
+        bar = Progress(progress, description=f"acquire {target}") if progress else None
+        try:
+            with self._phase(session, "connect"):
+                self.connect(session)
+            with self._phase(session, "identify"):
+                session.vm = self.identify(session, target)
+                session.ledger.append("identified", vm=_vm_summary(session.vm), clock=_plain(session.clock))
+            with self._phase(session, "preserve"):
+                preserved = preserve != "none" or isolate
+                self.preserve(session, preserve, memory=memory, isolate=isolate)
+            with self._phase(session, "enumerate"):
+                planned = self._exclude(session, self.enumerate(session), exclude_roles)
+                session.ledger.append("enumerated", files=[p.label or p.source_path for p in planned])
+            with self._phase(session, "stream"):
+                transport = self.transport(session)
+                if bar is not None:
+                    bar.set_total(sum(p.size_reported or 0 for p in planned) or None)
+                self._stream(session, transport, planned, algorithms, bar, resume, remote_hash)
+        except BaseException as exc:
+            session.ledger.append("failed", error=f"{type(exc).__name__}: {exc}", resume_hint=_resume_hint())
+            if preserved and cleanup:
+                self._cleanup_quietly(session)
+            self._disconnect_quietly(session, transport)
+            if bar is not None:
+                bar.close()
+            raise
+        if bar is not None:
+            bar.close()
+        if preserved and cleanup:
+            with self._phase(session, "cleanup"):
+                self.cleanup(session)
+        self._disconnect_quietly(session, transport)
+        manifest = self._seal(session, key, algorithms)
+        return AcquisitionResult(evidence.root, manifest, time.monotonic() - began)
+
+    # --- the pieces of the template --------------------------------------------------------------
+
+    def _open_session(
+        self,
+        evidence: EvidenceDirectory,
+        case: CaseInfo,
+        resume: bool,
+        ephemeral_key: bool,
+        target: str,
+        preserve: str,
+        memory: bool,
+        isolate: bool,
+    ) -> Session:
+        host = ExaminerHost.current()
+        actor = {"examiner": case.examiner, "host": host.hostname, "user": host.user}
+        ledger_path = evidence.root / LEDGER_NAME
+        if resume and ledger_path.exists():
+            if (evidence.root / "manifest.json").exists():
+                raise EvidenceError(f"{evidence.root} is already sealed; nothing to resume")
+            ledger = Ledger.reopen(ledger_path, actor)
+            ledger.append("resume", target=target)
+        else:
+            ledger = Ledger.create(ledger_path, actor)
+        options = {
+            "preserve": preserve,
+            "memory": memory,
+            "isolate": isolate,
+            "ephemeral_signing_key": ephemeral_key,
+        }
+        session = Session(evidence, ledger, case, options)
+        session.state["examiner_host"] = host
+        session.state["acquisition_id"] = new_acquisition_id()
+        session.state["started"] = utc_now()
+        ledger.append(
+            "start",
+            acquisition_id=session.state["acquisition_id"],
+            acquirer=self.kind,
+            target=target,
+            case=_plain(case),
+            options=options,
+            command_line=list(host.command_line),
+        )
+        return session
+
+    @contextlib.contextmanager
+    def _phase(self, session: Session, name: str) -> Iterator[None]:
+        started = utc_now()
+        session.ledger.append("phase-start", phase=name)
+        try:
+            yield
+        except BaseException as exc:
+            session.phases.append(Phase(name, started, utc_now(), f"failed: {exc}"))
+            raise
+        session.phases.append(Phase(name, started, utc_now()))
+        session.ledger.append("phase-end", phase=name)
+
+    @staticmethod
+    def _exclude(session: Session, planned: list[PlannedFile], roles: Sequence[str]) -> list[PlannedFile]:
+        kept: list[PlannedFile] = []
+        seen: set[str] = set()
+        for item in planned:
+            if item.dest_name in seen:
+                continue
+            seen.add(item.dest_name)
+            if item.role in roles:
+                session.omit(item.label or item.source_path, item.role, "excluded by the examiner")
+            else:
+                kept.append(item)
+        return kept
+
+    def _stream(
+        self,
+        session: Session,
+        transport: Transport,
+        planned: list[PlannedFile],
+        algorithms: tuple[str, ...],
+        bar: Progress | None,
+        resume: bool,
+        remote_hash: bool,
+    ) -> None:
+        for item in planned:
+            label = item.label or item.source_path
+            try:
+                record = copy_file(
+                    transport,
+                    item.source_path,
+                    session.evidence,
+                    item.dest_name,
+                    role=item.role,
+                    hashes=algorithms,
+                    ledger=session.ledger,
+                    progress=bar,
+                    resume=resume,
+                    remote_hash=remote_hash,
+                    size_reported=item.size_reported,
+                    source_label=label,
+                )
+            except SourceError as exc:
+                if resume and session.evidence.is_sealed(item.dest_name):
+                    raise
+                session.omit(label, item.role, f"could not be read: {exc}")
+                continue
+            except EvidenceError:
+                if resume and session.evidence.is_sealed(item.dest_name):
+                    session.files.append(self._already_sealed(session, item, algorithms, transport))
+                    continue
+                raise
+            session.files.append(record)
+
+    @staticmethod
+    def _already_sealed(
+        session: Session, item: PlannedFile, algorithms: tuple[str, ...], transport: Transport
+    ) -> EvidenceFile:
+        """A file sealed by the interrupted run: re-hash it from disk and reuse the ledger's facts."""
+        from vmforensics.custody.verify import hash_file
+
+        path = session.evidence.local_path(item.dest_name)
+        session.ledger.append("resume-skip-sealed", local=f"{FILES_DIR}/{item.dest_name}")
+        return EvidenceFile(
+            source_path=item.label or item.source_path,
+            local_path=f"{FILES_DIR}/{item.dest_name}",
+            role=item.role,
+            size=path.stat().st_size,
+            hashes=hash_file(path, algorithms),
+            size_reported=item.size_reported,
+            transport=transport.scheme,
+            notes=("acquired by an earlier, interrupted run of this acquisition",),
+        )
+
+    def _seal(self, session: Session, key: SigningKey, algorithms: tuple[str, ...]) -> Manifest:
+        session.ledger.append(
+            "seal", files=len(session.files), omissions=len(session.omissions), signer_key_id=key.key_id
+        )
+        manifest = Manifest(
+            acquisition_id=session.state["acquisition_id"],
+            case=session.case,
+            source=attrs.evolve(session.source, vm=session.vm),
+            files=tuple(session.files),
+            integrity=Integrity(session.ledger.head, session.ledger.count, key.key_id, key.algorithm),
+            examiner_host=session.state["examiner_host"],
+            clock=session.clock,
+            phases=tuple(session.phases),
+            actions=tuple(session.actions),
+            omissions=tuple(session.omissions),
+            options=session.options,
+            started=session.state["started"],
+            finished=utc_now(),
+        )
+        write_sealed_records(session.evidence.root, manifest, key)
+        _make_read_only(session.evidence.root)
+        return manifest
+
+    def _cleanup_quietly(self, session: Session) -> None:
+        try:
+            with self._phase(session, "cleanup"):
+                self.cleanup(session)
+        except VMForensicsError as exc:
+            log.error("cleanup after failure failed: %s", exc)
+
+    def _disconnect_quietly(self, session: Session, transport: Transport | None) -> None:
+        for close in (transport.close if transport is not None else None, lambda: self.disconnect(session)):
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as exc:  # closing must never hide the real outcome
+                log.warning("closing the connection failed: %s", exc)
+
+
+def _plain(value: Any) -> Any:
+    from vmforensics.custody.models import to_plain
+
+    return to_plain(value)
+
+
+def _vm_summary(vm: VMIdentity) -> dict[str, Any]:
+    return {"name": vm.name, "uuid": vm.uuid, "reference": vm.reference, "macs": list(vm.mac_addresses)}
+
+
+def _resume_hint() -> str:
+    return "files already sealed are kept; acquire again into the same directory with resume=True (--resume)"
+
+
+def _make_read_only(root: Path) -> None:
+    """Seal: every file and directory under the evidence directory loses its write bits."""
+    for directory, subdirs, files in os.walk(root, topdown=False):
+        for name in files:
+            path = Path(directory, name)
+            if not path.is_symlink():
+                path.chmod(stat.S_IMODE(path.stat().st_mode) & ~0o222)
+        for name in subdirs:
+            path = Path(directory, name)
+            if not path.is_symlink():
+                path.chmod(0o555)
+    root.chmod(0o555)

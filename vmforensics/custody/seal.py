@@ -1,0 +1,74 @@
+"""Sealing: the signed manifest and its companions, written once beside the evidence files.
+
+``manifest.json`` holds the canonical (RFC 8785) bytes that are signed; ``manifest.json.sig`` the
+detached signature with the key id; ``manifest.json.pub`` the public key; ``SHA256SUMS`` lets
+anyone check the files with ``sha256sum -c SHA256SUMS`` without this tool.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+from vmforensics.custody.evidence import FILES_DIR
+from vmforensics.custody.ledger import LEDGER_NAME
+from vmforensics.custody.models import Manifest
+from vmforensics.custody.signing import SigningKey
+from vmforensics.errors import EvidenceError
+
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.json.sig"
+PUBLIC_KEY_NAME = "manifest.json.pub"
+SUMS_NAME = "SHA256SUMS"
+
+
+def signature_record(manifest_bytes: bytes, key: SigningKey) -> bytes:
+    record = {
+        "algorithm": key.algorithm,
+        "key_id": key.key_id,
+        "signed_file": MANIFEST_NAME,
+        "signature": base64.b64encode(key.sign(manifest_bytes)).decode("ascii"),
+    }
+    return json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def sums_file(manifest: Manifest, manifest_bytes: bytes, ledger_sha256: str) -> bytes:
+    """SHA256SUMS in coreutils' format (two spaces, paths relative to the evidence directory)."""
+    import hashlib
+
+    lines = [f"{f.hashes['sha256']}  {f.local_path}" for f in manifest.files]
+    lines.append(f"{ledger_sha256}  {LEDGER_NAME}")
+    lines.append(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST_NAME}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_exclusive(path: Path, content: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+    except FileExistsError as exc:
+        raise EvidenceError(f"{path} already exists; sealed records are never overwritten") from exc
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_sealed_records(root: Path, manifest: Manifest, key: SigningKey) -> None:
+    import hashlib
+
+    for f in manifest.files:
+        if not f.local_path.startswith(f"{FILES_DIR}/"):
+            raise EvidenceError(f"manifest entry {f.local_path!r} is outside {FILES_DIR}/")
+    body = manifest.to_json()
+    ledger_sha256 = hashlib.sha256((root / LEDGER_NAME).read_bytes()).hexdigest()
+    write_exclusive(root / MANIFEST_NAME, body)
+    write_exclusive(root / SIGNATURE_NAME, signature_record(body, key))
+    write_exclusive(root / PUBLIC_KEY_NAME, key.public_key().to_pem())
+    write_exclusive(root / SUMS_NAME, sums_file(manifest, body, ledger_sha256))
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
