@@ -268,3 +268,32 @@ def test_qcow2_allocated_bytes_and_extents_follow_the_l2_tables(tmp_path: Path) 
     with open_image(image) as disk:
         assert list(disk.extents()) == [(0, 64 << 10), (MiB, 128 << 10)]
         assert disk.info().allocated == 192 << 10
+
+
+def test_ext4_inside_a_qcow2_chain_is_read_with_pytsk3(tmp_path: Path, ext4_raw: Path) -> None:
+    pytsk3 = pytest.importorskip("pytsk3")
+    base = tmp_path / "base.qcow2"
+    qemu_img("convert", "-c", "-O", "qcow2", ext4_raw, base)  # compressed base layer
+    changed = tmp_path / "changed.raw"
+    shutil.copyfile(ext4_raw, changed)
+    note = tmp_path / "note.txt"
+    note.write_text("written after the base image was taken\n")
+    subprocess.run(
+        ["debugfs", "-w", "-R", f"write {note} docs/note.txt", str(changed)], check=True, capture_output=True
+    )
+    full = tmp_path / "full.qcow2"
+    qemu_img("convert", "-O", "qcow2", changed, full)
+    top = tmp_path / "top.qcow2"  # an overlay of full, rebased onto base: keeps only what differs
+    qemu_img("create", "-f", "qcow2", "-b", full.name, "-F", "qcow2", top)
+    qemu_img("rebase", "-b", base.name, "-F", "qcow2", top)
+    full.unlink()
+    check_against_qemu(top, tmp_path)
+    with open_image(top) as disk:
+        assert disk.parent is not None and disk.info().allocated < disk.parent.info().allocated
+        fs = pytsk3.FS_Info(disk.as_tsk())
+        secret = fs.open("/docs/secret.txt")
+        assert secret.read_random(0, secret.info.meta.size) == b"the quick brown fox\n" * 100
+        added = fs.open("/docs/note.txt")
+        assert added.read_random(0, added.info.meta.size) == note.read_bytes()
+        big = fs.open("/big.bin")
+        assert big.read_random(0, big.info.meta.size) == (tmp_path / "big.bin").read_bytes()
