@@ -1,0 +1,7 @@
+"""python -m vmforensics"""
+
+import sys
+
+from vmforensics.cli import main
+
+sys.exit(main())

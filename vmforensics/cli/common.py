@@ -1,0 +1,130 @@
+"""Options and output shared by the acquisition commands."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from typing import Any
+
+from vmforensics.custody.models import CaseInfo, to_plain
+from vmforensics.custody.signing import SigningKey
+from vmforensics.errors import UsageError
+
+PASSWORD_ENV = "VMFORENSICS_PASSWORD"
+KEY_PASSPHRASE_ENV = "VMFORENSICS_KEY_PASSPHRASE"
+
+
+def add_acquire_options(parser: argparse.ArgumentParser, *, preserve: tuple[str, ...] = ("none",)) -> None:
+    """--out, case facts, signing key, hashes, preservation and output options."""
+    parser.add_argument("--out", required=True, help="new evidence directory (must not exist or be empty)")
+    case = parser.add_argument_group("case")
+    case.add_argument("--case", dest="case_id", default=os.environ.get("VMFORENSICS_CASE"), help="case id")
+    case.add_argument(
+        "--examiner", default=os.environ.get("VMFORENSICS_EXAMINER"), help="examiner name (default: $USER)"
+    )
+    case.add_argument("--evidence-id", help="evidence / exhibit number")
+    case.add_argument("--description", help="what is being acquired and why")
+    case.add_argument("--authority", help="warrant, consent or policy reference")
+    sign = parser.add_argument_group("signing")
+    sign.add_argument("--key", help="examiner's private key (PEM); default: a single-use key")
+    sign.add_argument(
+        "--key-passphrase-env",
+        default=KEY_PASSPHRASE_ENV,
+        metavar="VAR",
+        help=f"environment variable holding the key's passphrase (default {KEY_PASSPHRASE_ENV}; prompts if unset)",
+    )
+    how = parser.add_argument_group("acquisition")
+    how.add_argument("--preserve", choices=preserve, default=preserve[0], help="how to freeze the VM first")
+    if preserve != ("none",):
+        how.add_argument("--no-memory", action="store_true", help="snapshot without the guest's memory")
+        how.add_argument("--isolate", action="store_true", help="disconnect the VM's network first")
+        how.add_argument(
+            "--no-cleanup", action="store_true", help="leave what preservation created on the source"
+        )
+    how.add_argument(
+        "--hash",
+        action="append",
+        default=[],
+        metavar="ALGO",
+        help="extra hash besides sha256 (md5, sha1, sha512)",
+    )
+    how.add_argument(
+        "--remote-hash", action="store_true", help="also hash each file on the source side and compare"
+    )
+    how.add_argument("--resume", action="store_true", help="continue an interrupted acquisition in --out")
+    how.add_argument("--no-progress", action="store_true", help="no progress bars")
+    how.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
+
+
+def password_from_env_or_prompt(prompt: str, env: str = PASSWORD_ENV) -> str:
+    """Passwords never come from the command line: the environment, else an echo-less prompt."""
+    if env in os.environ:
+        return os.environ[env]
+    if not sys.stdin.isatty():
+        raise UsageError(f"no password: set {env} or run from a terminal to be prompted")
+    return getpass.getpass(prompt)
+
+
+def case_from_args(args: argparse.Namespace) -> CaseInfo:
+    if not args.case_id:
+        raise UsageError("--case is required (or set VMFORENSICS_CASE)")
+    examiner = args.examiner or os.environ.get("USER") or getpass.getuser()
+    return CaseInfo(
+        case_id=args.case_id,
+        examiner=examiner,
+        evidence_id=args.evidence_id,
+        description=args.description,
+        authority=args.authority,
+    )
+
+
+def signer_from_args(args: argparse.Namespace) -> SigningKey | None:
+    if not args.key:
+        return None
+    try:
+        return SigningKey.load(args.key)
+    except Exception:
+        passphrase = password_from_env_or_prompt(f"passphrase for {args.key}: ", args.key_passphrase_env)
+        return SigningKey.load(args.key, passphrase)
+
+
+def run_acquisition(acquirer: Any, target: str, args: argparse.Namespace, **extra: Any) -> int:
+    """Run ``acquirer.acquire`` with the common options, print a summary (or JSON), return 0."""
+    options: dict[str, Any] = {
+        "case": case_from_args(args),
+        "signer": signer_from_args(args),
+        "preserve": args.preserve,
+        "hashes": tuple(args.hash),
+        "progress": not args.no_progress,
+        "resume": args.resume,
+        "remote_hash": args.remote_hash,
+    }
+    if hasattr(args, "no_memory"):
+        options.update(memory=not args.no_memory, isolate=args.isolate, cleanup=not args.no_cleanup)
+    options.update(extra)
+    result = acquirer.acquire(target, args.out, **options)
+    if args.json:
+        print(json.dumps(to_plain(result.manifest), indent=2, sort_keys=True))
+    else:
+        print(summary(result))
+    return 0
+
+
+def summary(result: Any) -> str:
+    manifest = result.manifest
+    vm = manifest.source.vm
+    lines = [
+        f"acquired {vm.name if vm else '?'} into {result.path} in {result.duration:.1f} s",
+        f"  {len(manifest.files)} files, {manifest.total_bytes:,} bytes; {len(manifest.omissions)} not acquired",
+        f"  signed by {manifest.integrity.signer_key_id} ({manifest.integrity.signature_algorithm})",
+        f"  ledger head {manifest.integrity.ledger_head} ({manifest.integrity.ledger_events} events)",
+    ]
+    lines += [f"  - {o.source_path}: {o.reason}" for o in manifest.omissions]
+    return "\n".join(lines)
+
+
+def emit_json(value: Any) -> None:
+    print(json.dumps(to_plain(value), indent=2, sort_keys=True))
