@@ -191,7 +191,8 @@ class Qcow2Image(DiskImage):
             raise self._fail(f"L1 table of {h.l1_size} entries exceeds the {MAX_ALLOCATION}-byte limit", 36)
         if h.l1_size < needed:
             self.warn(
-                f"L1 table has {h.l1_size} entries, {needed} are needed: the rest reads unallocated", 36
+                f"L1 table has {h.l1_size} entries, {needed} are needed: the rest reads unallocated",
+                offset=36,
             )
         if h.l1_size and h.l1_table_offset & (self.cluster_size - 1):
             raise self._fail(f"L1 table offset {h.l1_table_offset} is not cluster-aligned", 40)
