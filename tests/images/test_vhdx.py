@@ -1,0 +1,287 @@
+"""VHDX reader against qemu-img (fixed, dynamic, log replay) and libvhdi (differencing)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import pytsk3
+import pyvhdi
+
+from tests.images.conftest import assert_same_bytes, oracle_raw, qemu_img, qemu_io, sha256_of
+from tests.images.vhdx_builders import (
+    BAT_AT,
+    FULLY_PRESENT,
+    NOT_PRESENT,
+    UNDEFINED,
+    UNMAPPED,
+    ZERO,
+    MiB,
+    VhdxBuilder,
+    active_data_write_guid,
+    log_entry,
+)
+from vmforensics.errors import ImageFormatError
+from vmforensics.images.open import open_image
+
+KiB = 1024
+
+
+def read_tsk_file(disk, path: str) -> bytes:
+    fs = pytsk3.FS_Info(disk.as_tsk())
+    entry = fs.open(path)
+    return entry.read_random(0, entry.info.meta.size)
+
+
+def corrupt(path: Path, offset: int, raw: bytes) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(raw)
+
+
+@pytest.fixture
+def patterned_vhdx(tmp_path: Path) -> Path:
+    """A 16 MiB dynamic VHDX (1 MiB blocks) with writes that start and end inside blocks."""
+    image = tmp_path / "parent.vhdx"
+    qemu_img("create", "-f", "vhdx", "-o", "block_size=1M", image, "16M")
+    qemu_io(image, "write -P 0x41 0 64k", "write -P 0x42 1536k 1m", "write -P 0x43 9m 3m", fmt="vhdx")
+    return image
+
+
+@pytest.mark.parametrize("subformat", ["dynamic", "fixed"])
+def test_vhdx_ext4_matches_qemu_and_reads_files(tmp_path: Path, ext4_raw: Path, subformat: str) -> None:
+    image = tmp_path / "disk.vhdx"
+    qemu_img("convert", "-f", "raw", "-O", "vhdx", "-o", f"subformat={subformat}", ext4_raw, image)
+    with open_image(image) as disk:
+        info = disk.info()
+        assert info.format == "vhdx" and info.subtype == subformat and info.warnings == ()
+        assert_same_bytes(disk, oracle_raw(image, "vhdx", tmp_path / "oracle.raw"))
+        assert read_tsk_file(disk, "/docs/secret.txt") == b"the quick brown fox\n" * 100
+        assert read_tsk_file(disk, "/big.bin") == hashlib.sha256(b"seed").digest() * 40000
+
+
+def test_vhdx_unaligned_writes_and_random_reads_match_qemu(tmp_path: Path, patterned_vhdx: Path) -> None:
+    oracle = oracle_raw(patterned_vhdx, "vhdx", tmp_path / "oracle.raw").read_bytes()
+    rng = random.Random(5)
+    with open_image(patterned_vhdx) as disk:
+        assert disk.read() == oracle
+        for _ in range(300):
+            offset = rng.randrange(disk.size)
+            length = rng.choice([1, 511, 4096, 70000, 3 << 20])
+            assert disk.read_at(offset, length) == oracle[offset : offset + length]
+        assert list(disk.extents()) == [(0, 3 << 20), (9 << 20, 3 << 20)]
+
+
+def header_sequences(path: Path) -> list[int]:
+    with path.open("rb") as f:
+        out = []
+        for offset in (64 * KiB, 128 * KiB):
+            f.seek(offset + 8)
+            out.append(int.from_bytes(f.read(8), "little"))
+        return out
+
+
+def test_vhdx_damaged_current_header_falls_back_to_the_other(tmp_path: Path, patterned_vhdx: Path) -> None:
+    oracle = oracle_raw(patterned_vhdx, "vhdx", tmp_path / "oracle.raw")
+    sequences = header_sequences(patterned_vhdx)
+    current = (64 * KiB, 128 * KiB)[sequences.index(max(sequences))]
+    corrupt(patterned_vhdx, current + 200, b"\x01")
+    with open_image(patterned_vhdx) as disk:
+        assert any("header is damaged" in w for w in disk.info().warnings)
+        assert_same_bytes(disk, oracle)
+    with pytest.raises(ImageFormatError, match="header is damaged"):
+        open_image(patterned_vhdx, strict=True)
+    corrupt(patterned_vhdx, (64 * KiB + 128 * KiB) - current + 200, b"\x01")
+    with pytest.raises(ImageFormatError, match="both VHDX headers") as caught:
+        open_image(patterned_vhdx)
+    assert caught.value.offset == 64 * KiB
+
+
+def test_vhdx_damaged_region_table_uses_the_copy(tmp_path: Path, patterned_vhdx: Path) -> None:
+    oracle = oracle_raw(patterned_vhdx, "vhdx", tmp_path / "oracle.raw")
+    corrupt(patterned_vhdx, 192 * KiB + 20, b"\xee")
+    with open_image(patterned_vhdx) as disk:
+        assert any("region table is damaged" in w for w in disk.info().warnings)
+        assert_same_bytes(disk, oracle)
+
+
+def test_vhdx_block_states_read_as_qemu_reads_them(tmp_path: Path) -> None:
+    builder = VhdxBuilder(8 * MiB)
+    junk = b"\xa5" * MiB  # data left behind a block that is no longer fully present
+    builder.set_block(0, FULLY_PRESENT, bytes(range(256)) * 4096)
+    for block, state in ((1, ZERO), (2, UNDEFINED), (3, UNMAPPED), (4, NOT_PRESENT)):
+        builder.set_block(block, state, junk)
+    builder.set_block(5, FULLY_PRESENT, b"\x5f" * MiB)
+    image = tmp_path / "states.vhdx"
+    builder.build(image)
+    with open_image(image) as disk:
+        assert disk.info().subtype == "dynamic"
+        assert_same_bytes(disk, oracle_raw(image, "vhdx", tmp_path / "oracle.raw"))
+        assert list(disk.extents()) == [(0, MiB), (5 * MiB, MiB)]
+
+
+def virtual_size(image: Path) -> int:
+    return json.loads(qemu_img("info", "--output=json", image))["virtual-size"]
+
+
+def differencing_child(tmp_path: Path, parent: Path, writes: dict[int, bytes], **locator: str) -> Path:
+    builder = VhdxBuilder(virtual_size(parent))
+    builder.locator = {
+        "parent_linkage": "{" + str(active_data_write_guid(parent)) + "}",
+        "relative_path": f".\\{parent.name}",
+        "absolute_win32_path": f"\\\\?\\C:\\Hyper-V\\{parent.name}",
+    } | locator
+    builder.write_sectors(writes)
+    child = tmp_path / "child.avhdx"
+    builder.build(child)
+    return child
+
+
+CHILD_WRITES = {
+    512: b"\x11" * 1024,  # sectors 1-2 of a parent block: a partially present block
+    (1 << 20) - 512: b"\x12" * 1024,  # straddles two blocks
+    3 << 20: bytes(range(256)) * 4096,  # a whole 1 MiB block: fully present
+    (14 << 20) + 4096: b"\x13" * 512,  # a block the parent never allocated
+}
+
+
+def expected_child(parent_raw: bytes, writes: dict[int, bytes]) -> bytes:
+    out = bytearray(parent_raw)
+    for offset, payload in writes.items():
+        out[offset : offset + len(payload)] = payload
+    return bytes(out)
+
+
+def pyvhdi_chain_bytes(child: Path, parent: Path) -> bytes:
+    base, top = pyvhdi.file(), pyvhdi.file()
+    base.open(str(parent))
+    top.open(str(child))
+    top.set_parent(base)
+    try:
+        return top.read_buffer_at_offset(top.media_size, 0)
+    finally:
+        top.close()
+        base.close()
+
+
+def test_avhdx_differencing_matches_libvhdi_and_the_written_sectors(
+    tmp_path: Path, patterned_vhdx: Path
+) -> None:
+    child = differencing_child(tmp_path, patterned_vhdx, CHILD_WRITES)
+    want = expected_child(
+        oracle_raw(patterned_vhdx, "vhdx", tmp_path / "parent.raw").read_bytes(), CHILD_WRITES
+    )
+    assert pyvhdi_chain_bytes(child, patterned_vhdx) == want
+    with open_image(child) as disk:
+        info = disk.info()
+        assert info.subtype == "differencing" and info.warnings == ()
+        assert [layer.format for layer in info.chain] == ["vhdx", "vhdx"]
+        assert info.identifiers["parent_linkage"].strip("{}") == info.parent.identifiers["data_write_guid"]
+        assert disk.read() == want
+        assert disk.read_at((1 << 20) - 700, 1400) == want[(1 << 20) - 700 : (1 << 20) + 700]
+
+
+def test_vhdx_differencing_missing_parent_is_refused_naming_it(tmp_path: Path, patterned_vhdx: Path) -> None:
+    child = differencing_child(tmp_path, patterned_vhdx, {0: b"\x01" * 512})
+    patterned_vhdx.rename(tmp_path / "moved.vhdx")
+    with pytest.raises(ImageFormatError, match=r"parent\.vhdx"):
+        open_image(child)
+
+
+def test_vhdx_differencing_linkage_mismatch_warns_and_strict_refuses(
+    tmp_path: Path, patterned_vhdx: Path
+) -> None:
+    child = differencing_child(
+        tmp_path, patterned_vhdx, {0: b"\x01" * 512}, parent_linkage="{" + str(uuid.uuid4()) + "}"
+    )
+    with open_image(child) as disk:
+        assert any("DataWriteGuid" in w for w in disk.info().warnings)
+        assert disk.read_at(0, 513) == b"\x01" * 512 + b"\x41"
+    with pytest.raises(ImageFormatError, match="DataWriteGuid"):
+        open_image(child, strict=True)
+
+
+def dirty_image(tmp_path: Path) -> tuple[Path, bytes]:
+    """A VHDX whose on-disk BAT is stale; its log holds the BAT updates (and an older, stale entry)."""
+    builder = VhdxBuilder(8 * MiB)
+    block0, block1 = bytes(range(256)) * 4096, b"\x77" * MiB
+    builder.set_block(0, FULLY_PRESENT, block0)
+    first = builder.bat_bytes()[: 4 * KiB]
+    offset1 = builder.set_block(1, FULLY_PRESENT, block1)
+    final = builder.bat_bytes()[: 4 * KiB]
+    builder.set_block(2, FULLY_PRESENT, b"\x99" * MiB)
+    stale = builder.bat_bytes()[: 4 * KiB]  # only an entry older than the active sequence says this
+    builder.bat = [0] * len(builder.bat)  # what reached the file before the "power failure"
+    log_guid = uuid.uuid4().bytes_le
+    builder.log_guid = log_guid
+    size = builder.file_size()
+    one = log_entry(10, 0, log_guid, [(BAT_AT, first)], [], size)
+    two = log_entry(11, 0, log_guid, [(BAT_AT, final)], [(offset1 + 8 * KiB, 4 * KiB)], size)
+    old = log_entry(3, len(one) + len(two), log_guid, [(BAT_AT, stale)], [], size)
+    entries = one + two + old
+    builder.log[: len(entries)] = entries
+    image = tmp_path / "dirty.vhdx"
+    builder.build(image)
+    replayed = bytearray(8 * MiB)
+    replayed[:MiB] = block0
+    replayed[MiB : 2 * MiB] = block1
+    replayed[MiB + 8 * KiB : MiB + 12 * KiB] = bytes(4 * KiB)
+    return image, bytes(replayed)
+
+
+def qemu_replayed_copy(image: Path, tmp_path: Path) -> Path:
+    """qemu replays a dirty log when it opens an image read-write: do that on a copy."""
+    copy = tmp_path / "qemu-replayed.vhdx"
+    shutil.copy(image, copy)
+    subprocess.run(["qemu-img", "check", "-r", "all", str(copy)], check=True, capture_output=True)
+    return oracle_raw(copy, "vhdx", tmp_path / "qemu-replayed.raw")
+
+
+def test_vhdx_dirty_log_is_replayed_in_memory_without_writing(tmp_path: Path) -> None:
+    image, want = dirty_image(tmp_path)
+    before = sha256_of(image)
+    refused = subprocess.run(["qemu-img", "info", str(image)], capture_output=True, text=True)
+    assert (
+        refused.returncode != 0 and "log that needs to be replayed" in refused.stderr
+    )  # qemu agrees it is dirty
+    with open_image(image) as disk:
+        info = disk.info()
+        assert info.details["log_replayed_entries"] == 2
+        assert info.details["log_sequence_numbers"] == [10, 11]
+        assert disk.read() == want
+        assert_same_bytes(disk, qemu_replayed_copy(image, tmp_path))
+        assert list(disk.extents()) == [(0, 2 * MiB)]
+    assert sha256_of(image) == before
+
+
+def test_vhdx_log_without_a_valid_sequence_warns_and_strict_refuses(tmp_path: Path) -> None:
+    image, _ = dirty_image(tmp_path)
+    corrupt(image, MiB + 4, b"\0\0\0\0")  # entry 10's checksum: 11 has no tail left in its sequence
+    corrupt(image, MiB + 2 * 4 * KiB + 2 * 4 * KiB + 4, b"\0\0\0\0")  # and the stale one
+    with open_image(image) as disk:
+        assert any("no valid sequence" in w for w in disk.info().warnings)
+        assert disk.read_at(0, 4096) == bytes(4096)  # the stale on-disk BAT
+    with pytest.raises(ImageFormatError, match="no valid sequence"):
+        open_image(image, strict=True)
+
+
+def test_vhdx_truncated_file_raises_with_an_offset(tmp_path: Path, patterned_vhdx: Path) -> None:
+    with patterned_vhdx.open("r+b") as f:
+        f.truncate(patterned_vhdx.stat().st_size - 2 * MiB)
+    with open_image(patterned_vhdx) as disk, pytest.raises(ImageFormatError) as caught:
+        disk.read()
+    assert caught.value.offset is not None
+
+
+def test_vhdx_reader_never_writes_the_chain(tmp_path: Path, patterned_vhdx: Path) -> None:
+    child = differencing_child(tmp_path, patterned_vhdx, CHILD_WRITES)
+    before = sha256_of(child), sha256_of(patterned_vhdx)
+    with open_image(child) as disk:
+        disk.read()
+    assert (sha256_of(child), sha256_of(patterned_vhdx)) == before
