@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 UNALLOCATED = 0  # grain not in this layer: read the parent (zeros without one)
 ZEROED = 1  # grain explicitly zero in this layer
 
+#: Stand-in for grain offsets too large to exist; reading such a grain fails as beyond the file.
+BEYOND_ANY_FILE = 1 << 62
 #: Largest grain accepted (a grain is decompressed and cached whole).
 MAX_GRAIN = 64 * 1024 * 1024
 #: Bytes of decoded grain tables / decompressed grains kept per extent.
@@ -124,8 +126,16 @@ class FlatExtent(Extent):
         self.kind = kind
 
     def segments(self, offset: int, length: int) -> Iterator[Segment]:
-        assert self.source is not None
-        yield data(length, self.source, self.file_offset + offset)
+        source = self.source
+        assert source is not None
+        at = self.file_offset + offset
+        if at + length > source.size:
+            raise ImageFormatError(
+                f"extent data of {length} bytes lies beyond the end of the file (truncated?)",
+                offset=at,
+                path=source.name,
+            )
+        yield data(length, source, at)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "file_offset": self.file_offset}
@@ -414,7 +424,8 @@ class SesparseExtent(GrainExtent):
             top = value >> 60
             if top == 3:  # allocated: grain number with its top 12 bits stored in bits 48..59
                 number = ((value >> 48) & 0xFFF) | ((value & 0x0000FFFFFFFFFFFF) << 12)
-                out[slot] = (h.grains_offset + number * h.grain_sectors) * SECTOR
+                # an absurd offset stays representable and fails when read (beyond end of file)
+                out[slot] = min((h.grains_offset + number * h.grain_sectors) * SECTOR, BEYOND_ANY_FILE)
             elif top in (1, 2):  # unmapped or zero grain
                 out[slot] = ZEROED
             elif value != 0:

@@ -68,6 +68,7 @@ class SparseHeader(NamedTuple):
 
     @classmethod
     def parse(cls, raw: bytes, *, path: str, offset: int = 0) -> SparseHeader:
+        _need(raw, _SPARSE, "sparse header", path, offset)
         (
             magic,
             version,
@@ -127,6 +128,7 @@ class CowdHeader(NamedTuple):
 
     @classmethod
     def parse(cls, raw: bytes, *, path: str) -> CowdHeader:
+        _need(raw, _COWD, "COWD header", path)
         magic, version, flags, capacity, grain, gd_off, gd_entries, free = _COWD.unpack_from(raw)
         if magic != COWD_MAGIC:
             raise ImageFormatError(f"no COWD header magic (found {magic!r})", offset=0, path=path)
@@ -151,6 +153,7 @@ class SesparseHeader(NamedTuple):
 
     @classmethod
     def parse(cls, raw: bytes, *, path: str) -> SesparseHeader:
+        _need(raw, _SESPARSE, "SESparse header", path)
         f = _SESPARSE.unpack_from(raw)
         if f[0] != SESPARSE_MAGIC:
             raise ImageFormatError(f"no SESparse header magic (found 0x{f[0]:x})", offset=0, path=path)
@@ -158,6 +161,13 @@ class SesparseHeader(NamedTuple):
         # journal header off/size, journal off/size, gd off/size, gts off/size, free bitmap off/size,
         # backmap off/size, grains off/size
         return cls(f[1], f[2], f[3], f[4], f[5], f[10], f[16], f[17], f[18], f[19], f[24], f[25])
+
+
+def _need(raw: bytes, layout: struct.Struct, what: str, path: str, offset: int = 0) -> None:
+    if len(raw) < layout.size:
+        raise ImageFormatError(
+            f"file too short for the {what} ({len(raw)} of {layout.size} bytes)", offset=offset, path=path
+        )
 
 
 def sesparse_volatile(raw: bytes) -> tuple[int, int]:
