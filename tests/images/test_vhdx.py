@@ -16,7 +16,6 @@ import pyvhdi
 
 from tests.images.conftest import assert_same_bytes, oracle_raw, qemu_img, qemu_io, sha256_of
 from tests.images.vhdx_builders import (
-    BAT_AT,
     FULLY_PRESENT,
     NOT_PRESENT,
     UNDEFINED,
@@ -25,7 +24,7 @@ from tests.images.vhdx_builders import (
     MiB,
     VhdxBuilder,
     active_data_write_guid,
-    log_entry,
+    build_dirty_vhdx,
 )
 from vmforensics.errors import ImageFormatError
 from vmforensics.images.open import open_image
@@ -207,34 +206,6 @@ def test_vhdx_differencing_linkage_mismatch_warns_and_strict_refuses(
         open_image(child, strict=True)
 
 
-def dirty_image(tmp_path: Path) -> tuple[Path, bytes]:
-    """A VHDX whose on-disk BAT is stale; its log holds the BAT updates (and an older, stale entry)."""
-    builder = VhdxBuilder(8 * MiB)
-    block0, block1 = bytes(range(256)) * 4096, b"\x77" * MiB
-    builder.set_block(0, FULLY_PRESENT, block0)
-    first = builder.bat_bytes()[: 4 * KiB]
-    offset1 = builder.set_block(1, FULLY_PRESENT, block1)
-    final = builder.bat_bytes()[: 4 * KiB]
-    builder.set_block(2, FULLY_PRESENT, b"\x99" * MiB)
-    stale = builder.bat_bytes()[: 4 * KiB]  # only an entry older than the active sequence says this
-    builder.bat = [0] * len(builder.bat)  # what reached the file before the "power failure"
-    log_guid = uuid.uuid4().bytes_le
-    builder.log_guid = log_guid
-    size = builder.file_size()
-    one = log_entry(10, 0, log_guid, [(BAT_AT, first)], [], size)
-    two = log_entry(11, 0, log_guid, [(BAT_AT, final)], [(offset1 + 8 * KiB, 4 * KiB)], size)
-    old = log_entry(3, len(one) + len(two), log_guid, [(BAT_AT, stale)], [], size)
-    entries = one + two + old
-    builder.log[: len(entries)] = entries
-    image = tmp_path / "dirty.vhdx"
-    builder.build(image)
-    replayed = bytearray(8 * MiB)
-    replayed[:MiB] = block0
-    replayed[MiB : 2 * MiB] = block1
-    replayed[MiB + 8 * KiB : MiB + 12 * KiB] = bytes(4 * KiB)
-    return image, bytes(replayed)
-
-
 def qemu_replayed_copy(image: Path, tmp_path: Path) -> Path:
     """qemu replays a dirty log when it opens an image read-write: do that on a copy."""
     copy = tmp_path / "qemu-replayed.vhdx"
@@ -244,7 +215,7 @@ def qemu_replayed_copy(image: Path, tmp_path: Path) -> Path:
 
 
 def test_vhdx_dirty_log_is_replayed_in_memory_without_writing(tmp_path: Path) -> None:
-    image, want = dirty_image(tmp_path)
+    image, want = build_dirty_vhdx(tmp_path / "dirty.vhdx")
     before = sha256_of(image)
     refused = subprocess.run(["qemu-img", "info", str(image)], capture_output=True, text=True)
     assert (
@@ -261,7 +232,7 @@ def test_vhdx_dirty_log_is_replayed_in_memory_without_writing(tmp_path: Path) ->
 
 
 def test_vhdx_log_without_a_valid_sequence_warns_and_strict_refuses(tmp_path: Path) -> None:
-    image, _ = dirty_image(tmp_path)
+    image, _ = build_dirty_vhdx(tmp_path / "dirty.vhdx")
     corrupt(image, MiB + 4, b"\0\0\0\0")  # entry 10's checksum: 11 has no tail left in its sequence
     corrupt(image, MiB + 2 * 4 * KiB + 2 * 4 * KiB + 4, b"\0\0\0\0")  # and the stale one
     with open_image(image) as disk:

@@ -194,3 +194,30 @@ class VhdxBuilder:
         out += metadata(self.size, self.block_size, self.sector_size, self.locator)
         out += self.bat_bytes() + self.body
         path.write_bytes(out)
+
+
+def build_dirty_vhdx(image: Path) -> tuple[Path, bytes]:
+    """A VHDX whose on-disk BAT is stale; its log holds the BAT updates (and an older, stale entry)."""
+    builder = VhdxBuilder(8 * MiB)
+    block0, block1 = bytes(range(256)) * 4096, b"\x77" * MiB
+    builder.set_block(0, FULLY_PRESENT, block0)
+    first = builder.bat_bytes()[: 4 * KiB]
+    offset1 = builder.set_block(1, FULLY_PRESENT, block1)
+    final = builder.bat_bytes()[: 4 * KiB]
+    builder.set_block(2, FULLY_PRESENT, b"\x99" * MiB)
+    stale = builder.bat_bytes()[: 4 * KiB]  # only an entry older than the active sequence says this
+    builder.bat = [0] * len(builder.bat)  # what reached the file before the "power failure"
+    log_guid = uuid.uuid4().bytes_le
+    builder.log_guid = log_guid
+    size = builder.file_size()
+    one = log_entry(10, 0, log_guid, [(BAT_AT, first)], [], size)
+    two = log_entry(11, 0, log_guid, [(BAT_AT, final)], [(offset1 + 8 * KiB, 4 * KiB)], size)
+    old = log_entry(3, len(one) + len(two), log_guid, [(BAT_AT, stale)], [], size)
+    entries = one + two + old
+    builder.log[: len(entries)] = entries
+    builder.build(image)
+    replayed = bytearray(8 * MiB)
+    replayed[:MiB] = block0
+    replayed[MiB : 2 * MiB] = block1
+    replayed[MiB + 8 * KiB : MiB + 12 * KiB] = bytes(4 * KiB)
+    return image, bytes(replayed)

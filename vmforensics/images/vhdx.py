@@ -181,7 +181,8 @@ def _parent_locator(raw: bytes, offset: int, path: str) -> dict[str, str]:
                 "VHDX parent locator key or value overruns the item", offset=offset + at, path=path
             )
         key = raw[key_at : key_at + key_len].decode("utf-16-le", "replace")
-        pairs[key] = raw[value_at : value_at + value_len].decode("utf-16-le", "replace")
+        value = raw[value_at : value_at + value_len].decode("utf-16-le", "replace")
+        pairs[key] = value.split("\0", 1)[0]  # no NUL may reach a file name
     return pairs
 
 
@@ -356,6 +357,12 @@ class VhdxImage(DiskImage):
                     pieces = self._block_runs(block).spans(within, within + count)
                 for first, stop, present in pieces:
                     if present:
+                        if start + stop > source.size:
+                            raise ImageFormatError(
+                                f"block {block} lies beyond the end of the file (truncated?)",
+                                offset=self.bat_region.file_offset + index * 8,
+                                path=self.path,
+                            )
                         if pending:
                             yield Segment(pending, pending_kind)
                             pending = 0
