@@ -127,14 +127,6 @@ class SmbServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
-    def child_pids(self) -> list[int]:
-        """Pids of the per-connection smbd children (kill one to drop a client's connection)."""
-        assert self.process is not None
-        out = subprocess.run(
-            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False
-        ).stdout
-        return [int(pid) for pid in out.split()]
-
     def __enter__(self) -> SmbServer:
         return self.start()
 
