@@ -216,10 +216,17 @@ class VhdImage(DiskImage):
 
         return self._runs.get(block, load)
 
-    def _segments(self, offset: int, length: int) -> Iterator[Segment]:
+    def _segments(self, offset: int, length: int) -> Iterable[Segment]:
         if self.disk_type is DiskType.FIXED:
-            yield data(length, self.source, offset)
-            return
+            return (data(length, self.source, offset),)
+        block, within = divmod(offset, self.block_size)
+        if within + length <= self.block_size and block < len(self._bat):  # fast path: one full block
+            entry = self._bat[block]
+            if entry != UNALLOCATED and self._block_runs(block).full:
+                return (data(length, self.source, entry * SECTOR + self._bitmap_size + within),)
+        return self._walk(offset, length)
+
+    def _walk(self, offset: int, length: int) -> Iterator[Segment]:
         absent = Kind.PARENT if self.disk_type is DiskType.DIFFERENCING else Kind.ZERO
         bat, entries, block_size = self._bat, len(self._bat), self.block_size
         pending = 0  # bytes of consecutive absent sectors not yet emitted

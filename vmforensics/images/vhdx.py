@@ -331,7 +331,17 @@ class VhdxImage(DiskImage):
 
         return self._runs.get(block, load)
 
-    def _segments(self, offset: int, length: int) -> Iterator[Segment]:
+    def _segments(self, offset: int, length: int) -> Iterable[Segment]:
+        block, within = divmod(offset, self.block_size)
+        if within + length <= self.block_size:  # fast path: one fully present block
+            entry = self._bat[block + block // self.chunk_ratio]
+            start = (entry >> BAT_OFFSET_SHIFT) * MiB
+            end = start + within + length
+            if entry & BAT_STATE_MASK == PayloadState.FULLY_PRESENT and start and end <= self.source.size:
+                return (data(length, self.source, start + within),)
+        return self._walk(offset, length)
+
+    def _walk(self, offset: int, length: int) -> Iterator[Segment]:
         bat, ratio, block_size, source = self._bat, self.chunk_ratio, self.block_size, self.source
         absent = Kind.PARENT if self.has_parent else Kind.ZERO
         pending_kind, pending = Kind.ZERO, 0  # a run of zero or parent bytes not yet emitted
