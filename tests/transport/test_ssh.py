@@ -1,0 +1,462 @@
+"""SSHTransport against a real OpenSSH sshd on loopback; the oracle is the file on local disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.transport.conftest import SSH_TEST_USER
+from tests.transport.sshd import SSHServer, fingerprint, keygen
+from vmforensics.errors import (
+    AuthenticationError,
+    ConnectionError_,
+    HostVerificationError,
+    SourceChangedError,
+    SourceError,
+    UsageError,
+)
+from vmforensics.transport.ssh import SSHTransport
+
+PLANES = ["openssh", "exec", "sftp"]
+
+
+def connect(server: SSHServer, **options) -> SSHTransport:
+    options.setdefault("known_hosts", server.known_hosts)
+    return SSHTransport(
+        server.host, port=server.port, user=server.user, identity=server.client_key, **options
+    )
+
+
+def read_all(transport: SSHTransport, path: str, offset: int = 0) -> bytes:
+    stream = transport.open_read(path, offset)
+    buffer = memoryview(bytearray(1 << 20))
+    parts = []
+    try:
+        while count := stream.readinto(buffer):
+            parts.append(bytes(buffer[:count]))
+    finally:
+        stream.close()
+    return b"".join(parts)
+
+
+def sha256_resuming(transport: SSHTransport, path: str, max_failures: int = 20) -> tuple[str, int]:
+    """Stream ``path`` to the end, reconnecting and reopening at the offset reached after each drop."""
+    digest = hashlib.sha256()
+    done = failures = 0
+    buffer = memoryview(bytearray(1 << 20))
+    while True:
+        try:
+            stream = transport.open_read(path, done)
+            try:
+                while count := stream.readinto(buffer):
+                    digest.update(buffer[:count])
+                    done += count
+            finally:
+                stream.close()
+            return digest.hexdigest(), failures
+        except ConnectionError_:
+            failures += 1
+            assert failures <= max_failures, "too many failures"
+            transport.reconnect()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_random(path: Path, size: int, seed: int = 1) -> Path:
+    rng = random.Random(seed)
+    with path.open("wb") as f:
+        for start in range(0, size, 1 << 20):
+            f.write(rng.randbytes(min(1 << 20, size - start)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def public_dir() -> Iterator[Path]:
+    """A directory the unprivileged password-test user can traverse (pytest's tmp dirs are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="vmf-ssh-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture(scope="module")
+def sample(public_dir: Path) -> Path:
+    path = write_random(public_dir / "sample.bin", 3 * 1024 * 1024 + 12345)
+    path.chmod(0o644)
+    return path
+
+
+# -- host-key verification ------------------------------------------------------------------------
+
+
+def test_known_host_key_is_accepted_and_recorded(sshd: SSHServer) -> None:
+    with connect(sshd) as transport:
+        facts = transport.describe()
+    assert facts["host_verification"] == "known_hosts"
+    assert facts["host_key_fingerprint"] == sshd.host_key_fingerprint
+    assert (facts["host"], facts["port"], facts["user"]) == (sshd.host, sshd.port, sshd.user)
+    assert "password" not in str(facts).lower().replace("'auth': 'publickey'", "")
+
+
+def test_unknown_host_key_is_refused_naming_the_key_seen(sshd: SSHServer, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(HostVerificationError) as caught:
+        connect(sshd, known_hosts=empty)
+    assert caught.value.fingerprint == sshd.host_key_fingerprint
+    assert sshd.host_key_fingerprint in str(caught.value)
+
+
+def test_changed_host_key_is_refused(sshd: SSHServer, tmp_path: Path) -> None:
+    other = keygen(tmp_path / "other_host_key")
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[{sshd.host}]:{sshd.port} {' '.join(other.split()[:2])}\n")
+    with pytest.raises(HostVerificationError, match="CHANGED") as caught:
+        connect(sshd, known_hosts=known)
+    assert caught.value.fingerprint == sshd.host_key_fingerprint
+    assert fingerprint(other) in str(caught.value)
+
+
+def test_pinned_fingerprint_is_accepted(sshd: SSHServer) -> None:
+    with connect(sshd, known_hosts=None, host_key_fingerprint=sshd.host_key_fingerprint) as transport:
+        assert transport.describe()["host_verification"] == "pinned"
+
+
+def test_wrong_pinned_fingerprint_is_refused(sshd: SSHServer, tmp_path: Path) -> None:
+    wrong = fingerprint(keygen(tmp_path / "other"))
+    with pytest.raises(HostVerificationError, match="not the pinned") as caught:
+        connect(sshd, known_hosts=None, host_key_fingerprint=wrong)
+    assert caught.value.fingerprint == sshd.host_key_fingerprint
+
+
+@pytest.mark.parametrize("pin", ["MD5:aa:bb", "SHA256:short", "ab" * 32])
+def test_malformed_pin_is_a_usage_error(sshd: SSHServer, pin: str) -> None:
+    with pytest.raises(UsageError):
+        connect(sshd, known_hosts=None, host_key_fingerprint=pin)
+
+
+def test_insecure_opt_out_is_visible_in_describe(sshd: SSHServer) -> None:
+    with connect(sshd, known_hosts=None, insecure_accept_any_host_key=True) as transport:
+        facts = transport.describe()
+    assert facts["host_verification"] == "insecure-opt-out"
+    assert facts["host_key_fingerprint"] == sshd.host_key_fingerprint
+
+
+def test_reconnect_refuses_a_host_key_that_changed_since_the_first_connection(tmp_path: Path) -> None:
+    server = SSHServer(tmp_path / "srv").start()
+    try:
+        transport = SSHTransport(
+            server.host,
+            port=server.port,
+            user=server.user,
+            identity=server.client_key,
+            insecure_accept_any_host_key=True,
+        )
+        server.stop()
+        replacement = SSHServer(tmp_path / "impostor", port=server.port).start()
+        try:
+            with pytest.raises(HostVerificationError, match="CHANGED"):
+                transport.reconnect()
+        finally:
+            replacement.stop()
+    finally:
+        server.stop()
+
+
+# -- authentication -------------------------------------------------------------------------------
+
+
+def test_password_authentication_reads_the_file(sshd_password: SSHServer, sample: Path) -> None:
+    user, password = SSH_TEST_USER
+    with SSHTransport(
+        sshd_password.host,
+        port=sshd_password.port,
+        user=user,
+        password=password,
+        known_hosts=sshd_password.known_hosts,
+    ) as transport:
+        assert read_all(transport, str(sample)) == sample.read_bytes()
+        facts = transport.describe()
+    assert facts["auth"] == "password"
+    assert facts["data_plane"] == "exec"  # the system ssh client would prompt for a password
+    assert password not in repr(facts)
+
+
+def test_wrong_password_is_refused(sshd_password: SSHServer) -> None:
+    with pytest.raises(AuthenticationError):
+        SSHTransport(
+            sshd_password.host,
+            port=sshd_password.port,
+            user=SSH_TEST_USER[0],
+            password="not the password",
+            known_hosts=sshd_password.known_hosts,
+        )
+
+
+def test_unreadable_file_is_a_source_error(sshd_password: SSHServer, public_dir: Path) -> None:
+    secret = public_dir / "secret.bin"
+    secret.write_bytes(b"x" * 100)
+    secret.chmod(0o600)
+    user, password = SSH_TEST_USER
+    with (
+        SSHTransport(
+            sshd_password.host,
+            port=sshd_password.port,
+            user=user,
+            password=password,
+            known_hosts=sshd_password.known_hosts,
+        ) as transport,
+        pytest.raises(SourceError),
+    ):
+        transport.open_read(str(secret))
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_open_read_at_offsets_matches_the_file(sshd: SSHServer, sample: Path, plane: str) -> None:
+    data = sample.read_bytes()
+    with connect(sshd, data_plane=plane) as transport:
+        for offset in (0, 1, 65537, len(data) // 2, len(data) - 1, len(data)):
+            assert read_all(transport, str(sample), offset) == data[offset:], offset
+        assert transport.describe()["data_plane"] == plane
+
+
+def test_auto_data_plane_prefers_the_system_ssh_client(sshd: SSHServer, sample: Path) -> None:
+    with connect(sshd) as transport:
+        assert read_all(transport, str(sample)) == sample.read_bytes()
+        assert transport.describe()["data_plane"] == "openssh"
+
+
+def test_exec_disabled_falls_back_to_sftp_with_identical_bytes(
+    sshd_sftp_only: SSHServer, sample: Path
+) -> None:
+    with connect(sshd_sftp_only) as transport:
+        assert read_all(transport, str(sample)) == sample.read_bytes()
+        assert read_all(transport, str(sample), 1000) == sample.read_bytes()[1000:]
+        assert transport.describe()["data_plane"] == "sftp"
+        assert transport.remote_hash(str(sample)) is None
+
+
+@pytest.mark.parametrize("compress", [True, "gzip", "zstd", "ssh"])
+@pytest.mark.parametrize("plane", ["openssh", "exec"])
+def test_compressed_transfer_stores_the_original_bytes(
+    sshd: SSHServer, tmp_path: Path, compress: str | bool, plane: str
+) -> None:
+    mostly_zeros = tmp_path / "thin.raw"
+    rng = random.Random(5)
+    mostly_zeros.write_bytes(b"".join(rng.randbytes(4096) + bytes(60000) for _ in range(40)))
+    data = mostly_zeros.read_bytes()
+    with connect(sshd, data_plane=plane, compress=compress) as transport:
+        assert read_all(transport, str(mostly_zeros)) == data
+        assert read_all(transport, str(mostly_zeros), 70001) == data[70001:]
+        expected = {True: "zstd", "gzip": "gzip", "zstd": "zstd", "ssh": "ssh"}[compress]
+        assert transport.describe()["compression"] == expected
+
+
+def test_remote_hash_matches_the_local_digest(sshd: SSHServer, sample: Path) -> None:
+    with connect(sshd) as transport:
+        assert transport.remote_hash(str(sample)) == sha256_file(sample)
+        assert transport.remote_hash(str(sample), "md5") == hashlib.md5(sample.read_bytes()).hexdigest()
+        assert transport.remote_hash(str(sample), "whirlpool") is None
+
+
+def test_untrusted_path_is_never_interpreted_by_the_remote_shell(sshd: SSHServer, tmp_path: Path) -> None:
+    canary = Path.home() / "vmf-pwned"  # the remote shell's working directory is the user's home
+    canary.unlink(missing_ok=True)
+    hostile = tmp_path / "-a b;touch vmf-pwned;$(touch vmf-pwned)'\"`touch vmf-pwned`\n>x"
+    hostile.write_bytes(b"evidence\n" * 1000)
+    for plane in ("openssh", "exec"):
+        with connect(sshd, data_plane=plane) as transport:
+            assert read_all(transport, str(hostile), 3) == hostile.read_bytes()[3:]
+            assert transport.remote_hash(str(hostile)) == sha256_file(hostile)
+    assert not canary.exists()
+
+
+def test_missing_file_and_directory_are_source_errors(sshd: SSHServer, tmp_path: Path) -> None:
+    with connect(sshd) as transport:
+        with pytest.raises(SourceError):
+            transport.stat(str(tmp_path / "absent"))
+        with pytest.raises(SourceError):
+            transport.open_read(str(tmp_path / "absent"))
+        with pytest.raises(SourceError):
+            transport.open_read(str(tmp_path))
+        with pytest.raises(SourceError):
+            transport.listdir(str(tmp_path / "absent"))
+
+
+def test_stat_listdir_and_walk_report_symlinks_without_following(sshd: SSHServer, tmp_path: Path) -> None:
+    root = tmp_path / "datastore"
+    (root / "vm" / "deep").mkdir(parents=True)
+    (root / "vm" / "disk-flat.vmdk").write_bytes(b"d" * 4096)
+    (root / "vm" / "deep" / "vmware.log").write_bytes(b"log\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "not-evidence").write_bytes(b"o")
+    (root / "vm" / "link-to-disk").symlink_to(root / "vm" / "disk-flat.vmdk")
+    (root / "vm" / "link-to-dir").symlink_to(outside)
+    with connect(sshd) as transport:
+        entries = {Path(e.path).name: e for e in transport.listdir(str(root / "vm"))}
+        assert set(entries) == {"deep", "disk-flat.vmdk", "link-to-disk", "link-to-dir"}
+        assert entries["disk-flat.vmdk"].path == str(root / "vm" / "disk-flat.vmdk")
+        assert entries["disk-flat.vmdk"].size == 4096 and not entries["disk-flat.vmdk"].is_symlink
+        assert entries["deep"].is_dir
+        assert entries["link-to-dir"].is_symlink and entries["link-to-disk"].is_symlink
+        walked = sorted(e.path for e in transport.walk(str(root)))
+        info = transport.stat(str(root / "vm" / "link-to-disk"))
+        assert transport.stat(str(root / "vm" / "disk-flat.vmdk")).mtime == pytest.approx(
+            (root / "vm" / "disk-flat.vmdk").stat().st_mtime, abs=1
+        )
+    assert walked == sorted(
+        str(root / "vm" / name)
+        for name in ("deep/vmware.log", "disk-flat.vmdk", "link-to-disk", "link-to-dir")
+    )
+    assert info.is_symlink and info.size == 4096
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_file_truncated_mid_transfer_raises_instead_of_a_short_read(
+    sshd: SSHServer, tmp_path: Path, plane: str
+) -> None:
+    victim = write_random(tmp_path / "shrinking.bin", 48 * 1024 * 1024)
+    with connect(sshd, data_plane=plane) as transport:
+        before = transport.stat(str(victim))
+        stream = transport.open_read(str(victim))
+        buffer = memoryview(bytearray(1 << 20))
+        assert stream.readinto(buffer) > 0
+        os.truncate(victim, 4 * 1024 * 1024)
+        with pytest.raises(ConnectionError_):
+            while stream.readinto(buffer):
+                pass
+        stream.close()
+        after = transport.stat(str(victim))
+        assert after.size != before.size
+        with pytest.raises(SourceChangedError):
+            transport.open_read(str(victim), before.size // 2)
+
+
+def test_file_growing_mid_transfer_yields_the_stated_size_and_a_changed_stat(
+    sshd: SSHServer, tmp_path: Path
+) -> None:
+    log = write_random(tmp_path / "vmware.log", 8 * 1024 * 1024)
+    original = log.read_bytes()
+    with connect(sshd) as transport:
+        before = transport.stat(str(log))
+        stream = transport.open_read(str(log))
+        buffer = memoryview(bytearray(1 << 20))
+        got = bytearray(buffer[: stream.readinto(buffer)])
+        with log.open("ab") as f:
+            f.write(b"appended during acquisition\n" * 1000)
+        while count := stream.readinto(buffer):
+            got += buffer[:count]
+        stream.close()
+        after = transport.stat(str(log))
+    assert bytes(got) == original
+    assert (after.size, after.mtime) != (before.size, before.mtime) or after.size > before.size
+
+
+# -- URL and jump host ----------------------------------------------------------------------------
+
+
+def test_from_url_opens_the_transport_and_path(sshd: SSHServer, sample: Path) -> None:
+    url = f"ssh://{sshd.user}@{sshd.host}:{sshd.port}{sample}"
+    transport, path = SSHTransport.from_url(url, identity=sshd.client_key, known_hosts=sshd.known_hosts)
+    with transport:
+        assert path == str(sample)
+        assert transport.stat(path).size == sample.stat().st_size
+
+
+def test_password_in_url_is_refused() -> None:
+    with pytest.raises(UsageError, match="passwords never go in URLs"):
+        SSHTransport.from_url("ssh://root:hunter2@127.0.0.1:22/etc/hostname")
+
+
+def test_jump_host_reaches_the_target(sshd: SSHServer, sample: Path) -> None:
+    with connect(sshd) as bastion, connect(sshd, jump=bastion) as target:
+        assert read_all(target, str(sample), 5) == sample.read_bytes()[5:]
+        facts = target.describe()
+    assert facts["data_plane"] == "exec"
+    assert facts["jump"]["host_key_fingerprint"] == sshd.host_key_fingerprint
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plane", ["openssh", "exec"])
+def test_cut_connections_resume_to_the_exact_digest(
+    sshd: SSHServer, fault_proxy, tmp_path: Path, plane: str
+) -> None:
+    """12 trials per data plane, each cutting the link at a random byte; each ends with the exact digest."""
+    source = write_random(tmp_path / "disk.raw", 6 * 1024 * 1024 + 777, seed=7)
+    expected = sha256_file(source)
+    proxy = fault_proxy((sshd.host, sshd.port))
+    rng = random.Random(2026)
+    with SSHTransport(
+        proxy.host,
+        port=proxy.port,
+        user=sshd.user,
+        identity=sshd.client_key,
+        host_key_fingerprint=sshd.host_key_fingerprint,
+        data_plane=plane,
+    ) as transport:
+        read_all(transport, str(source), source.stat().st_size - 10)  # settle the data plane first
+        for _trial in range(12):
+            cuts_before = proxy.cuts
+            proxy.cut_after(rng.randrange(20_000, 6_000_000))
+            if plane == "exec":
+                transport.reconnect()  # bytes flow on the control connection: cut that one
+            digest, failures = sha256_resuming(transport, str(source))
+            assert digest == expected
+            assert failures >= 1 and proxy.cuts > cuts_before
+
+
+def test_killed_sshd_sessions_resume_to_the_exact_digest(sshd: SSHServer, tmp_path: Path) -> None:
+    source = write_random(tmp_path / "memory.vmem", 24 * 1024 * 1024, seed=9)
+    expected = sha256_file(source)
+    with connect(sshd, known_hosts=sshd.known_hosts) as transport:
+        for trial in range(4):
+            killer = threading.Timer(0.05 + 0.05 * trial, sshd.kill_sessions)
+            killer.start()
+            digest, _failures = sha256_resuming(transport, str(source))
+            killer.join()
+            assert digest == expected
+
+
+def test_file_past_the_paramiko_rekey_boundary(sshd: SSHServer, tmp_path: Path) -> None:
+    """600 MiB over a paramiko exec channel: past paramiko's default 2**29-byte rekey point."""
+    big = tmp_path / "big.raw"
+    with big.open("wb") as f:
+        block = random.Random(3).randbytes(1 << 20)
+        for index in range(600):
+            f.write(index.to_bytes(8, "little") + block[8:])
+    try:
+        with connect(sshd, data_plane="exec") as transport:
+            digest, _failures = sha256_resuming(transport, str(big))
+        assert digest == sha256_file(big)
+    finally:
+        big.unlink()
+
+
+def test_server_initiated_rekeys_mid_stream(tmp_path: Path) -> None:
+    """sshd rekeys every 4 MiB: many key exchanges while data flows and as channels close."""
+    source = write_random(tmp_path / "rekeyed.bin", 40 * 1024 * 1024 + 3, seed=11)
+    with SSHServer(tmp_path / "srv", extra_config="RekeyLimit 4M\n") as server:
+        for plane in ("exec", "sftp"):
+            with connect(server, data_plane=plane) as transport:
+                digest, _failures = sha256_resuming(transport, str(source))
+                assert digest == sha256_file(source)

@@ -1,0 +1,105 @@
+"""The system OpenSSH client as the data plane, pinned to exactly the host key paramiko verified.
+
+paramiko decrypts in Python on one thread; the ``ssh`` binary decrypts in C in its own process, so
+its stdout pipe carries the file at link speed while our thread only hashes. The client is run with
+no user configuration (``-F /dev/null``), no prompts (``BatchMode``), and a private known_hosts file
+that holds the single key verified by the control connection under a fixed alias, with strict
+checking: it connects to that key or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import paramiko
+
+log = logging.getLogger(__name__)
+
+_ALIAS = "vmforensics-verified-host"
+_PROBE = "echo vmforensics-exec-ok"
+
+
+def _host_key_algorithms(key: paramiko.PKey) -> str:
+    name = key.get_name()
+    return "rsa-sha2-512,rsa-sha2-256,ssh-rsa" if name == "ssh-rsa" else name
+
+
+class OpenSSHClient:
+    """Builds ``ssh`` command lines for one verified server; owns a private known_hosts file."""
+
+    def __init__(
+        self,
+        executable: str,
+        *,
+        host: str,
+        port: int,
+        user: str,
+        host_key: paramiko.PKey,
+        identity: str | None,
+        timeout: float,
+    ):
+        self.executable = executable
+        self._dir = Path(tempfile.mkdtemp(prefix="vmforensics-ssh-"))
+        known_hosts = self._dir / "known_hosts"
+        known_hosts.write_text(f"{_ALIAS} {host_key.get_name()} {host_key.get_base64()}\n")
+        options = {
+            "BatchMode": "yes",
+            "StrictHostKeyChecking": "yes",
+            "UserKnownHostsFile": str(known_hosts),
+            "GlobalKnownHostsFile": "/dev/null",
+            "HostKeyAlias": _ALIAS,
+            "HostKeyAlgorithms": _host_key_algorithms(host_key),
+            "CheckHostIP": "no",
+            "UpdateHostKeys": "no",
+            "PasswordAuthentication": "no",
+            "KbdInteractiveAuthentication": "no",
+            "ConnectTimeout": str(max(1, int(timeout))),
+            "ServerAliveInterval": "10",
+            "ServerAliveCountMax": "3",
+            "ControlMaster": "no",
+            "ControlPath": "none",
+            "ClearAllForwardings": "yes",
+            "ForwardAgent": "no",
+            "LogLevel": "ERROR",
+        }
+        if identity:
+            options |= {"IdentityFile": identity, "IdentitiesOnly": "yes"}
+        self._options = [executable, "-F", "/dev/null", "-T", "-x"]
+        for name, value in options.items():
+            self._options += ["-o", f"{name}={value}"]
+        self._target = ["-p", str(port), "-l", user, "--", host]
+
+    def argv(self, remote_command: str, *, compression: bool = False) -> list[str]:
+        """The command line that runs ``remote_command`` (already shell-quoted) on the server."""
+        compress = ["-o", f"Compression={'yes' if compression else 'no'}"]
+        return [*self._options, *compress, *self._target, remote_command]
+
+    def works(self, timeout: float) -> bool:
+        """Whether this client can log in and run a command without prompting (key or agent auth)."""
+        try:
+            done = subprocess.run(
+                self.argv(_PROBE), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.info("system ssh client unusable: %s", exc)
+            return False
+        if done.stdout.strip() == b"vmforensics-exec-ok":
+            return True
+        log.info(
+            "system ssh client unusable (exit %d): %s",
+            done.returncode,
+            done.stderr.decode("utf-8", "replace").strip()[:500],
+        )
+        return False
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def find_ssh() -> str | None:
+    """The system OpenSSH client, if installed."""
+    return shutil.which("ssh")
