@@ -61,10 +61,10 @@ def safe_relative_path(name: str) -> tuple[str, ...]:
 
 
 class EvidenceFileWriter:
-    """Appends to one evidence file while hashing, on a worker thread that overlaps the caller's reads.
+    """Appends to one evidence file while hashing, in a pipeline that overlaps the caller's reads.
 
-    ``submit(buffer, length)`` hands a buffer to the worker, which hashes and writes it and then
-    puts it back on ``free``; the caller meanwhile fills the next buffer. ``size`` is the number of
+    ``submit(buffer, length)`` hands a buffer to the hashing thread, which passes it on to the
+    writing thread, which puts it back on ``free``; the caller meanwhile fills the next buffer. ``size`` is the number of
     bytes already on disk (the resume point).
     """
 
@@ -80,9 +80,16 @@ class EvidenceFileWriter:
         for _ in range(buffers):
             self.free.put(bytearray(READ_CHUNK))
         self._work: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self._writes: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self._pending = threading.Semaphore(buffers)  # released when a buffer is fully written
+        self._buffers = buffers
         self._error: BaseException | None = None
-        self._worker = threading.Thread(target=self._run, name=f"evidence:{relative}", daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=stage, name=f"evidence-{stage.__name__}:{relative}", daemon=True)
+            for stage in (self._hash_stage, self._write_stage)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def _rehash_existing(self) -> None:
         """Resume: hash what an earlier, interrupted run left on disk, and continue after it."""
@@ -98,7 +105,7 @@ class EvidenceFileWriter:
             offset += got
         self.size = self.resumed_from = offset
 
-    def _run(self) -> None:
+    def _hash_stage(self) -> None:
         while (item := self._work.get()) is not None:
             buffer, length = item
             try:
@@ -106,6 +113,17 @@ class EvidenceFileWriter:
                     view = memoryview(buffer)[:length]
                     for hasher in self._hashers.values():
                         hasher.update(view)
+            except BaseException as exc:  # reported to the caller on its next call
+                self._error = exc
+            self._writes.put(item)
+        self._writes.put(None)
+
+    def _write_stage(self) -> None:
+        while (item := self._writes.get()) is not None:
+            buffer, length = item
+            try:
+                if self._error is None:
+                    view = memoryview(buffer)[:length]
                     written = 0
                     while written < length:
                         written += os.write(self._fd, view[written:])
@@ -113,7 +131,7 @@ class EvidenceFileWriter:
                 self._error = exc
             finally:
                 self.free.put(buffer)
-                self._work.task_done()
+                self._pending.release()
 
     def _raise_pending(self) -> None:
         if self._error is not None:
@@ -130,6 +148,7 @@ class EvidenceFileWriter:
             self.free.put(buffer)
             return
         self.size += length
+        self._pending.acquire()
         self._work.put((buffer, length))
 
     def write(self, data: bytes | memoryview) -> None:
@@ -143,7 +162,10 @@ class EvidenceFileWriter:
 
     def flush(self) -> None:
         """Wait until everything submitted is hashed and written, then make it durable."""
-        self._work.join()
+        for _ in range(self._buffers):
+            self._pending.acquire()
+        for _ in range(self._buffers):
+            self._pending.release()
         self._raise_pending()
         os.fsync(self._fd)
 
@@ -152,9 +174,10 @@ class EvidenceFileWriter:
         return {name: hasher.hexdigest() for name, hasher in self._hashers.items()}
 
     def close(self) -> None:
-        if self._worker.is_alive():
+        if self._workers[0].is_alive():
             self._work.put(None)
-            self._worker.join()
+            for worker in self._workers:
+                worker.join()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
