@@ -68,6 +68,7 @@ def produced(payload: bytes | memoryview) -> Segment:
 
 
 _ZEROS = bytes(1 << 20)
+_SCRATCH_LIMIT = 16 * 1024 * 1024
 
 #: read_at reuses one buffer per thread up to this size: a fresh large buffer costs a page fault
 #: per 4 KiB on first touch, which made reads several times slower than the copy itself.
@@ -106,6 +107,12 @@ class ImageSource:
 
     def readinto_at(self, view: memoryview, offset: int) -> None:
         """Fill ``view`` exactly from ``offset``; a short read means a truncated file."""
+        if offset < 0 or offset + len(view) > self.size:
+            raise ImageFormatError(
+                f"{len(view)} bytes needed but the file is {self.size} bytes long (truncated?)",
+                offset=offset,
+                path=self.name,
+            )
         done = 0
         while done < len(view):
             if self._fd is not None:
@@ -231,6 +238,8 @@ class DiskImage(io.RawIOBase):
         self.strict = strict
         self.warnings: list[str] = []
         self._pos = 0
+        self._scratch = bytearray()
+        self._scratch_lock = threading.Lock()
 
     # --- what a format implements -------------------------------------------------------------
 
@@ -461,6 +470,8 @@ class Resolver:
                 if path in tried:
                     continue
                 tried.append(path)
+                if "\0" in path:
+                    raise ImageFormatError(f"{what} name {name!r} contains a NUL byte", path=relative_to)
                 try:
                     return ImageSource(self.opener(path), path)
                 except FileNotFoundError:
