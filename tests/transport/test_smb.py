@@ -10,7 +10,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,9 +186,9 @@ def test_required_encryption_is_used_and_reported(server: SmbServer, share_dir: 
         assert _read_all(t.open_read("/disk.bin", MiB)) == (share_dir / "disk.bin").read_bytes()[MiB:]
 
 
-def test_encryption_is_used_when_the_server_asks_for_it(share_dir: Path) -> None:
+def test_encryption_is_used_when_the_server_offers_it(share_dir: Path) -> None:
     with (
-        SmbServer({"evidence": share_dir}, encrypt="required") as strict,
+        SmbServer({"evidence": share_dir}, encrypt="desired") as strict,
         SMBTransport(
             "127.0.0.1", "evidence", user=strict.user, password=strict.password, port=strict.port
         ) as t,
@@ -325,7 +324,7 @@ def test_file_shrinking_mid_transfer_raises_instead_of_ending_early(
 
 
 class CuttingProxy:
-    """A TCP proxy to ``target`` that can cut connections after a given number of reply bytes."""
+    """A TCP proxy to ``target`` that cuts, or silently stalls, connections after N reply bytes."""
 
     def __init__(self, target: tuple[str, int]):
         self.target = target
@@ -334,15 +333,14 @@ class CuttingProxy:
         self.live: list[dict] = []
         self.next_budgets: list[int] = []
         self.lock = threading.Lock()
-        self.stalled = threading.Event()  # set: hold every byte, close nothing
-        self.closed = False
+        self.closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def cut_live_after(self, count: int) -> None:
-        """Close every open connection once ``count`` more bytes went from server to client."""
+    def cut_live_after(self, count: int, *, stall: bool = False) -> None:
+        """After ``count`` more server bytes, close every open connection (or hold it open, mute)."""
         with self.lock:
             for link in self.live:
-                link["budget"] = count
+                link["budget"], link["stall"] = count, stall
 
     def cut_next_after(self, *counts: int) -> None:
         """The next connections accepted are cut after these many server bytes each."""
@@ -350,7 +348,7 @@ class CuttingProxy:
             self.next_budgets.extend(counts)
 
     def close(self) -> None:
-        self.closed = True
+        self.closed.set()
         self.listener.close()
         with self.lock:
             for link in self.live:
@@ -365,30 +363,27 @@ class CuttingProxy:
             upstream = socket.create_connection(self.target)
             with self.lock:
                 budget = self.next_budgets.pop(0) if self.next_budgets else None
-                link = {"client": client, "upstream": upstream, "budget": budget}
+                link = {"client": client, "upstream": upstream, "budget": budget, "stall": False}
                 self.live.append(link)
             threading.Thread(target=self._pump, args=(link, client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(link, upstream, client, True), daemon=True).start()
 
     def _pump(self, link: dict, source: socket.socket, sink: socket.socket, counted: bool) -> None:
-        try:
+        with contextlib.suppress(OSError):
             while data := source.recv(256 * 1024):
-                while self.stalled.is_set() and not self.closed:
-                    time.sleep(0.05)
-                if counted:
-                    with self.lock:
-                        budget = link["budget"]
-                        if budget is not None:
-                            data = data[:budget]
-                            link["budget"] = budget - len(data)
-                    if data:
-                        sink.sendall(data)
-                    if budget is not None and link["budget"] <= 0:
-                        break
-                else:
+                if not counted:
                     sink.sendall(data)
-        except OSError:
-            pass
+                    continue
+                with self.lock:
+                    budget = link["budget"]
+                    if budget is not None:
+                        data = data[:budget]
+                        link["budget"] = budget - len(data)
+                sink.sendall(data)
+                if budget is not None and link["budget"] <= 0:
+                    if link["stall"]:
+                        self.closed.wait()  # the client sees a live but silent connection
+                    break
         self._shut(link)
 
     def _shut(self, link: dict) -> None:
@@ -421,14 +416,23 @@ def test_cut_connection_raises_connection_error_not_a_short_read(
         )
 
 
-def test_stalled_connection_times_out_as_connection_error(server: SmbServer, proxy: CuttingProxy) -> None:
+def test_stalled_connection_times_out_and_the_copier_resumes_on_a_new_one(
+    server: SmbServer, proxy: CuttingProxy, share_dir: Path, tmp_path: Path
+) -> None:
     with SMBTransport(
         "127.0.0.1", "evidence", user=server.user, password=server.password, port=proxy.port, timeout=2
     ) as t:
         stream = t.open_read("/disk.bin")
-        proxy.stalled.set()  # stop forwarding without closing: the link hangs
+        proxy.cut_live_after(MiB, stall=True)
         with pytest.raises(ConnectionError_, match="timeout"):
             _read_all(stream)
+        stream.close()  # must not wait on the hung link
+        t.reconnect()
+        t.stat("/disk.bin")
+        proxy.cut_live_after(3 * MiB, stall=True)
+        record = copy_file(t, "/disk.bin", EvidenceDirectory(tmp_path / "case"), "disk.bin", backoff=0.01)
+    assert record.resumed == 1
+    assert record.hashes["sha256"] == hashlib.sha256((share_dir / "disk.bin").read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("trial", range(20))

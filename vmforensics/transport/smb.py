@@ -223,7 +223,7 @@ class SMBTransport(Transport):
             "domain": self.domain,
             "auth": self.auth,
             "dialect": _DIALECTS.get(session.connection.dialect, hex(session.connection.dialect)),
-            "signing": bool(session.signing_required or encrypted),
+            "signing": bool(session.signing_required),
             "encryption": encrypted,
             "verification": "kerberos" if self.auth == "kerberos" else "ntlm-session-key",
         }
@@ -320,6 +320,7 @@ class SMBReadStream:
         self._pending: collections.deque[tuple[int, int, Any]] = collections.deque()
         self._current = memoryview(b"")
         self._position = offset
+        self._broken = False
 
     def readinto(self, buffer: memoryview) -> int:
         """Fill ``buffer`` (fewer bytes only at the end of the file); 0 at the end."""
@@ -328,8 +329,12 @@ class SMBReadStream:
             if not self._current:
                 if self._position >= self.size:
                     break
-                with _translated(f"read {self._name} at offset {self._position}"):
-                    self._current = self._next_reply()
+                try:
+                    with _translated(f"read {self._name} at offset {self._position}"):
+                        self._current = self._next_reply()
+                except ConnectionError_:
+                    self._broken = True
+                    raise
             count = min(len(buffer) - filled, len(self._current))
             buffer[filled : filled + count] = self._current[:count]
             self._current = self._current[count:]
@@ -338,7 +343,12 @@ class SMBReadStream:
         return filled
 
     def close(self) -> None:
-        """Collect replies still in flight (so the connection stays usable), then close the handle."""
+        """Collect replies still in flight (so the connection stays usable), then close the handle.
+
+        After a connection failure nothing is sent: the link may hang, and reconnect() drops it
+        (with the handle) anyway."""
+        if self._broken:
+            return
         with contextlib.suppress(SMBException, OSError):
             while self._pending:
                 self._connection.receive(self._pending.popleft()[2], timeout=self._timeout)
@@ -376,7 +386,7 @@ class SMBReadStream:
         return data
 
     def _fill_pipeline(self) -> None:
-        while self._next_request < self.size and (len(self._pending) < self._depth or not self._pending):
+        while self._next_request < self.size and len(self._pending) < self._depth:
             length = min(self._chunk, self.size - self._next_request)
             if self._pending and not self._has_credits(length):
                 break
