@@ -1,0 +1,247 @@
+"""Disk-image read speed: vmforensics vs libyal bindings vs dissect.hypervisor vs the raw file.
+
+    python benchmarks/images.py [--size 2048] [--random 20000] [--repeat 3] [--workdir DIR] [--formats qcow2,vhdx]
+
+Builds (once; kept in --workdir) a raw disk of the given size in MiB -- half incompressible data,
+a quarter compressible text, a quarter holes, in 1 MiB pieces -- and converts it with qemu-img to
+a monolithicSparse VMDK, a streamOptimized VMDK, a dynamic VHDX and a qcow2. Each reader then reads
+the whole disk sequentially in 4 MiB requests and makes N random 4 KiB reads (same offsets for all).
+The files sit in the page cache after the first pass, so this measures the readers' CPU cost.
+Readers that are not installed (pyvmdk, pyvhdi, pyqcow, dissect.hypervisor) or formats whose
+vmforensics reader has not landed are reported as skipped. Ratios are vmforensics / other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vmforensics.images import open_image
+
+MiB = 1 << 20
+CHUNK = 4 * MiB
+Read = Callable[[int, int], bytes]
+
+#: name -> (qemu-img format, qemu-img -o options, vmforensics module, libyal module)
+FORMATS = {
+    "vmdk-sparse": ("vmdk", "subformat=monolithicSparse", "vmdk", "pyvmdk"),
+    "vmdk-stream": ("vmdk", "subformat=streamOptimized", "vmdk", "pyvmdk"),
+    "vhdx": ("vhdx", "subformat=dynamic", "vhdx", "pyvhdi"),
+    "qcow2": ("qcow2", "", "qcow2", "pyqcow"),
+}
+
+
+def build_raw(path: Path, size: int) -> None:
+    rng = random.Random(42)
+    text = b"".join(f"line {i} of a log file that compresses well\n".encode() for i in range(30000))[:MiB]
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as f:
+        f.truncate(size)
+        for start in range(0, size, MiB):
+            pick = rng.random()
+            if pick < 0.5:
+                f.seek(start)
+                f.write(rng.randbytes(MiB))
+            elif pick < 0.75:
+                f.seek(start)
+                f.write(text)
+    partial.rename(path)
+
+
+def build_images(workdir: Path, size_mib: int, names: list[str]) -> tuple[Path, dict[str, Path]]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    raw = workdir / f"disk-{size_mib}M.raw"
+    if not raw.exists():
+        print(f"building {raw} ...", file=sys.stderr)
+        build_raw(raw, size_mib * MiB)
+    images = {}
+    for name in names:
+        qemu_fmt, options, _, _ = FORMATS[name]
+        image = workdir / f"disk-{size_mib}M.{name}"
+        if not image.exists():
+            print(f"building {image} ...", file=sys.stderr)
+            partial = image.with_name(image.name + ".partial")
+            command = ["qemu-img", "convert", "-O", qemu_fmt, *(["-o", options] if options else [])]
+            subprocess.run([*command, str(raw), str(partial)], check=True)
+            partial.rename(image)
+        images[name] = image
+    return raw, images
+
+
+# --- readers: each returns (read_at, close) or raises to be reported as skipped ----------------
+
+
+def open_ours(name: str, path: Path) -> tuple[Read, Callable[[], None]]:
+    module = FORMATS[name][2]
+    if importlib.util.find_spec(f"vmforensics.images.{module}") is None:
+        raise RuntimeError(f"vmforensics.images.{module} not present yet")
+    disk = open_image(path)
+    return disk.read_at, disk.close
+
+
+def open_libyal(name: str, path: Path) -> tuple[Read, Callable[[], None]]:
+    module = importlib.import_module(FORMATS[name][3])
+    handle: Any = module.handle() if hasattr(module, "handle") else module.file()
+    handle.open(str(path))
+    if hasattr(handle, "open_extent_data_files"):
+        handle.open_extent_data_files()
+    return (lambda offset, length: handle.read_buffer_at_offset(length, offset)), handle.close
+
+
+def open_dissect(name: str, path: Path) -> tuple[Read, Callable[[], None]]:
+    fh = path.open("rb")
+    if name.startswith("vmdk"):
+        from dissect.hypervisor.disk.vmdk import VMDK
+
+        stream: Any = VMDK(fh)
+    elif name == "vhdx":
+        from dissect.hypervisor.disk.vhdx import VHDX
+
+        stream = VHDX(fh)
+    else:
+        from dissect.hypervisor.disk.qcow2 import QCow2
+
+        stream = QCow2(fh).open()
+
+    def read_at(offset: int, length: int) -> bytes:
+        stream.seek(offset)
+        return stream.read(length)
+
+    return read_at, fh.close
+
+
+def open_raw(path: Path) -> tuple[Read, Callable[[], None]]:
+    fd = os.open(path, os.O_RDONLY)
+    return (lambda offset, length: os.pread(fd, length, offset)), (lambda: os.close(fd))
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def sequential(read: Read, size: int) -> float:
+    """MB/s reading the whole disk in 4 MiB requests."""
+    began = time.perf_counter()
+    for offset in range(0, size, CHUNK):
+        read(offset, min(CHUNK, size - offset))
+    return size / (time.perf_counter() - began) / 1e6
+
+
+def random_reads(read: Read, offsets: list[int]) -> float:
+    """4 KiB reads per second at the given offsets."""
+    began = time.perf_counter()
+    for offset in offsets:
+        read(offset, 4096)
+    return len(offsets) / (time.perf_counter() - began)
+
+
+def check_sample(read: Read, reference: Read, size: int) -> None:
+    """A reader that returns wrong bytes must not win a speed contest."""
+    rng = random.Random(11)
+    for offset in [0, size - 4096, *(rng.randrange(0, size - 65536) for _ in range(20))]:
+        length = min(65536, size - offset)
+        if read(offset, length) != reference(offset, length):
+            raise RuntimeError(f"returned different bytes than the raw file at offset {offset}")
+
+
+def measure(
+    opener: Callable[[], tuple[Read, Callable[[], None]]],
+    reference: Read,
+    size: int,
+    offsets: list[int],
+    repeat: int,
+) -> tuple[float, float]:
+    """Best of ``repeat`` runs (the machine is shared: the best run is the least disturbed one)."""
+    read, close = opener()
+    try:
+        check_sample(read, reference, size)
+        return (
+            max(sequential(read, size) for _ in range(repeat)),
+            max(random_reads(read, offsets) for _ in range(repeat)),
+        )
+    finally:
+        close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=2048, help="virtual disk size in MiB (default 2048)")
+    parser.add_argument(
+        "--random", type=int, default=20000, help="number of random 4 KiB reads (default 20000)"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is kept")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "vmforensics-bench-images",
+        help="where the images are built once and kept",
+    )
+    parser.add_argument(
+        "--formats", default=",".join(FORMATS), help=f"comma-separated, of: {', '.join(FORMATS)}"
+    )
+    args = parser.parse_args()
+    names = [n for n in args.formats.split(",") if n]
+    unknown = set(names) - set(FORMATS)
+    if unknown:
+        parser.error(f"unknown formats: {', '.join(sorted(unknown))}")
+
+    raw, images = build_images(args.workdir, args.size, names)
+    size = args.size * MiB
+    rng = random.Random(7)
+    offsets = [rng.randrange(size // 4096) * 4096 for _ in range(args.random)]
+    raw_read, raw_close = open_raw(raw)
+    sequential(raw_read, size)  # warm the page cache
+    raw_seq = max(sequential(raw_read, size) for _ in range(args.repeat))
+    raw_rand = max(random_reads(raw_read, offsets) for _ in range(args.repeat))
+
+    print(f"\n{args.size} MiB disk, sequential 4 MiB reads (MB/s) and {args.random} random 4 KiB reads (/s)")
+    print(
+        f"{'format':<12} {'reader':<20} {'seq MB/s':>9} {'rand/s':>9} {'ours/it seq':>12} {'ours/it rand':>13}"
+    )
+    print(f"{'raw file':<12} {'os.pread':<20} {raw_seq:>9.0f} {raw_rand:>9.0f}")
+    for name, image in images.items():
+        warm, done = open_raw(image)  # bring the image file into the page cache too
+        sequential(warm, image.stat().st_size)
+        done()
+        results: dict[str, tuple[float, float] | str] = {}
+        readers = {
+            "vmforensics": lambda n=name, p=image: open_ours(n, p),
+            FORMATS[name][3]: lambda n=name, p=image: open_libyal(n, p),
+            "dissect.hypervisor": lambda n=name, p=image: open_dissect(n, p),
+        }
+        for reader, opener in readers.items():
+            try:
+                results[reader] = measure(opener, raw_read, size, offsets, args.repeat)
+            except Exception as exc:  # a missing or failing reader is reported, not fatal
+                results[reader] = f"skipped: {type(exc).__name__}: {exc}"
+        ours = results["vmforensics"]
+        for reader, result in results.items():
+            if isinstance(result, str):
+                print(f"{name:<12} {reader:<20} {result}")
+                continue
+            seq, rand = result
+            ratios = ""
+            if reader != "vmforensics" and not isinstance(ours, str):
+                ratios = f"{ours[0] / seq:>11.2f}x {ours[1] / rand:>12.2f}x"
+            print(f"{name:<12} {reader:<20} {seq:>9.0f} {rand:>9.0f} {ratios}")
+        if not isinstance(ours, str):
+            print(
+                f"{name:<12} {'(vs raw file)':<20} {'':>9} {'':>9} {ours[0] / raw_seq:>11.2f}x {ours[1] / raw_rand:>12.2f}x"
+            )
+    raw_close()
+
+
+if __name__ == "__main__":
+    main()
