@@ -68,7 +68,6 @@ def produced(payload: bytes | memoryview) -> Segment:
 
 
 _ZEROS = bytes(1 << 20)
-_SCRATCH_LIMIT = 16 * 1024 * 1024
 
 #: read_at reuses one buffer per thread up to this size: a fresh large buffer costs a page fault
 #: per 4 KiB on first touch, which made reads several times slower than the copy itself.
@@ -238,8 +237,6 @@ class DiskImage(io.RawIOBase):
         self.strict = strict
         self.warnings: list[str] = []
         self._pos = 0
-        self._scratch = bytearray()
-        self._scratch_lock = threading.Lock()
 
     # --- what a format implements -------------------------------------------------------------
 
