@@ -302,3 +302,13 @@ def test_ext4_inside_a_qcow2_chain_is_read_with_pytsk3(tmp_path: Path, ext4_raw:
         assert added.read_random(0, added.info.meta.size) == note.read_bytes()
         big = fs.open("/big.bin")
         assert big.read_random(0, big.info.meta.size) == (tmp_path / "big.bin").read_bytes()
+
+
+def test_qcow2_clusters_stored_out_of_guest_order_read_back_in_order(tmp_path: Path) -> None:
+    image = tmp_path / "reverse.qcow2"
+    qemu_img("create", "-f", "qcow2", image, "1M")
+    writes = [f"write -P {0x10 + n} {n * 64}k 64k" for n in reversed(range(8))]  # last guest cluster first
+    qemu_io(image, *writes, "write -z 192k 64k", "write -P 0x7f 256k 4k", fmt="qcow2")
+    check_against_qemu(image, tmp_path)
+    with open_image(image) as disk:
+        assert disk.read_at(60 << 10, 8 << 10) == b"\x10" * 4096 + b"\x11" * 4096
