@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -312,3 +313,16 @@ def test_qcow2_clusters_stored_out_of_guest_order_read_back_in_order(tmp_path: P
     check_against_qemu(image, tmp_path)
     with open_image(image) as disk:
         assert disk.read_at(60 << 10, 8 << 10) == b"\x10" * 4096 + b"\x11" * 4096
+
+
+def test_qcow2_zstd_without_the_zstandard_package_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = mixed_raw(tmp_path / "src.raw", size=MiB)
+    image = tmp_path / "zstd.qcow2"
+    qemu_img("convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", raw, image)
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # as if it were not installed
+    with open_image(image) as disk:
+        assert disk.info().details["compression_type"] == "zstd"  # the metadata is still readable
+        with pytest.raises(ImageFormatError, match=r"pip install vmforensics\[zstd\]"):
+            disk.read_at(0, disk.size)
