@@ -1,0 +1,345 @@
+"""VMwareAcquirer against govmomi's vcsim, a real vSphere API server on loopback, over TLS.
+
+vcsim keeps its datastores as real directories and serves them at /folder, but writes empty
+disks and no memory or suspend state. So the fixtures write what ESXi would have written there:
+a VMDK made by qemu-img holding ext4 (before the acquisition), and during the preservation step
+the snapshot's .vmsn/.vmem and sparse delta disk, or the suspended VM's .vmss/.vmem
+(``SimulatedESXi`` below does only that, after the real API call). Every acquired file is
+compared with the datastore's bytes, and the disk with qemu-img's reading of the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pyVmomi")
+if shutil.which("go") is None or not Path("/usr/share/gocode/src/github.com/vmware/govmomi").is_dir():
+    pytest.skip("vcsim needs golang-go and golang-github-vmware-govmomi-dev", allow_module_level=True)
+
+from pyVim.connect import Connect, Disconnect
+from pyVmomi import vim
+
+from tests.acquire.vcsim.esxi_files import EVIDENCE_TEXT, write_delta, write_disk, write_memory_state
+from tests.acquire.vcsim.server import VCSim
+from vmforensics import CaseInfo, open_image, verify
+from vmforensics.acquire.vmware import VMwareAcquirer
+from vmforensics.acquire.vmware_api import properties, run_task
+from vmforensics.acquire.vmware_identify import snapshot_tree
+from vmforensics.errors import AuthenticationError, HostVerificationError, VMNotFoundError
+
+VM = "DC0_H0_VM0"
+CASE = CaseInfo(case_id="2026-117", examiner="A. Analyst")
+
+
+class SimulatedESXi(VMwareAcquirer):
+    """The real acquirer; after its (real) preservation call, the datastore gets what ESXi writes."""
+
+    def __init__(self, *args: Any, vm_dir: Path, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.vm_dir = vm_dir
+
+    def preserve(self, session: Any, mode: str, *, memory: bool, isolate: bool) -> None:
+        super().preserve(session, mode, memory=memory, isolate=isolate)
+        if mode == "snapshot":
+            write_delta(self.vm_dir)
+            if memory:
+                write_memory_state(self.vm_dir / f"{VM}-Snapshot1.vmsn", self.vm_dir / f"{VM}-Snapshot1.vmem")
+        elif mode == "suspend":
+            write_memory_state(self.vm_dir / f"{VM}-4ad1e7f3.vmss", self.vm_dir / f"{VM}-4ad1e7f3.vmem")
+
+
+@pytest.fixture
+def vcsim(tmp_path: Path) -> Iterator[VCSim]:
+    with VCSim(tmp_path / "vcsim") as server:
+        yield server
+
+
+@pytest.fixture
+def vm_dir(vcsim: VCSim, tmp_path: Path) -> Path:
+    folder = vcsim.datastore_dir() / VM
+    (tmp_path / "oracle").mkdir()
+    write_disk(folder, tmp_path / "oracle")
+    return folder
+
+
+def acquirer(server: VCSim, vm_dir: Path | None = None, **options: Any) -> VMwareAcquirer:
+    options.setdefault("tls_thumbprint", server.thumbprint_sha256)
+    if vm_dir is None:
+        return VMwareAcquirer(
+            server.host, port=server.port, user=server.user, password=server.password, **options
+        )
+    return SimulatedESXi(
+        server.host, port=server.port, user=server.user, password=server.password, vm_dir=vm_dir, **options
+    )
+
+
+def api(server: VCSim) -> Any:
+    context = ssl.create_default_context(cafile=str(server.cert))
+    return Connect(server.host, server.port, server.user, server.password, sslContext=context)
+
+
+def the_vm(si: Any) -> Any:
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
+    for vm in view.view:
+        if properties(si, vm, ["name"])["name"] == VM:
+            return vm
+    raise AssertionError("no VM")
+
+
+def check_files_match_source(result: Any, datastore: Path) -> None:
+    """Each acquired file holds exactly the bytes the datastore has (read independently here)."""
+    for record in result.files:
+        relative = record.local_path.removeprefix("files/LocalDS_0/")
+        source = (datastore / relative).read_bytes()
+        assert hashlib.sha256(source).hexdigest() == record.hashes["sha256"], record.local_path
+        assert (result.path / record.local_path).read_bytes() == source
+
+
+def qemu_raw(image: Path, out: Path) -> bytes:
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", str(image), str(out)], check=True)
+    return out.read_bytes()
+
+
+def names(result: Any) -> set[str]:
+    return {f.local_path.rsplit("/", 1)[-1] for f in result.files}
+
+
+def test_snapshot_with_memory_acquires_every_file_and_removes_only_its_snapshot(
+    vcsim: VCSim, vm_dir: Path, tmp_path: Path
+) -> None:
+    si = api(vcsim)
+    vm = the_vm(si)
+    run_task(
+        si, lambda: vm.CreateSnapshot_Task("before-incident", "the admin's", False, False), "prior snapshot"
+    )
+    Disconnect(si)
+
+    result = acquirer(vcsim, vm_dir).acquire(
+        VM, tmp_path / "out", case=CASE, preserve="snapshot", progress=False
+    )
+
+    assert verify(result.path).ok
+    acquired = names(result)
+    for expected in (
+        f"{VM}.vmx",
+        f"{VM}.nvram",
+        "disk1.vmdk",
+        "disk1-flat.vmdk",
+        "disk1-000001.vmdk",
+        f"{VM}-Snapshot1.vmsn",
+        f"{VM}-Snapshot1.vmem",
+        "vmware.log",
+    ):
+        assert expected in acquired
+    roles = {f.local_path.rsplit("/", 1)[-1]: f.role for f in result.files}
+    assert roles[f"{VM}-Snapshot1.vmem"] == "memory" and roles["disk1-flat.vmdk"] == "disk-extent"
+    assert all(f.local_path.startswith(f"files/LocalDS_0/{VM}/") for f in result.files)
+    check_files_match_source(result, vcsim.datastore_dir())
+    # vcsim's layoutEx also lists names without the VM folder ("[LocalDS_0] disk1.vmdk"): resolved, not lost
+    assert result.omissions == ()
+
+    actions = {a.action: a for a in result.manifest.actions}
+    assert {k: v for k, v in actions["snapshot"].parameters.items() if k != "snapshot_name"} == {
+        "memory": True,
+        "quiesce": False,
+    }
+    assert "2026-117" in actions["snapshot"].parameters["snapshot_name"]
+    ours = actions["snapshot"].details["snapshot"]
+    assert (
+        actions["remove-snapshot"].parameters["snapshot"] == ours
+        and actions["remove-snapshot"].outcome == "ok"
+    )
+
+    si = api(vcsim)
+    left = snapshot_tree(properties(si, the_vm(si), ["snapshot"]).get("snapshot"))
+    Disconnect(si)
+    assert [s["name"] for s in left] == ["before-incident"]
+    assert ours not in {s["reference"] for s in left}
+
+    source = result.manifest.source
+    assert source.connection["tls_verification"] == "pinned-thumbprint"
+    assert source.connection["tls_certificate_sha256"].replace(":", "").lower() == vcsim.thumbprint_sha256
+    assert source.connection["files"]["datastores"]["LocalDS_0"]["verification"] == "pinned"
+    assert source.product["apiType"] == "VirtualCenter"
+    assert source.vm.name == VM and source.vm.reference.startswith("vm-") and source.vm.uuid
+    assert (
+        source.vm.host == "DC0_H0"
+        and source.vm.datacenter == "DC0"
+        and source.vm.datastores == ("LocalDS_0",)
+    )
+    assert source.vm.mac_addresses and source.vm.power_state_before == "poweredOn"
+    assert any(e["type"] == "VmPoweredOnEvent" for e in source.vm.history)
+    assert result.manifest.clock.skew_seconds is not None and "CurrentTime" in result.manifest.clock.method
+
+    disk = result.path / "files" / "LocalDS_0" / VM / "disk1.vmdk"
+    expected = qemu_raw(vm_dir / "disk1.vmdk", tmp_path / "base.raw")
+    with open_image(disk) as image:
+        assert image.size == len(expected)
+        assert image.read() == expected
+    assert EVIDENCE_TEXT in expected
+    expected_delta = qemu_raw(vm_dir / "disk1-000001.vmdk", tmp_path / "delta.raw")
+    with open_image(disk.with_name("disk1-000001.vmdk")) as image:
+        assert image.read() == expected_delta
+
+
+def test_suspend_keeps_vmss_beside_vmem_and_leaves_the_vm_suspended(
+    vcsim: VCSim, vm_dir: Path, tmp_path: Path
+) -> None:
+    result = acquirer(vcsim, vm_dir).acquire(
+        VM, tmp_path / "out", case=CASE, preserve="suspend", progress=False
+    )
+
+    assert verify(result.path).ok
+    assert {f"{VM}-4ad1e7f3.vmss", f"{VM}-4ad1e7f3.vmem"} <= names(result)
+    check_files_match_source(result, vcsim.datastore_dir())
+    assert [a.action for a in result.manifest.actions] == ["suspend"]
+    assert result.manifest.source.vm.power_state_after == "suspended"
+    si = api(vcsim)
+    assert properties(si, the_vm(si), ["runtime.powerState"])["runtime.powerState"] == "suspended"
+    Disconnect(si)
+
+
+def test_none_on_a_powered_off_vm_changes_nothing(vcsim: VCSim, vm_dir: Path, tmp_path: Path) -> None:
+    si = api(vcsim)
+    vm = the_vm(si)
+    run_task(si, vm.PowerOffVM_Task, "power off")
+    Disconnect(si)
+
+    result = acquirer(vcsim, tls_ca=str(vcsim.cert), tls_thumbprint=None).acquire(
+        VM, tmp_path / "out", case=CASE, preserve="none", progress=False
+    )
+
+    assert verify(result.path).ok
+    assert result.manifest.actions == ()
+    assert result.manifest.source.connection["tls_verification"] == "ca-file"
+    assert {"disk1.vmdk", "disk1-flat.vmdk", f"{VM}.vmx"} <= names(result)
+    check_files_match_source(result, vcsim.datastore_dir())
+    assert result.manifest.source.vm.power_state_before == "poweredOff"
+
+
+def test_isolate_disconnects_every_nic_first_and_says_how_to_reconnect(
+    vcsim: VCSim, vm_dir: Path, tmp_path: Path
+) -> None:
+    result = acquirer(vcsim).acquire(
+        VM, tmp_path / "out", case=CASE, preserve="none", isolate=True, progress=False
+    )
+
+    action = result.manifest.actions[0]
+    assert action.action == "isolate" and action.outcome == "ok" and action.details["task"]
+    assert action.details["nics"] and "Connected" in action.details["reconnect"]
+    si = api(vcsim)
+    devices = properties(si, the_vm(si), ["config.hardware.device"])["config.hardware.device"]
+    Disconnect(si)
+    nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+    assert nics and all(not n.connectable.connected and not n.connectable.startConnected for n in nics)
+    assert verify(result.path).ok
+
+
+def test_wrong_password_is_an_authentication_error(vcsim: VCSim, tmp_path: Path) -> None:
+    bad = VMwareAcquirer(
+        vcsim.host, port=vcsim.port, user=vcsim.user, password="wrong", tls_ca=str(vcsim.cert)
+    )
+    with pytest.raises(AuthenticationError, match="refused the user name or password"):
+        bad.acquire(VM, tmp_path / "out", case=CASE, progress=False)
+
+
+def test_wrong_thumbprint_and_unknown_ca_are_refused_even_on_loopback(tmp_path: Path) -> None:
+    """Served on 127.0.0.2: pyVim would skip verification for 127.0.0.1 if given no context."""
+    with VCSim(tmp_path / "vcsim", host="127.0.0.2") as server:
+        options = {"port": server.port, "user": server.user, "password": server.password}
+        with pytest.raises(HostVerificationError, match="not the pinned"):
+            VMwareAcquirer(server.host, tls_thumbprint="ab" * 32, **options).acquire(
+                VM, tmp_path / "a", case=CASE, progress=False
+            )
+        with pytest.raises(HostVerificationError, match="certificate"):
+            VMwareAcquirer(server.host, **options).acquire(VM, tmp_path / "b", case=CASE, progress=False)
+        sha1 = hashlib.sha1(ssl.PEM_cert_to_DER_cert(server.cert.read_text())).hexdigest()
+        result = VMwareAcquirer(server.host, tls_thumbprint=sha1, **options).acquire(
+            VM, tmp_path / "c", case=CASE, progress=False
+        )
+        assert verify(result.path).ok
+
+
+def test_insecure_opt_out_is_recorded(vcsim: VCSim, tmp_path: Path) -> None:
+    result = acquirer(vcsim, tls_thumbprint=None, insecure=True).acquire(
+        VM, tmp_path / "out", case=CASE, progress=False
+    )
+    assert result.manifest.options["insecure_tls"] is True
+    assert result.manifest.source.connection["tls_verification"] == "insecure-opt-out"
+
+
+def test_vm_found_by_uuid_instance_uuid_or_moref_and_unknown_vm_refused(vcsim: VCSim, tmp_path: Path) -> None:
+    si = api(vcsim)
+    vm = the_vm(si)
+    props = properties(si, vm, ["config.uuid", "config.instanceUuid"])
+    Disconnect(si)
+    for number, target in enumerate((props["config.uuid"].upper(), props["config.instanceUuid"], vm._moId)):
+        result = acquirer(vcsim).acquire(target, tmp_path / f"out{number}", case=CASE, progress=False)
+        assert result.manifest.source.vm.name == VM
+    with pytest.raises(VMNotFoundError, match="no VM named 'web01'"):
+        acquirer(vcsim).acquire("web01", tmp_path / "missing", case=CASE, progress=False)
+
+
+def test_download_cut_midway_is_resumed_from_the_bytes_on_disk(
+    vcsim: VCSim, vm_dir: Path, tmp_path: Path
+) -> None:
+    faultproxy = pytest.importorskip("tests.transport.faultproxy")
+    with faultproxy.FaultProxy((vcsim.host, vcsim.port)) as proxy:
+        proxy.cut_after(5_000_000)
+        result = acquirer(vcsim, datastore_endpoint=f"127.0.0.1:{proxy.port}").acquire(
+            VM, tmp_path / "out", case=CASE, preserve="none", progress=False
+        )
+        assert proxy.cuts == 1
+    flat = next(f for f in result.files if f.local_path.endswith("disk1-flat.vmdk"))
+    assert flat.resumed >= 1 and flat.size == 16 << 20
+    check_files_match_source(result, vcsim.datastore_dir())
+    ledger = (result.path / "custody.log.jsonl").read_text()
+    assert "transfer-interrupted" in ledger
+    assert verify(result.path).ok
+
+
+def test_cli_acquires_with_password_from_the_environment(
+    vcsim: VCSim,
+    vm_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from vmforensics.cli import main
+
+    monkeypatch.setenv("VMFORENSICS_PASSWORD", vcsim.password)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "acquire",
+            "vmware",
+            "--host",
+            vcsim.host,
+            "--port",
+            str(vcsim.port),
+            "--user",
+            vcsim.user,
+            "--vm",
+            VM,
+            "--out",
+            str(out),
+            "--case",
+            "2026-117",
+            "--tls-thumbprint",
+            vcsim.thumbprint_sha256,
+            "--preserve",
+            "none",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert "acquired DC0_H0_VM0" in capsys.readouterr().out
+    assert verify(out).ok
