@@ -341,9 +341,13 @@ class FakeHyperV:
         }
 
     def _chain(self, path: str | None) -> list[dict[str, Any]]:
-        chain = []
+        chain: list[dict[str, Any]] = []
         while path:
-            vhd = self._get_vhd(path)
+            try:
+                vhd = self._get_vhd(path)
+            except PSError as error:  # the script records the broken link and stops there
+                chain.append({"path": path, "error": error.record["message"]})
+                break
             chain.append(vhd)
             path = vhd["parent_path"]
         return chain

@@ -339,3 +339,20 @@ def test_cli_acquires_with_the_password_from_the_environment(
     assert all(f["remote_hash"]["matched"] for f in manifest["files"])
     assert verify(tmp_path / "cli").ok
     assert main([*argv[:-6], "--out", str(tmp_path / "x"), "--auth", "basic", "--case", "c"]) == 2
+
+
+def test_a_missing_parent_disk_is_an_omission_with_the_hosts_reason(
+    lab: dict[str, Any], host: FakeHyperV, winrm: WSManServer, tmp_path: Path
+) -> None:
+    gone = r"C:\Hyper-V\web01\Virtual Hard Disks\moved-away.vhdx"
+    host.vms[VM_ID]["state"] = "Off"
+    host.vhd_parent[BASE.lower()] = gone
+    host.vhd_parent[gone.lower()] = None
+    result = acquirer(lab, winrm).acquire(
+        "web01", tmp_path / "out", case=CASE, preserve="none", progress=False
+    )
+    assert [(o.source_path, o.role) for o in result.omissions] == [(gone, "disk")]
+    assert "does not exist" in result.omissions[0].reason
+    drive = result.manifest.source.vm.details["hard_drives"][0]
+    assert drive["chain"][-1]["path"] == gone and "cannot find" in drive["chain"][-1]["error"]
+    assert verify(tmp_path / "out").ok

@@ -244,7 +244,7 @@ class HyperVAcquirer(Acquirer):
         vm_id = session.state.get("vm_id")
         state = None
         if session.state.get("checkpoint_type_to_restore"):
-            state = self._restore_checkpoint_type(session, vm_id)
+            self._restore_checkpoint_type(session, vm_id)
         checkpoint = session.state.get("checkpoint_id")
         if checkpoint:
             with session.action(
@@ -311,13 +311,12 @@ class HyperVAcquirer(Acquirer):
                 self._restore_checkpoint_type(session, vm_id)
         return result.get("state")
 
-    def _restore_checkpoint_type(self, session: Session, vm_id: str) -> str | None:
+    def _restore_checkpoint_type(self, session: Session, vm_id: str) -> None:
         wanted = session.state["checkpoint_type_to_restore"]
         with session.action("restore-checkpoint-type", checkpoint_type=wanted) as details:
             details["script_sha256"] = scripts.SET_CHECKPOINT_TYPE.sha256
             details.update(self.powershell.run(scripts.SET_CHECKPOINT_TYPE, id=vm_id, checkpoint_type=wanted))
         session.state.pop("checkpoint_type_to_restore")
-        return None
 
     def _open_share(self, share: str) -> SMBTransport:
         name, domain = self._smb_user

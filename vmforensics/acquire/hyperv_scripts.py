@@ -96,7 +96,7 @@ function Chain($p) {
   $n = 0
   while ($p -and $n -lt 64) {
     $n++
-    $v = Get-VHD -Path $p
+    try { $v = Get-VHD -Path $p } catch { [ordered]@{ path = $p; error = $_.Exception.Message }; break }
     [ordered]@{ path = $v.Path; vhd_format = $v.VhdFormat.ToString(); vhd_type = $v.VhdType.ToString()
       size = $v.Size; file_size = $v.FileSize; parent_path = $v.ParentPath; disk_identifier = $v.DiskIdentifier }
     $p = $v.ParentPath
