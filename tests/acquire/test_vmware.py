@@ -343,3 +343,31 @@ def test_cli_acquires_with_password_from_the_environment(
     assert code == 0
     assert "acquired DC0_H0_VM0" in capsys.readouterr().out
     assert verify(out).ok
+
+
+def test_via_ssh_reads_vmfs_volumes_with_remote_sha256_cross_check(
+    vcsim: VCSim, vm_dir: Path, tmp_path: Path
+) -> None:
+    """A real OpenSSH sshd stands in for the ESXi shell; /vmfs/volumes is a folder whose
+    LocalDS_0 entry is the vcsim datastore directory (ESXi mounts datastores the same way)."""
+    sshd = pytest.importorskip("tests.transport.sshd")
+    volumes = tmp_path / "vmfs" / "volumes"
+    volumes.mkdir(parents=True)
+    (volumes / "LocalDS_0").symlink_to(vcsim.datastore_dir())
+    with sshd.SSHServer(tmp_path / "sshd") as server:
+        ssh = {
+            "host": server.host,
+            "port": server.port,
+            "user": server.user,
+            "identity": server.client_key,
+            "known_hosts": server.known_hosts,
+            "vmfs_root": str(volumes),
+        }
+        result = acquirer(vcsim, vm_dir, via="ssh", ssh_options=ssh).acquire(
+            VM, tmp_path / "out", case=CASE, preserve="snapshot", remote_hash=True, progress=False
+        )
+    assert verify(result.path).ok
+    assert {f.transport for f in result.files} == {"ssh"}
+    assert all(f.remote_hash is not None and f.remote_hash.matched for f in result.files)
+    check_files_match_source(result, vcsim.datastore_dir())
+    assert f"{VM}-Snapshot1.vmem" in names(result)

@@ -46,7 +46,7 @@ class VMwareAcquirer(Acquirer):
     turns verification off and says so in the manifest. ``via="ssh"`` reads the files from the
     ESXi host's ``/vmfs/volumes`` with ``ssh_options`` for :class:`SSHTransport` (``user``,
     ``identity``, ``known_hosts`` or ``host_key_fingerprint``...; ``host`` defaults to the VM's
-    host). ``datastore_endpoint`` ("host:port") downloads datastore files from another address
+    host, ``vmfs_root`` to ``/vmfs/volumes``). ``datastore_endpoint`` ("host:port") downloads datastore files from another address
     than the API's (a port forward, or the ESXi host behind a vCenter).
     """
 
