@@ -177,6 +177,7 @@ def test_snapshot_with_memory_acquires_every_file_and_removes_only_its_snapshot(
     )
     assert source.vm.mac_addresses and source.vm.power_state_before == "poweredOn"
     assert any(e["type"] == "VmPoweredOnEvent" for e in source.vm.history)
+    assert [n["network"] for n in source.vm.details["nics"]] == ["DC0_DVPG0"]
     assert result.manifest.clock.skew_seconds is not None and "CurrentTime" in result.manifest.clock.method
 
     disk = result.path / "files" / "LocalDS_0" / VM / "disk1.vmdk"

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import attrs
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from vmforensics.acquire.vmware_api import api_errors, moref, properties, retrieve
 from vmforensics.custody.models import VMIdentity
@@ -189,7 +189,10 @@ def _nics(si: Any, devices: list[Any]) -> list[dict[str, Any]]:
         ref = getattr(backing, "network", None)
         port = getattr(backing, "port", None)
         if network is None and port is not None:
-            network = f"distributed port group {port.portgroupKey} on switch {port.switchUuid}"
+            network = (
+                _portgroup_name(si, port.portgroupKey, networks)
+                or f"distributed port group {port.portgroupKey}"
+            )
         if network is None and ref is not None:
             key = moref(ref)
             if key not in networks:
@@ -209,6 +212,19 @@ def _nics(si: Any, devices: list[Any]) -> list[dict[str, Any]]:
             }
         )
     return nics
+
+
+def _portgroup_name(si: Any, key: str | None, cache: dict[str, str]) -> str | None:
+    """The name of a distributed port group (its key is its moref on vCenter)."""
+    if not key:
+        return None
+    if key not in cache:
+        group = vim.dvs.DistributedVirtualPortgroup(key, si._stub)
+        try:
+            cache[key] = properties(si, group, ["name"]).get("name") or key
+        except vmodl.MethodFault:
+            cache[key] = key
+    return cache[key]
 
 
 def _guest_facts(props: dict[str, Any]) -> dict[str, Any]:
