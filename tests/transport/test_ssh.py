@@ -15,6 +15,8 @@ import pytest
 
 from tests.transport.conftest import SSH_TEST_USER
 from tests.transport.sshd import SSHServer, fingerprint, keygen
+from vmforensics.acquire.copier import copy_file
+from vmforensics.custody.evidence import EvidenceDirectory
 from vmforensics.errors import (
     AuthenticationError,
     ConnectionError_,
@@ -401,8 +403,8 @@ def test_jump_host_reaches_the_target(sshd: SSHServer, sample: Path) -> None:
 def test_cut_connections_resume_to_the_exact_digest(
     sshd: SSHServer, fault_proxy, tmp_path: Path, plane: str
 ) -> None:
-    """12 trials per data plane, each cutting the link at a random byte; each ends with the exact digest."""
-    source = write_random(tmp_path / "disk.raw", 6 * 1024 * 1024 + 777, seed=7)
+    """10 copies per data plane through copy_file, each with the link cut at a random byte."""
+    source = write_random(tmp_path / "disk.raw", 3 * 1024 * 1024 + 777, seed=7)
     expected = sha256_file(source)
     proxy = fault_proxy((sshd.host, sshd.port))
     rng = random.Random(2026)
@@ -415,26 +417,39 @@ def test_cut_connections_resume_to_the_exact_digest(
         data_plane=plane,
     ) as transport:
         read_all(transport, str(source), source.stat().st_size - 10)  # settle the data plane first
-        for _trial in range(12):
+        for trial in range(10):
             cuts_before = proxy.cuts
-            proxy.cut_after(rng.randrange(20_000, 6_000_000))
+            proxy.cut_after(rng.randrange(20_000, 3_000_000))
             if plane == "exec":
-                transport.reconnect()  # bytes flow on the control connection: cut that one
-            digest, failures = sha256_resuming(transport, str(source))
-            assert digest == expected
-            assert failures >= 1 and proxy.cuts > cuts_before
+                transport.reconnect()  # bytes flow on the control connection: that one gets the cut
+            evidence = EvidenceDirectory(tmp_path / f"case-{plane}-{trial}")
+            record = copy_file(transport, str(source), evidence, "disk.raw", retries=10, backoff=0.01)
+            assert record.hashes["sha256"] == expected
+            assert record.size == source.stat().st_size
+            assert record.resumed >= 1 and proxy.cuts > cuts_before
+            assert not record.changed_during_acquisition
 
 
 def test_killed_sshd_sessions_resume_to_the_exact_digest(sshd: SSHServer, tmp_path: Path) -> None:
     source = write_random(tmp_path / "memory.vmem", 24 * 1024 * 1024, seed=9)
     expected = sha256_file(source)
-    with connect(sshd, known_hosts=sshd.known_hosts) as transport:
-        for trial in range(4):
+    with connect(sshd) as transport:
+        for trial in range(3):
             killer = threading.Timer(0.05 + 0.05 * trial, sshd.kill_sessions)
             killer.start()
-            digest, _failures = sha256_resuming(transport, str(source))
+            evidence = EvidenceDirectory(tmp_path / f"case-{trial}")
+            record = copy_file(transport, str(source), evidence, "memory.vmem", retries=10, backoff=0.01)
             killer.join()
-            assert digest == expected
+            assert record.hashes["sha256"] == expected
+
+
+def test_copy_records_a_matching_remote_hash(sshd: SSHServer, sample: Path, tmp_path: Path) -> None:
+    with connect(sshd) as transport:
+        record = copy_file(
+            transport, str(sample), EvidenceDirectory(tmp_path / "case"), "sample.bin", remote_hash=True
+        )
+    assert record.remote_hash is not None and record.remote_hash.matched is True
+    assert record.remote_hash.value == sha256_file(sample)
 
 
 def test_file_past_the_paramiko_rekey_boundary(sshd: SSHServer, tmp_path: Path) -> None:

@@ -489,13 +489,12 @@ def _remote_stat(path: str, attributes: paramiko.SFTPAttributes, is_link: bool) 
 
 def _read_command(path: str, offset: int, codec: str | None) -> str:
     """Remote shell command printing the file from ``offset`` (the path is untrusted: quoted)."""
-    quoted = shlex.quote(path)
-    command = f"cat < {quoted}" if offset == 0 else f"tail -c +{offset + 1} < {quoted}"
-    if codec == "gzip":
-        command += " | gzip -1 -c"
-    elif codec == "zstd":
-        command += " | zstd -1 -q -c"
-    return command
+    source = f"< {shlex.quote(path)}"
+    compressor = {"gzip": "gzip -1 -c", "zstd": "zstd -1 -q -c", None: "cat"}[codec]
+    if offset == 0:
+        return f"{compressor} {source}"
+    skip = f"tail -c +{offset + 1} {source}"
+    return skip if codec is None else f"{skip} | {compressor}"
 
 
 def _zstandard_available() -> bool:

@@ -31,7 +31,11 @@ _NETWORK_ERRORS = (OSError, EOFError, paramiko.SSHException)
 
 
 class RawSource(Protocol):
-    """Where a stream's bytes come from: ``read_some`` returns b"" at the end, ``finish`` checks the end."""
+    """Where a stream's bytes come from: ``read_some`` returns b"" at the end, ``finish`` checks the end.
+
+    A source may also offer ``readinto(buffer) -> int`` (0 at the end) to fill the caller's buffer
+    without an intermediate copy.
+    """
 
     def read_some(self, size: int) -> bytes: ...
 
@@ -53,12 +57,20 @@ class ExactStream:
         self._what = what
         self._pending = memoryview(b"")
         self._finished = False
+        self._direct = getattr(source, "readinto", None)
 
     def readinto(self, buffer: memoryview) -> int:
         if not self._pending:
             if self._remaining == 0:
                 self._finish()
                 return 0
+            if self._direct is not None:  # zero-copy: the source fills the caller's buffer
+                count = self._direct(buffer[: min(len(buffer), self._remaining)])
+                if not count:
+                    self._source.finish()
+                    raise ConnectionError_(f"{self._what}: the stream ended {self._remaining} bytes early")
+                self._remaining -= count
+                return count
             chunk = self._source.read_some(min(len(buffer), self._remaining, 1 << 20) or 1)
             if not chunk:
                 self._source.finish()
@@ -108,6 +120,8 @@ class ChannelSource:
         if not self._channel.status_event.wait(self._timeout):
             raise ConnectionError_(f"{self._what}: the remote command did not report an exit status")
         status = self._channel.exit_status
+        if status == -1:  # paramiko's value when the channel closed without an exit status
+            raise ConnectionError_(f"{self._what}: connection lost before the remote command finished")
         if status != 0:
             raise ConnectionError_(f"{self._what}: remote command failed (exit {status}){self._stderr()}")
 
@@ -139,6 +153,12 @@ class ProcessSource:
             raise ConnectionError_(f"{what}: cannot run {argv[0]}: {exc}") from exc
         with contextlib.suppress(OSError):
             fcntl.fcntl(self._process.stdout.fileno(), _F_SETPIPE_SZ, 1 << 20)
+
+    def readinto(self, buffer: memoryview) -> int:
+        try:
+            return self._process.stdout.readinto(buffer)
+        except OSError as exc:
+            raise ConnectionError_(f"{self._what}: reading from ssh failed: {exc}") from exc
 
     def read_some(self, size: int) -> bytes:
         try:
@@ -260,6 +280,16 @@ class DecompressingSource:
     def read_some(self, size: int) -> bytes:
         try:
             return self._gunzip(size) if self._codec == "gzip" else self._reader.read(size)
+        except self._errors as exc:
+            raise ConnectionError_(f"{self._what}: corrupt {self._codec} stream: {exc}") from exc
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._codec == "gzip":
+            data = self.read_some(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+        try:
+            return self._reader.readinto(buffer)
         except self._errors as exc:
             raise ConnectionError_(f"{self._what}: corrupt {self._codec} stream: {exc}") from exc
 
