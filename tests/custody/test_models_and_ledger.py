@@ -53,3 +53,25 @@ def test_ledger_is_never_recreated_and_a_damaged_one_cannot_be_resumed(tmp_path)
     path.write_bytes(lines[1] + b"\n" + lines[0] + b"\n")
     with pytest.raises(EvidenceError, match="damaged"):
         Ledger.reopen(path, {})
+
+
+def test_source_actions_are_recorded_in_the_ledger_and_the_session(tmp_path):
+    from vmforensics.acquire.base import Session
+    from vmforensics.custody.evidence import EvidenceDirectory
+
+    evidence = EvidenceDirectory(tmp_path / "ev")
+    ledger = Ledger.create(tmp_path / "ev" / "custody.log.jsonl", {})
+    session = Session(evidence, ledger, CaseInfo(case_id="C", examiner="E"), {})
+    with session.action("snapshot", memory=True, quiesce=False) as details:
+        details["task"] = "task-42"
+    with pytest.raises(RuntimeError), session.action("remove-snapshot"):
+        raise RuntimeError("server said no")
+    events = ledger.events()
+    assert [(e.action, e.details.get("action")) for e in events] == [
+        ("source-action-start", "snapshot"),
+        ("source-action-end", "snapshot"),
+        ("source-action-start", "remove-snapshot"),
+        ("source-action-end", "remove-snapshot"),
+    ]
+    assert session.actions[0].details == {"task": "task-42"} and session.actions[0].parameters["memory"] is True
+    assert session.actions[1].outcome == "failed: server said no"

@@ -106,7 +106,7 @@ class Ledger:
             raise EvidenceError(f"cannot resume: the ledger {path} is damaged: {'; '.join(check.problems)}")
         return cls(path, actor, head=check.head, count=check.events)
 
-    def append(self, action: str, **details: Any) -> CustodyEvent:
+    def append(self, action: str, /, **details: Any) -> CustodyEvent:
         with self._lock:
             event = CustodyEvent(
                 seq=self.count + 1,
