@@ -261,7 +261,25 @@ class Qcow2Image(DiskImage):
             return _DATA, host
         return _UNALLOCATED, 0
 
-    def _segments(self, offset: int, length: int) -> Iterator[Segment]:
+    def _segments(self, offset: int, length: int) -> Iterable[Segment]:
+        within = offset & (self.cluster_size - 1)
+        if within + length <= self.cluster_size and self.l2_stride == 1:  # fast path: small reads
+            cluster = offset >> self.cluster_bits
+            table = self._l2_table(cluster >> self.l2_bits)
+            if table is not None:
+                entry = table[cluster & ((1 << self.l2_bits) - 1)]
+                host = entry & q.L2_OFFSET_MASK
+                if (
+                    host
+                    and not entry & (q.L2_COMPRESSED | q.L2_ZERO)
+                    and not host & (self.cluster_size - 1)
+                    and host + within + length <= self.data_source.size
+                ):
+                    return (data(length, self.data_source, host + within),)
+        return self._walk(offset, length)
+
+    def _walk(self, offset: int, length: int) -> Iterator[Segment]:
+        """Segments for any span: runs of stored clusters, holes, compressed and subclusters."""
         cbits, l2_bits = self.cluster_bits, self.l2_bits
         cmask = self.cluster_size - 1
         hole = from_parent if self.parent is not None else zero
