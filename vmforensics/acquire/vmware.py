@@ -8,9 +8,8 @@ clock, events) -> preserve (isolate, snapshot with memory / suspend / none) -> e
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -29,7 +28,7 @@ from vmforensics.acquire.vmware_identify import (
 )
 from vmforensics.acquire.vmware_tls import TLSPolicy, certificate_facts, peer_certificate
 from vmforensics.acquire.vmware_transport import DatastoreRouter, vmfs_path
-from vmforensics.custody.models import SourceAction, VMIdentity, utc_now
+from vmforensics.custody.models import VMIdentity
 from vmforensics.errors import ConnectionError_, SourceError, UsageError
 from vmforensics.transport.base import Transport
 
@@ -203,8 +202,8 @@ class VMwareAcquirer(Acquirer):
     def _isolate(self, session: Session, vm: Any) -> None:
         devices = properties(self._si, vm, ["config.hardware.device"]).get("config.hardware.device", [])
         nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
-        with _source_action(
-            session, "isolate", method="disconnect every virtual NIC (connected and at power-on)"
+        with session.action(
+            "isolate", method="disconnect every virtual NIC (connected and at power-on)"
         ) as details:
             changes = []
             details["nics"] = []
@@ -247,9 +246,7 @@ class VMwareAcquirer(Acquirer):
         )
         if asked_memory and not memory:
             session.ledger.append("note", text="the VM is not powered on: the snapshot holds no memory")
-        with _source_action(
-            session, "snapshot", memory=memory, quiesce=self.quiesce, snapshot_name=name
-        ) as details:
+        with session.action("snapshot", memory=memory, quiesce=self.quiesce, snapshot_name=name) as details:
             details["task"], snapshot = run_task(
                 self._si,
                 lambda: vm.CreateSnapshot_Task(
@@ -267,7 +264,7 @@ class VMwareAcquirer(Acquirer):
             return
         if power != "poweredOn":
             raise UsageError(f"the VM is {power}; it cannot be suspended (use preserve='none')")
-        with _source_action(session, "suspend") as details:
+        with session.action("suspend") as details:
             details["task"], _ = run_task(self._si, vm.SuspendVM_Task, "suspend the VM")
             session.state["suspended"] = True
 
@@ -353,14 +350,14 @@ class VMwareAcquirer(Acquirer):
         if snapshot is not None:
             self._remove_snapshot(session, vm, snapshot)
         if session.state.pop("suspended", False) and self.power_on_after_suspend:
-            with _source_action(session, "power-on") as details:
+            with session.action("power-on") as details:
                 details["task"], _ = run_task(self._si, vm.PowerOnVM_Task, "power the VM on again")
         if vm is not None and session.vm is not None:
             session.vm = attrs.evolve(session.vm, power_state_after=self._power_state(vm))
 
     def _remove_snapshot(self, session: Session, vm: Any, snapshot: Any) -> None:
         reference = moref(snapshot)
-        with _source_action(session, "remove-snapshot", snapshot=reference, consolidate=True) as details:
+        with session.action("remove-snapshot", snapshot=reference, consolidate=True) as details:
             with api_errors("list the VM's snapshots"):
                 before = snapshot_tree(properties(self._si, vm, ["snapshot"]).get("snapshot"))
             if reference not in {s["reference"] for s in before}:
@@ -386,27 +383,6 @@ class VMwareAcquirer(Acquirer):
         if self._si is not None:
             logout(self._si)
             self._si = None
-
-
-@contextlib.contextmanager
-def _source_action(session: Session, name: str, **parameters: Any) -> Iterator[dict[str, Any]]:
-    """``Session.action`` as it is meant to work.
-
-    Workaround: ``Session.action`` passes ``action=`` to ``Ledger.append``, whose first parameter
-    is also named ``action``, so it raises TypeError; the ledger key here is ``source_action``.
-    """
-    details: dict[str, Any] = {}
-    started = utc_now()
-    session.ledger.append("source-action-start", source_action=name, parameters=parameters)
-    outcome = "ok"
-    try:
-        yield details
-    except BaseException as exc:
-        outcome = f"failed: {exc}"
-        raise
-    finally:
-        session.actions.append(SourceAction(name, parameters, started, utc_now(), outcome, details))
-        session.ledger.append("source-action-end", source_action=name, outcome=outcome, details=details)
 
 
 def _endpoint(value: str | None, host: str, port: int) -> tuple[str, int]:
