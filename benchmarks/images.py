@@ -39,7 +39,9 @@ FORMATS = {
     "vmdk-stream": ("vmdk", "subformat=streamOptimized", "vmdk", "pyvmdk"),
     "vhdx": ("vhdx", "subformat=dynamic", "vhdx", "pyvhdi"),
     "qcow2": ("qcow2", "", "qcow2", "pyqcow"),
+    "qcow2-zlib": ("qcow2", "compression_type=zlib", "qcow2", "pyqcow"),  # converted with -c
 }
+DEFAULT_FORMATS = ("vmdk-sparse", "vmdk-stream", "vhdx", "qcow2")
 
 
 def build_raw(path: Path, size: int) -> None:
@@ -73,6 +75,8 @@ def build_images(workdir: Path, size_mib: int, names: list[str]) -> tuple[Path, 
             print(f"building {image} ...", file=sys.stderr)
             partial = image.with_name(image.name + ".partial")
             command = ["qemu-img", "convert", "-O", qemu_fmt, *(["-o", options] if options else [])]
+            if name.endswith("-zlib"):
+                command.append("-c")
             subprocess.run([*command, str(raw), str(partial)], check=True)
             partial.rename(image)
         images[name] = image

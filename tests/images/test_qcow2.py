@@ -326,3 +326,14 @@ def test_qcow2_zstd_without_the_zstandard_package_says_what_to_install(
         assert disk.info().details["compression_type"] == "zstd"  # the metadata is still readable
         with pytest.raises(ImageFormatError, match=r"pip install vmforensics\[zstd\]"):
             disk.read_at(0, disk.size)
+
+
+def test_qcow2_compressed_cluster_ending_the_file_mid_sector(tmp_path: Path) -> None:
+    """The last guest cluster is compressed and its data are the last bytes of the file."""
+    raw = tmp_path / "src.raw"
+    raw.write_bytes(bytes(960 << 10) + (b"the last cluster compresses well\n" * 2000)[: 64 << 10])
+    image = tmp_path / "tail.qcow2"
+    qemu_img("convert", "-c", "-O", "qcow2", raw, image)
+    check_against_qemu(image, tmp_path)
+    with open_image(image) as disk:
+        assert disk.read_at(disk.size - 4096, 4096) == raw.read_bytes()[-4096:]
