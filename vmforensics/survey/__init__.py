@@ -1,0 +1,1 @@
+"""Survey: what runs where, before anything is seized (read-only inventory and findings)."""
