@@ -1,0 +1,343 @@
+"""LibvirtAcquirer against a real libvirtd running QEMU (TCG) guests, reached through a real sshd.
+
+Each guest is 64 MiB without an OS; its disk is a qcow2 overlay (vm/top.qcow2) on a backing file
+in another folder (base/base.qcow2, a real ext4 holding hello.txt). Guest writes are made through
+the guest's own virtio disk device (HMP ``qemu-io``), so they take the path guest I/O takes.
+Oracles: qemu-img's reading of the source chain, frozen at the snapshot point, and the host's
+own view of the domain after cleanup.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.acquire import libvirt_lab
+from tests.acquire.libvirt_lab import (
+    FILE_CONTENT,
+    VNC_PASSWORD,
+    LibvirtLab,
+    guest_write,
+    qemu_img_raw,
+    run,
+    virsh,
+)
+from tests.transport.sshd import SSHServer
+
+if reason := libvirt_lab.available():
+    pytest.skip(reason, allow_module_level=True)
+
+from vmforensics import CaseInfo, open_image, verify
+from vmforensics.acquire.base import Session
+from vmforensics.acquire.libvirt import LibvirtAcquirer
+from vmforensics.custody.models import Manifest
+from vmforensics.errors import SourceError, VMNotFoundError
+
+CASE = CaseInfo(case_id="KVM-1", examiner="lab")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibvirtLab]:
+    with LibvirtLab(tmp_path_factory.mktemp("libvirt")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
+    with SSHServer(tmp_path_factory.mktemp("sshd-libvirt")) as server:
+        yield server
+
+
+@pytest.fixture
+def guest(lab: LibvirtLab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Path | str]]:
+    """A running persistent guest on the two-folder qcow2 chain."""
+    name = f"vmf-{request.node.name[5:30].replace('_', '-')}"
+    base, top = lab.make_chain(tmp_path / "host")
+    mac = "52:54:00:5a:00:%02x" % (len(lab.domains) + 1)
+    lab.define(name, lab.domain_xml(name, top, mac))
+    yield {"name": name, "base": base, "top": top, "mac": mac}
+    lab.remove_domain(name)
+
+
+def acquirer(sshd: SSHServer, **options: object) -> LibvirtAcquirer:
+    return LibvirtAcquirer(
+        sshd.host,
+        user=sshd.user,
+        port=sshd.port,
+        identity=sshd.client_key,
+        known_hosts=sshd.known_hosts,
+        **options,
+    )
+
+
+def evidence(result_path: Path, name: str) -> Path:
+    return result_path / "files" / name
+
+
+def chain_of(manifest: Manifest, target: str = "vda") -> dict:
+    return next(c for c in manifest.source.vm.details["disk_chains"] if c["target"] == target)
+
+
+class WritesAfterPreserve(LibvirtAcquirer):
+    """The guest keeps writing once preserved; the oracle is the source chain as frozen then."""
+
+    def __init__(self, *args: object, guest: dict, oracle_dir: Path, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.guest = guest
+        self.oracle_dir = oracle_dir
+        self.frozen: bytes | None = None
+
+    def enumerate(self, session: Session) -> list:
+        name = str(self.guest["name"])
+        if virsh("domstate", name).strip() == "running":
+            guest_write(name, 0x5A, "1M", "64k")
+        self.frozen = qemu_img_raw(Path(self.guest["top"]), self.oracle_dir / "frozen.raw")
+        return super().enumerate(session)
+
+
+def test_snapshot_with_memory_acquires_the_frozen_chain_and_commits_back(lab, sshd, guest, tmp_path):
+    guest_write(guest["name"], 0x33, "2M", "64k")  # before the snapshot: must be in the evidence
+    acq = WritesAfterPreserve(
+        sshd.host,
+        user=sshd.user,
+        port=sshd.port,
+        identity=sshd.client_key,
+        known_hosts=sshd.known_hosts,
+        guest=guest,
+        oracle_dir=tmp_path,
+    )
+    result = acq.acquire(guest["name"], tmp_path / "ev", case=CASE, preserve="snapshot", progress=False)
+    manifest = result.manifest
+    assert verify(result.path).ok
+
+    # The acquired chain is the source chain at the snapshot point, read by qemu-img and by us.
+    top, base = evidence(result.path, "disks/vda/top.qcow2"), evidence(result.path, "disks/vda/base.qcow2")
+    oracle = qemu_img_raw(top, tmp_path / "ev.raw", backing=base)
+    assert acq.frozen is not None and oracle == acq.frozen
+    assert oracle[2 << 20 : (2 << 20) + 65536] == b"\x33" * 65536
+    assert oracle[1 << 20 : (1 << 20) + 65536] != b"\x5a" * 65536  # written after the snapshot
+    with open_image(top) as image:
+        assert image.read() == oracle
+    chain = chain_of(manifest)
+    assert chain["opens_in_evidence"] and chain["evidence_top"] == "files/disks/vda/top.qcow2"
+    assert [layer["source"] for layer in chain["layers"]] == [str(guest["top"]), str(guest["base"])]
+    assert FILE_CONTENT in oracle
+
+    # Memory state, domain XML without the VNC password, identity facts, clock.
+    roles = {f.local_path: f.role for f in manifest.files}
+    memory = [p for p, r in roles.items() if r == "memory"]
+    assert len(memory) == 1 and evidence(result.path, memory[0][6:]).read_bytes()[:16] == b"LibvirtQemudSave"
+    for xml in (f"domain/{guest['name']}.xml", f"domain/{guest['name']}.inactive.xml"):
+        text = evidence(result.path, xml).read_text()
+        assert VNC_PASSWORD not in text and "passwd='[removed by vmforensics]'" in text
+    assert VNC_PASSWORD.encode() not in (result.path / "manifest.json").read_bytes()
+    assert VNC_PASSWORD.encode() not in (result.path / "custody.log.jsonl").read_bytes()
+    removed = manifest.source.vm.details["xml_secrets_removed"]
+    assert {(r["element"], r["attribute"]) for r in removed} == {("graphics", "passwd")}
+    vm = manifest.source.vm
+    assert vm.name == guest["name"] and vm.uuid == virsh("domuuid", guest["name"]).strip()
+    assert vm.mac_addresses == (guest["mac"],)
+    assert vm.power_state_before.startswith("running")
+    assert manifest.source.product["hypervisor"].startswith("QEMU")
+    assert manifest.source.connection["host_key_fingerprint"] == sshd.host_key_fingerprint
+    assert manifest.clock is not None and abs(manifest.clock.skew_seconds) < 5
+    assert any(f.local_path == f"files/logs/{guest['name']}.log" for f in manifest.files)
+
+    # Cleanup: the guest is back on its own top.qcow2, which now holds the later write.
+    actions = [a.action for a in manifest.actions]
+    assert actions == [
+        "snapshot",
+        "blockcommit",
+        "delete-overlay",
+        "delete-snapshot-metadata",
+        "delete-snapshot-memory",
+    ]
+    assert all(a.outcome == "ok" for a in manifest.actions)
+    assert lab.disk_source(guest["name"]) == str(guest["top"])
+    assert virsh("snapshot-list", guest["name"], "--name").strip() == ""
+    assert sorted(p.name for p in Path(guest["top"]).parent.iterdir()) == ["top.qcow2"]
+    after = qemu_img_raw(Path(guest["top"]), tmp_path / "after.raw")
+    assert after[1 << 20 : (1 << 20) + 65536] == b"\x5a" * 65536
+    assert lab.state(guest["name"]) == "running"
+
+
+def test_snapshot_with_elf_dump_takes_both_at_one_pause(lab, sshd, guest, tmp_path):
+    result = acquirer(sshd, memory_dump=True).acquire(
+        guest["name"], tmp_path / "ev", case=CASE, preserve="snapshot", progress=False
+    )
+    assert verify(result.path).ok
+    actions = [a.action for a in result.manifest.actions]
+    assert actions[:4] == ["suspend", "memory-dump", "snapshot", "resume"]
+    elf = [f for f in result.manifest.files if f.local_path.endswith(".elf")]
+    assert len(elf) == 1 and evidence(result.path, elf[0].local_path[6:]).read_bytes()[:4] == b"\x7fELF"
+    assert lab.state(guest["name"]) == "running"
+    assert sorted(p.name for p in Path(guest["top"]).parent.iterdir()) == ["top.qcow2"]
+
+
+def test_suspend_takes_an_elf_memory_image_and_resumes(lab, sshd, guest, tmp_path):
+    result = acquirer(sshd).acquire(
+        guest["name"], tmp_path / "ev", case=CASE, preserve="suspend", progress=False
+    )
+    manifest = result.manifest
+    assert verify(result.path).ok
+    assert [a.action for a in manifest.actions] == ["suspend", "memory-dump", "delete-memory-dump", "resume"]
+    elf = next(f for f in manifest.files if f.role == "memory")
+    data = evidence(result.path, elf.local_path[6:]).read_bytes()
+    assert data[:4] == b"\x7fELF" and data[16:18] == b"\x04\x00"  # ET_CORE
+    assert len(data) >= 64 << 20
+    assert manifest.source.vm.power_state_after.startswith("running")
+    assert lab.state(guest["name"]) == "running"
+    top = evidence(result.path, "disks/vda/top.qcow2")
+    with open_image(top) as image:
+        assert image.read() == qemu_img_raw(Path(guest["top"]), tmp_path / "src.raw")
+
+
+def test_save_acquires_the_state_file_and_restores(lab, sshd, guest, tmp_path):
+    result = acquirer(sshd).acquire(
+        guest["name"], tmp_path / "ev", case=CASE, preserve="save", progress=False
+    )
+    manifest = result.manifest
+    assert verify(result.path).ok
+    assert [a.action for a in manifest.actions] == ["save", "restore", "delete-saved-state"]
+    assert manifest.actions[0].details["state_now"].startswith("shut off")
+    saved = next(f for f in manifest.files if f.role == "saved-state")
+    assert evidence(result.path, saved.local_path[6:]).read_bytes()[:16] == b"LibvirtQemudSave"
+    assert lab.state(guest["name"]) == "running"
+    assert not any(p.suffix == ".save" for p in Path(guest["top"]).parent.iterdir())
+
+
+def test_isolation_takes_every_link_down_and_leaves_it_down(lab, sshd, guest, tmp_path):
+    result = acquirer(sshd).acquire(
+        guest["name"],
+        tmp_path / "ev",
+        case=CASE,
+        preserve="snapshot",
+        memory=False,
+        isolate=True,
+        progress=False,
+    )
+    actions = result.manifest.actions
+    assert actions[0].action == "isolate" and actions[0].parameters["interface"] == guest["mac"]
+    assert "down" in actions[0].details["link_now"]
+    assert "down" in virsh("domif-getlink", guest["name"], guest["mac"])
+    assert actions[1].action == "snapshot" and actions[1].parameters["memory"] is False
+    assert not [f for f in result.manifest.files if f.role == "memory"]
+    assert lab.disk_source(guest["name"]) == str(guest["top"])
+
+
+def test_unknown_domain_is_refused_and_nothing_is_changed(lab, sshd, tmp_path):
+    with pytest.raises(VMNotFoundError, match="no-such-domain"):
+        acquirer(sshd).acquire(
+            "no-such-domain", tmp_path / "ev", case=CASE, preserve="snapshot", progress=False
+        )
+    ledger = (tmp_path / "ev" / "custody.log.jsonl").read_text()
+    assert "source-action-start" not in ledger and '"failed"' in ledger
+
+
+def test_virsh_absent_is_a_clear_error(lab, sshd, tmp_path):
+    with pytest.raises(SourceError, match="not installed"):
+        acquirer(sshd, virsh="/nonexistent/virsh").acquire(
+            "anything", tmp_path / "ev", case=CASE, preserve="none", progress=False
+        )
+
+
+def test_transient_domain_is_flagged_and_save_is_refused(lab, sshd, tmp_path):
+    _, top = lab.make_chain(tmp_path / "host")
+    name = "vmf-transient"
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:01:01"), transient=True)
+    try:
+        with pytest.raises(SourceError, match="transient"):
+            acquirer(sshd).acquire(name, tmp_path / "ev-save", case=CASE, preserve="save", progress=False)
+        assert lab.state(name) == "running"
+        result = acquirer(sshd).acquire(name, tmp_path / "ev", case=CASE, preserve="snapshot", progress=False)
+        vm = result.manifest.source.vm
+        assert vm.details["persistent"] is False and "transient" in vm.details["transient"]
+        assert any("transient domain" in o.reason for o in result.manifest.omissions)
+        assert lab.disk_source(name) == str(top)
+        with open_image(evidence(result.path, "disks/vda/top.qcow2")) as image:
+            assert image.read() == qemu_img_raw(top, tmp_path / "src.raw")
+    finally:
+        lab.remove_domain(name)
+
+
+def test_network_disk_and_missing_backing_file_are_recorded(lab, sshd, tmp_path):
+    _, top = lab.make_chain(tmp_path / "host")
+    orphan = tmp_path / "host" / "vm" / "orphan.qcow2"
+    gone = tmp_path / "host" / "gone.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", str(gone), "1M")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(gone), "-F", "qcow2", str(orphan))
+    gone.unlink()
+    extra = (
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        "<source protocol='rbd' name='pool/evidence-disk'><host name='ceph.lab' port='6789'/></source>"
+        "<target dev='vdb' bus='virtio'/></disk>"
+        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{orphan}'/>"
+        "<target dev='vdc' bus='virtio'/></disk>"
+    )
+    name = "vmf-offline"
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:02:01", extra), start=False)
+    try:
+        with pytest.raises(SourceError, match="shut off"):
+            acquirer(sshd).acquire(name, tmp_path / "ev-snap", case=CASE, preserve="snapshot", progress=False)
+        result = acquirer(sshd).acquire(name, tmp_path / "ev", case=CASE, preserve="none", progress=False)
+        manifest = result.manifest
+        assert verify(result.path).ok
+        reasons = {o.source_path: o.reason for o in manifest.omissions}
+        assert "rbd://ceph.lab:6789/pool/evidence-disk" in reasons
+        assert "storage system" in reasons["rbd://ceph.lab:6789/pool/evidence-disk"]
+        assert str(gone) in reasons and "backing file of disk vdc" in reasons[str(gone)]
+        assert chain_of(manifest, "vdc")["broken_at"] == str(gone)
+        assert not chain_of(manifest, "vdc")["opens_in_evidence"]
+        assert evidence(result.path, "disks/vdc/orphan.qcow2").read_bytes() == orphan.read_bytes()
+        assert chain_of(manifest, "vdb")["acquired"] is False
+        assert manifest.actions == ()
+        ledger = [json.loads(line) for line in (result.path / "custody.log.jsonl").read_text().splitlines()]
+        assert any(e.get("action") == "disk-chain-incomplete" for e in ledger)
+        with open_image(evidence(result.path, "disks/vda/top.qcow2")) as image:
+            assert image.read() == qemu_img_raw(top, tmp_path / "src.raw")
+    finally:
+        lab.remove_domain(name)
+
+
+def test_cli_acquires_a_shut_off_domain(lab, sshd, tmp_path, capsys):
+    from vmforensics.cli import main
+
+    _, top = lab.make_chain(tmp_path / "host")
+    name = "vmf-cli"
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:03:01"), start=False)
+    try:
+        argv = [
+            "acquire",
+            "libvirt",
+            "--host",
+            sshd.host,
+            "--port",
+            str(sshd.port),
+            "--user",
+            sshd.user,
+            "--identity",
+            str(sshd.client_key),
+            "--known-hosts",
+            str(sshd.known_hosts),
+            "--domain",
+            name,
+            "--preserve",
+            "none",
+            "--out",
+            str(tmp_path / "ev"),
+            "--case",
+            "KVM-2",
+            "--examiner",
+            "lab",
+            "--no-progress",
+            "--json",
+        ]
+        assert main(argv) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["source"]["vm"]["name"] == name
+        assert verify(tmp_path / "ev").ok
+    finally:
+        lab.remove_domain(name)
