@@ -62,9 +62,10 @@ def ssh_argv(server: SSHServer) -> list[str]:
     ]  # fmt: skip
 
 
-def reference(server: SSHServer, path: Path, sink: str) -> float:
+def reference(server: SSHServer, path: Path, sink: str, options: str = "") -> float:
     """Seconds for the OpenSSH client pipeline (default options, as a user would type it)."""
-    command = " ".join([*ssh_argv(server), f"cat {path}", sink])
+    argv = ssh_argv(server)
+    command = " ".join([*argv[:1], options, *argv[1:], f"cat {path}", sink])
     started = time.perf_counter()
     done = subprocess.run(command, shell=True, check=True, capture_output=True)
     elapsed = time.perf_counter() - started

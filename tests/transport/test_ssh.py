@@ -6,6 +6,8 @@ import hashlib
 import os
 import random
 import shutil
+import signal
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -196,6 +198,27 @@ def test_password_authentication_reads_the_file(sshd_password: SSHServer, sample
     assert facts["auth"] == "password"
     assert facts["data_plane"] == "exec"  # the system ssh client would prompt for a password
     assert password not in repr(facts)
+
+
+def test_agent_authentication_feeds_both_control_and_data_plane(
+    sshd: SSHServer, sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.run(
+        ["ssh-agent", "-a", str(socket_path), "-s"], capture_output=True, text=True, check=True
+    )
+    agent_pid = int(agent.stdout.split("SSH_AGENT_PID=")[1].split(";")[0])
+    try:
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        subprocess.run(["ssh-add", "-q", str(sshd.client_key)], check=True, capture_output=True)
+        with SSHTransport(
+            sshd.host, port=sshd.port, user=sshd.user, known_hosts=sshd.known_hosts
+        ) as transport:
+            assert read_all(transport, str(sample), 7) == sample.read_bytes()[7:]
+            facts = transport.describe()
+        assert (facts["auth"], facts["data_plane"]) == ("agent", "openssh")
+    finally:
+        os.kill(agent_pid, signal.SIGTERM)
 
 
 def test_wrong_password_is_refused(sshd_password: SSHServer) -> None:
