@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from vmforensics.demo.vm import GUEST_FILES
 
@@ -72,8 +70,11 @@ def test_there_are_at_least_two_notebooks():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_clean(path, tmp_path):
+    nbformat = pytest.importorskip("nbformat", reason="nbclient/ipykernel (test extra) run the notebooks")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(
+    client = nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}
     )
     client.execute()  # raises CellExecutionError on any failing cell
