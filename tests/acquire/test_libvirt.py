@@ -26,13 +26,10 @@ from tests.acquire.libvirt_lab import (
     virsh,
 )
 from tests.transport.sshd import SSHServer
-
-if reason := libvirt_lab.available():
-    pytest.skip(reason, allow_module_level=True)
-
 from vmforensics import CaseInfo, open_image, verify
 from vmforensics.acquire.base import Session
 from vmforensics.acquire.libvirt import LibvirtAcquirer
+from vmforensics.acquire.libvirt_xml import REDACTED, parse_domain, redact_secrets
 from vmforensics.custody.models import Manifest
 from vmforensics.errors import SourceError, VMNotFoundError
 
@@ -41,6 +38,8 @@ CASE = CaseInfo(case_id="KVM-1", examiner="lab")
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibvirtLab]:
+    if reason := libvirt_lab.available():
+        pytest.skip(reason)
     with LibvirtLab(tmp_path_factory.mktemp("libvirt")) as running:
         yield running
 
@@ -341,3 +340,77 @@ def test_cli_acquires_a_shut_off_domain(lab, sshd, tmp_path, capsys):
         assert verify(tmp_path / "ev").ok
     finally:
         lab.remove_domain(name)
+
+
+def test_cleanup_after_a_failure_commits_back_and_removes_what_was_created(lab, sshd, guest, tmp_path):
+    class FailsAfterSnapshot(LibvirtAcquirer):
+        def enumerate(self, session: Session) -> list:
+            raise SourceError("the examiner's disk filled up")
+
+    acq = FailsAfterSnapshot(
+        sshd.host, user=sshd.user, port=sshd.port, identity=sshd.client_key, known_hosts=sshd.known_hosts
+    )
+    with pytest.raises(SourceError, match="filled up"):
+        acq.acquire(guest["name"], tmp_path / "ev", case=CASE, preserve="snapshot", progress=False)
+    assert lab.disk_source(guest["name"]) == str(guest["top"])
+    assert virsh("snapshot-list", guest["name"], "--name").strip() == ""
+    assert sorted(p.name for p in Path(guest["top"]).parent.iterdir()) == ["top.qcow2"]
+    ledger = [json.loads(line) for line in (tmp_path / "ev" / "custody.log.jsonl").read_text().splitlines()]
+    ended = [e["details"]["action"] for e in ledger if e["action"] == "source-action-end"]
+    assert ended == [
+        "snapshot",
+        "blockcommit",
+        "delete-overlay",
+        "delete-snapshot-metadata",
+        "delete-snapshot-memory",
+    ]
+
+
+def test_on_the_host_itself_without_ssh(lab, tmp_path):
+    _, top = lab.make_chain(tmp_path / "host")
+    name = "vmf-local"
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:04:01"), start=False)
+    try:
+        result = LibvirtAcquirer().acquire(name, tmp_path / "ev", case=CASE, preserve="none", progress=False)
+        assert verify(result.path).ok and result.manifest.source.connection["transport"] == "file"
+        assert evidence(result.path, "disks/vda/top.qcow2").read_bytes() == top.read_bytes()
+    finally:
+        lab.remove_domain(name)
+
+
+# -- domain XML, no daemon needed ------------------------------------------------------------------
+
+
+def test_every_secret_form_is_removed_and_listed_without_its_value():
+    xml = (
+        "<domain type='kvm'><name>w</name><devices>\n"
+        "<graphics type='vnc' port='-1' passwd='s3cr&apos;t' passwdValidTo='2030-01-01T00:00:00'/>\n"
+        '<graphics type="spice" autoport="yes" passwd="sp1ce"><listen type=\'none\'/></graphics>\n'
+        "<disk type='network' device='disk'><source protocol='https' name='/img'>"
+        "<host name='web'/><cookies><cookie name='session'>c00kie</cookie></cookies></source>"
+        "<auth username='u'><secret type='iscsi' usage='target1'/></auth><target dev='vdb'/></disk>\n"
+        "</devices></domain>"
+    )
+    clean, removed = redact_secrets(xml)
+    for secret in ("s3cr", "sp1ce", "c00kie"):
+        assert secret not in clean
+    assert [(r.element, r.attribute, r.line) for r in removed] == [
+        ("graphics", "passwd", 2),
+        ("graphics", "passwd", 3),
+        ("cookie", None, 4),
+    ]
+    assert clean.count(REDACTED) == 3 and "passwdValidTo='2030-01-01T00:00:00'" in clean
+    disk = parse_domain(clean).disks[0]
+    assert (disk.type, disk.protocol, disk.hosts, disk.secret_references) == (
+        "network",
+        "https",
+        ("web",),
+        ("iscsi:target1",),
+    )
+
+
+def test_xml_with_a_document_type_is_refused():
+    with pytest.raises(SourceError, match="document type"):
+        parse_domain('<!DOCTYPE d [<!ENTITY a "aaaa">]><domain><name>&a;</name></domain>')
+    with pytest.raises(SourceError, match="not well-formed"):
+        parse_domain("<domain><name>x</domain>")

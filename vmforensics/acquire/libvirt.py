@@ -77,6 +77,7 @@ class LibvirtAcquirer(Acquirer):
         qemu_img: str = "qemu-img",
         host_workdir: str | None = None,
         memory_dump: bool = False,
+        command_timeout: float = 3600.0,
         transport_options: dict[str, Any] | None = None,
     ):
         if host_workdir is not None and not posixpath.isabs(host_workdir):
@@ -87,6 +88,7 @@ class LibvirtAcquirer(Acquirer):
         self.uri = uri
         self.host_workdir = host_workdir
         self.memory_dump = memory_dump
+        self.command_timeout = command_timeout
         self._ssh_options: dict[str, Any] = {
             "identity": identity,
             "password": password,
@@ -111,7 +113,13 @@ class LibvirtAcquirer(Acquirer):
             ssh = SSHTransport(self.host, user=self.user, port=self.port, **options)
             self._files = ssh
             runner = ssh_runner(ssh)
-        self._host = Host(runner, uri=self.uri, virsh=self._tools["virsh"], qemu_img=self._tools["qemu_img"])
+        self._host = Host(
+            runner,
+            uri=self.uri,
+            virsh=self._tools["virsh"],
+            qemu_img=self._tools["qemu_img"],
+            timeout=self.command_timeout,
+        )
         versions = _fields(self._host.virsh("version", "--daemon").stdout)
         hostname = self._host.virsh("hostname", check=False).stdout.strip() or None
         session.state["libvirt_hostname"] = hostname
@@ -287,7 +295,6 @@ class LibvirtAcquirer(Acquirer):
     # -- enumerate -----------------------------------------------------------------------------
 
     def enumerate(self, session: Session) -> list[PlannedFile]:
-        host = self._run
         domain: DomainXML = session.state["libvirt_domain"]
         uuid = session.state["libvirt_uuid"]
         created = session.state.get("libvirt_created", {})
@@ -336,7 +343,6 @@ class LibvirtAcquirer(Acquirer):
             )
         session.vm = attrs.evolve(session.vm, details={**session.vm.details, "disk_chains": chains})
         session.ledger.append("disk-chains", chains=chains)
-        del host
         return plan.files
 
     def _snapshots(self, session: Session, plan: _Plan, uuid: str, captured: dict[str, bytes]) -> None:
@@ -467,7 +473,7 @@ class LibvirtAcquirer(Acquirer):
 
     def disconnect(self, session: Session) -> None:
         if self._host is not None:
-            session.state["libvirt_commands"] = list(self._host.history)
+            session.ledger.append("host-commands", where=self._host.runner.where, commands=self._host.history)
             self._host.runner.close()
             self._host = None
         if self._files is not None:
