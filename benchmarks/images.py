@@ -4,7 +4,8 @@
 
 Builds (once; kept in --workdir) a raw disk of the given size in MiB -- half incompressible data,
 a quarter compressible text, a quarter holes, in 1 MiB pieces -- and converts it with qemu-img to
-a monolithicSparse VMDK, a streamOptimized VMDK, a dynamic VHDX and a qcow2. Each reader then reads
+a monolithicSparse VMDK, a streamOptimized VMDK, a dynamic VHDX, a qcow2 and a
+zlib-compressed qcow2 (qemu-img convert -c). Each reader then reads
 the whole disk sequentially in 4 MiB requests and makes N random 4 KiB reads (same offsets for all).
 The files sit in the page cache after the first pass, so this measures the readers' CPU cost.
 Readers that are not installed (pyvmdk, pyvhdi, pyqcow, dissect.hypervisor) or formats whose
@@ -41,7 +42,6 @@ FORMATS = {
     "qcow2": ("qcow2", "", "qcow2", "pyqcow"),
     "qcow2-zlib": ("qcow2", "compression_type=zlib", "qcow2", "pyqcow"),  # converted with -c
 }
-DEFAULT_FORMATS = ("vmdk-sparse", "vmdk-stream", "vhdx", "qcow2")
 
 
 def build_raw(path: Path, size: int) -> None:
