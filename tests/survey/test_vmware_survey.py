@@ -244,3 +244,35 @@ def test_dormant_vm_from_its_log_age_and_power_events(vcsim: VCSim, si: Any) -> 
     )
     record = next(v for v in report.vms if v.name == VM0)
     assert record.last_activity_basis == "its last power-off event"
+
+
+def test_acquire_many_from_a_vmware_survey(vcsim: VCSim, tmp_path: Path) -> None:
+    from vmforensics import CaseInfo, verify
+    from vmforensics.acquire.vmware import VMwareAcquirer
+    from vmforensics.survey.acquire_many import acquire_many
+
+    report = survey(vcsim)
+    chosen = report.select(host="DC0_H0")
+
+    batch = acquire_many(
+        chosen,
+        tmp_path / "evidence",
+        case=CaseInfo(case_id="2026-117", examiner="A. Analyst"),
+        acquirer_factory=lambda record: VMwareAcquirer(
+            vcsim.host,
+            port=vcsim.port,
+            user=vcsim.user,
+            password=vcsim.password,
+            tls_thumbprint=vcsim.thumbprint_sha256,
+        ),
+        max_parallel=2,
+        progress=False,
+        preserve="none",
+    )
+
+    assert batch.ok and [item.vm for item in batch.items] == [VM0, VM1]
+    for item, record in zip(batch.items, chosen, strict=True):
+        assert verify(item.path).ok
+        assert item.result.manifest.source.vm.reference == record.reference
+        vmx = next(f for f in item.result.files if f.local_path.endswith(f"{record.name}.vmx"))
+        assert vmx.size == (vcsim.datastore_dir() / record.name / f"{record.name}.vmx").stat().st_size

@@ -1,1 +1,32 @@
-"""Survey: what runs where, before anything is seized (read-only inventory and findings)."""
+"""Survey: what runs where, before anything is seized (read-only inventory and findings).
+
+``survey_local(path)`` and ``survey_vmware(host, ...)`` return a :class:`SurveyReport`;
+``seal_report`` documents it as signed evidence; ``acquire_many`` acquires a selection of it.
+Names load lazily so that pyVmomi is only imported for a VMware survey.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "survey_local": "vmforensics.survey.local",
+    "survey_vmware": "vmforensics.survey.vmware",
+    "SurveyReport": "vmforensics.survey.models",
+    "VMRecord": "vmforensics.survey.models",
+    "Finding": "vmforensics.survey.models",
+    "Thresholds": "vmforensics.survey.models",
+    "seal_report": "vmforensics.survey.seal",
+    "acquire_many": "vmforensics.survey.acquire_many",
+    "BatchResult": "vmforensics.survey.acquire_many",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'vmforensics.survey' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
