@@ -119,17 +119,8 @@ def _stream(
         try:
             stream = transport.open_read(path, writer.size)
             while True:
-                buffer = writer.buffer()
-                try:
-                    count = stream.readinto(memoryview(buffer))
-                except BaseException:
-                    writer.free.put(buffer)
-                    raise
-                writer.submit(buffer, count)
-                if not count:
+                if _fill(stream, writer.buffer(), writer, progress):
                     return attempt
-                if progress is not None:
-                    progress.advance(count)
         except ConnectionError_ as exc:
             writer.flush()  # everything received so far is durable: the resume point
             attempt += 1
@@ -151,6 +142,27 @@ def _stream(
         finally:
             if stream is not None:
                 stream.close()
+
+
+def _fill(stream: Any, buffer: bytearray, writer: Any, progress: Progress | None) -> bool:
+    """Fill one buffer with as many reads as it takes (network streams return small pieces), then
+    hand it to the writer; bytes received before a failure are kept, as they are valid.
+    Returns True at the end of the file."""
+    view = memoryview(buffer)
+    count = 0
+    finished = False
+    try:
+        while count < len(view):
+            got = stream.readinto(view[count:])
+            if not got:
+                finished = True
+                break
+            count += got
+            if progress is not None:
+                progress.advance(got)
+    finally:
+        writer.submit(buffer, count)
+    return finished
 
 
 def _changed(before: RemoteStat, after: RemoteStat) -> bool:
