@@ -127,6 +127,20 @@ class SmbServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
+    def connection_pids(self) -> list[int]:
+        """Pids of the smbd children serving client connections (one per connection).
+
+        Stop one (SIGSTOP) to hang a client's link, kill one to drop it as a crashed server would.
+        """
+        assert self.process is not None, "server not started"
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        pids = []
+        for pid in map(int, children):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "smbd":
+                    pids.append(pid)
+        return pids
+
     def __enter__(self) -> SmbServer:
         return self.start()
 

@@ -7,14 +7,15 @@ import hashlib
 import os
 import random
 import shutil
+import signal
 import socket
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.transport.faultproxy import FaultProxy
 from tests.transport.smbd import SmbServer
 from vmforensics.acquire.copier import copy_file
 from vmforensics.custody.evidence import EvidenceDirectory
@@ -44,6 +45,7 @@ def share_dir() -> Iterator[Path]:
     root.chmod(0o755)
     _write_random(root / "disk.bin", 5 * MiB + 12345)
     _write_random(root / "fault.bin", 4 * MiB + 777)
+    _write_random(root / "big.bin", 24 * MiB + 3)  # more than the copier's buffer plus reads in flight
     (root / "empty.bin").write_bytes(b"")
     (root / "empty.bin").chmod(0o644)
     (root / "VMs" / "web01").mkdir(parents=True)
@@ -323,137 +325,106 @@ def test_file_shrinking_mid_transfer_raises_instead_of_ending_early(
         source.unlink()
 
 
-class CuttingProxy:
-    """A TCP proxy to ``target`` that cuts, or silently stalls, connections after N reply bytes."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.live: list[dict] = []
-        self.next_budgets: list[int] = []
-        self.lock = threading.Lock()
-        self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def cut_live_after(self, count: int, *, stall: bool = False) -> None:
-        """After ``count`` more server bytes, close every open connection (or hold it open, mute)."""
-        with self.lock:
-            for link in self.live:
-                link["budget"], link["stall"] = count, stall
-
-    def cut_next_after(self, *counts: int) -> None:
-        """The next connections accepted are cut after these many server bytes each."""
-        with self.lock:
-            self.next_budgets.extend(counts)
-
-    def close(self) -> None:
-        self.closed.set()
-        self.listener.close()
-        with self.lock:
-            for link in self.live:
-                self._shut(link)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            with self.lock:
-                budget = self.next_budgets.pop(0) if self.next_budgets else None
-                link = {"client": client, "upstream": upstream, "budget": budget, "stall": False}
-                self.live.append(link)
-            threading.Thread(target=self._pump, args=(link, client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(link, upstream, client, True), daemon=True).start()
-
-    def _pump(self, link: dict, source: socket.socket, sink: socket.socket, counted: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(256 * 1024):
-                if not counted:
-                    sink.sendall(data)
-                    continue
-                with self.lock:
-                    budget = link["budget"]
-                    if budget is not None:
-                        data = data[:budget]
-                        link["budget"] = budget - len(data)
-                sink.sendall(data)
-                if budget is not None and link["budget"] <= 0:
-                    if link["stall"]:
-                        self.closed.wait()  # the client sees a live but silent connection
-                    break
-        self._shut(link)
-
-    def _shut(self, link: dict) -> None:
-        for sock in (link["client"], link["upstream"]):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-
 @pytest.fixture
-def proxy(server: SmbServer) -> Iterator[CuttingProxy]:
-    cutter = CuttingProxy(("127.0.0.1", server.port))
-    yield cutter
-    cutter.close()
-
-
-def test_cut_connection_raises_connection_error_not_a_short_read(
-    server: SmbServer, proxy: CuttingProxy, share_dir: Path
-) -> None:
+def proxied(server: SmbServer, fault_proxy) -> Iterator[tuple[FaultProxy, SMBTransport]]:
+    """A transport that reaches the server through a FaultProxy (plan cuts before connecting)."""
+    proxy = fault_proxy(("127.0.0.1", server.port))
     with SMBTransport(
         "127.0.0.1", "evidence", user=server.user, password=server.password, port=proxy.port, timeout=10
     ) as t:
-        stream = t.open_read("/disk.bin")
-        proxy.cut_live_after(2 * MiB + 100)
-        with pytest.raises(ConnectionError_):
-            _read_all(stream)
-        t.reconnect()
-        assert (
-            _read_all(t.open_read("/disk.bin", 3 * MiB)) == (share_dir / "disk.bin").read_bytes()[3 * MiB :]
-        )
+        yield proxy, t
 
 
-def test_stalled_connection_times_out_and_the_copier_resumes_on_a_new_one(
-    server: SmbServer, proxy: CuttingProxy, share_dir: Path, tmp_path: Path
+def test_cut_connection_raises_connection_error_not_a_short_read(
+    proxied: tuple[FaultProxy, SMBTransport], share_dir: Path
 ) -> None:
-    with SMBTransport(
-        "127.0.0.1", "evidence", user=server.user, password=server.password, port=proxy.port, timeout=2
-    ) as t:
-        stream = t.open_read("/disk.bin")
-        proxy.cut_live_after(MiB, stall=True)
-        with pytest.raises(ConnectionError_, match="timeout"):
-            _read_all(stream)
-        stream.close()  # must not wait on the hung link
-        t.reconnect()
-        t.stat("/disk.bin")
-        proxy.cut_live_after(3 * MiB, stall=True)
-        record = copy_file(t, "/disk.bin", EvidenceDirectory(tmp_path / "case"), "disk.bin", backoff=0.01)
-    assert record.resumed == 1
-    assert record.hashes["sha256"] == hashlib.sha256((share_dir / "disk.bin").read_bytes()).hexdigest()
+    proxy, t = proxied
+    proxy.cut_after(2 * MiB + 100)
+    stream = t.open_read("/disk.bin")
+    with pytest.raises(ConnectionError_):
+        _read_all(stream)
+    stream.close()
+    t.reconnect()
+    assert _read_all(t.open_read("/disk.bin", 3 * MiB)) == (share_dir / "disk.bin").read_bytes()[3 * MiB :]
+    assert proxy.cuts == 1
 
 
 @pytest.mark.parametrize("trial", range(20))
 def test_copy_survives_a_cut_at_a_random_offset(
-    server: SmbServer, proxy: CuttingProxy, share_dir: Path, tmp_path: Path, trial: int
+    proxied: tuple[FaultProxy, SMBTransport], share_dir: Path, tmp_path: Path, trial: int
 ) -> None:
+    proxy, t = proxied
     source = share_dir / "fault.bin"
     expected = hashlib.sha256(source.read_bytes()).hexdigest()
     size = source.stat().st_size
     trial_rng = random.Random(trial * 7919 + 1)
-    with SMBTransport(
-        "127.0.0.1", "evidence", user=server.user, password=server.password, port=proxy.port, timeout=10
-    ) as t:
-        t.stat("/fault.bin")  # connected and authenticated: the cut lands in the transfer
-        proxy.cut_live_after(trial_rng.randrange(2048, size))
-        if trial % 3 == 0:  # and the first reconnection is cut too, sometimes during its handshake
-            proxy.cut_next_after(trial_rng.randrange(200, size))
-        record = copy_file(
-            t, "/fault.bin", EvidenceDirectory(tmp_path / "case"), "fault.bin", retries=5, backoff=0.01
-        )
+    # the first connection dies inside the transfer (after its ~2 KB handshake and stat); in every
+    # third trial the reconnection dies too, anywhere from its own handshake on
+    plan = [trial_rng.randrange(16 * 1024, size)]
+    if trial % 3 == 0:
+        plan.append(trial_rng.randrange(100, size // 2))
+    proxy.cut_after(*plan)
+    record = copy_file(t, "/fault.bin", EvidenceDirectory(tmp_path / "case"), "fault.bin", backoff=0.01)
     assert record.hashes["sha256"] == expected
     assert record.size == size
+    assert proxy.cuts == len(plan)
     assert record.resumed >= 1
     assert not record.changed_during_acquisition
+
+
+def _signal_connections_once(server: SmbServer, signum: int, after: int):
+    """A progress callback that sends ``signum`` to the serving smbd children once ``after`` bytes arrived."""
+    hit: list[int] = []
+
+    def callback(update: ProgressUpdate) -> None:
+        if not hit and update.file_done >= after:
+            hit.extend(server.connection_pids())
+            for pid in hit:
+                os.kill(pid, signum)
+
+    return callback, hit
+
+
+def test_hung_server_times_out_and_the_copier_resumes_on_a_new_connection(
+    server: SmbServer, share_dir: Path, tmp_path: Path
+) -> None:
+    callback, stopped = _signal_connections_once(server, signal.SIGSTOP, after=8 * MiB)
+    try:
+        with SMBTransport(
+            "127.0.0.1", "evidence", user=server.user, password=server.password, port=server.port, timeout=2
+        ) as t:
+            record = copy_file(
+                t,
+                "/big.bin",
+                EvidenceDirectory(tmp_path / "case"),
+                "big.bin",
+                progress=Progress(callback),
+                backoff=0.01,
+            )
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert stopped
+    assert record.resumed == 1
+    assert record.hashes["sha256"] == hashlib.sha256((share_dir / "big.bin").read_bytes()).hexdigest()
+
+
+def test_killed_server_process_is_survived_by_resuming(
+    server: SmbServer, share_dir: Path, tmp_path: Path
+) -> None:
+    callback, killed = _signal_connections_once(server, signal.SIGKILL, after=8 * MiB)
+    with SMBTransport(
+        "127.0.0.1", "evidence", user=server.user, password=server.password, port=server.port
+    ) as t:
+        record = copy_file(
+            t,
+            "/big.bin",
+            EvidenceDirectory(tmp_path / "case"),
+            "big.bin",
+            progress=Progress(callback),
+            backoff=0.01,
+        )
+    assert killed
+    assert record.resumed == 1
+    assert record.hashes["sha256"] == hashlib.sha256((share_dir / "big.bin").read_bytes()).hexdigest()

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import ntpath
 import struct
+import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
@@ -237,9 +238,23 @@ class SMBTransport(Transport):
         return {"port": self.port, "connection_cache": self._pool, "connection_timeout": self.timeout}
 
     def _session(self) -> Session:
-        """The pooled session, dialled (and authenticated) on first use or after the socket closed."""
+        """The pooled session, dialled (and authenticated) on first use or after the socket closed.
+
+        Every dial presents a new client GUID: Samba hands a connection whose GUID it knows to the
+        process already serving that client, and after a failure that process may be the hung one.
+        """
         username = f"{self.domain}\\{self.user}" if self.domain and self.user else self.user
+        key = f"{self.host.lower()}:{self.port}"
         try:
+            connection = self._pool.get(key)
+            if connection is None or not connection.transport.connected:
+                connection = Connection(uuid.uuid4(), self.host, self.port, require_signing=True)
+                # smbclient's calls wait for replies without a deadline; with this, the receive thread
+                # probes an idle link after `timeout` s and closes it when the probe goes unanswered
+                # too, which wakes every waiter (smbprotocol reads it from the instance).
+                connection._receive_timeout = self.timeout
+                connection.connect(timeout=self.timeout)
+                self._pool[key] = connection
             return smbclient.register_session(
                 self.host,
                 username=username,
