@@ -210,6 +210,12 @@ def test_missing_file_and_wrong_datastore_are_source_errors(
         other.stat(FLAT)
 
 
+def test_pyvmomi_cookie_with_attributes_is_reduced_to_its_pair(server: DatastoreServer, pki: TestPKI) -> None:
+    with _transport(server, tls_ca=str(pki.ca_path), cookie=COOKIE + "; Path=/; HttpOnly; Secure;") as t:
+        assert t.stat(FLAT).size == 3 * MiB + 5
+    assert server.requests[-1][2]["Cookie"] == COOKIE
+
+
 def test_missing_or_stale_cookie_is_an_authentication_error(server: DatastoreServer, pki: TestPKI) -> None:
     for cookie in (None, 'vmware_soap_session="expired"'):
         with (
@@ -277,6 +283,7 @@ def test_insecure_opt_out_reads_and_says_so(server: DatastoreServer, pki: TestPK
         {"tls_thumbprint": "zz" * 32},
         {"insecure": True, "tls_ca": "/ca.pem"},
         {"cookie": "a=b\r\nX-Injected: 1"},
+        {"cookie": "no pair"},
     ],
 )
 def test_bad_options_are_usage_errors(options: dict) -> None:

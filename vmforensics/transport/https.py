@@ -50,6 +50,15 @@ def _thumbprint(value: str) -> str:
     return digits
 
 
+def _cookie_pair(value: str) -> str:
+    """The ``name=value`` pair of a cookie, without Set-Cookie attributes (``; Path=/; Secure``)."""
+    pair = value.split(";", 1)[0].strip()
+    name, equals, _ = pair.partition("=")
+    if not equals or not name.strip() or any(c in pair for c in "\r\n\0,"):
+        raise UsageError('cookie must be the API session\'s name=value pair, e.g. vmware_soap_session="…"')
+    return pair
+
+
 def _colon_hex(digest: bytes) -> str:
     return ":".join(f"{byte:02X}" for byte in digest)
 
@@ -76,15 +85,14 @@ class HTTPSDatastoreTransport(Transport):
         insecure: bool = False,
         timeout: float = 60.0,
     ) -> None:
-        """``cookie`` is the API session's ``vmware_soap_session=…`` (name=value);
+        """``cookie`` is the API session's ``vmware_soap_session=…`` (pyVmomi's ``si._stub.cookie``
+        may be passed as is: its attributes such as ``Path`` are dropped);
         ``tls_thumbprint`` pins the server certificate's SHA-256 (or SHA-1) digest instead of
         checking its chain; ``insecure`` turns verification off (recorded in the manifest)."""
         if not host or not datacenter or not datastore:
             raise UsageError("HTTPS datastore access needs host, datacenter and datastore")
         if sum(bool(option) for option in (tls_ca, tls_thumbprint, insecure)) > 1:
             raise UsageError("give at most one of tls_ca, tls_thumbprint and insecure")
-        if cookie is not None and (not cookie or any(c in cookie for c in "\r\n\0")):
-            raise UsageError("cookie must be a single name=value pair without line breaks")
         self.host = host
         self.port = port
         self.datacenter = datacenter
@@ -92,7 +100,7 @@ class HTTPSDatastoreTransport(Transport):
         self.tls_ca = tls_ca
         self.insecure = insecure
         self.timeout = timeout
-        self._cookie = cookie
+        self._cookie = _cookie_pair(cookie) if cookie is not None else None
         self._pin = _thumbprint(tls_thumbprint) if tls_thumbprint else None
         self._seen_certificates: list[str] = []
         self.range_ignored = False
