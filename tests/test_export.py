@@ -50,11 +50,6 @@ def _on_disk(evidence: Path, local_path: str) -> dict[str, str]:
     return {"sha256": hashlib.sha256(data).hexdigest(), "md5": hashlib.md5(data).hexdigest()}
 
 
-@pytest.fixture
-def with_export_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "COMMAND_MODULES", tuple(dict.fromkeys((*cli.COMMAND_MODULES, "export"))))
-
-
 def test_dfxml_is_valid_against_the_schema_with_a_fileobject_per_evidence_file(evidence):
     document = etree.fromstring(export_directory(evidence, "dfxml"))
     schema = etree.XMLSchema(etree.parse(str(SCHEMA)))
@@ -157,7 +152,7 @@ def test_sums_export_checks_with_sha256sum_and_catches_a_changed_file(evidence, 
     assert done.returncode == 1 and "files/web01/web01.vmx: FAILED" in done.stdout
 
 
-def test_cli_export_writes_a_new_file_and_never_overwrites(evidence, tmp_path, capsys, with_export_command):
+def test_cli_export_writes_a_new_file_and_never_overwrites(evidence, tmp_path, capsys):
     out = tmp_path / "web01.dfxml"
     assert cli.main(["export", str(evidence), "--format", "dfxml", "--output", str(out)]) == 0
     assert etree.parse(str(out)).getroot().tag == f"{{{DFXML_NS}}}dfxml"
@@ -168,7 +163,7 @@ def test_cli_export_writes_a_new_file_and_never_overwrites(evidence, tmp_path, c
     assert not inside.exists()
 
 
-def test_cli_export_to_stdout_and_exit_codes(evidence, tmp_path, capsysbinary, with_export_command):
+def test_cli_export_to_stdout_and_exit_codes(evidence, tmp_path, capsysbinary):
     assert cli.main(["export", str(evidence), "--format", "sums"]) == 0
     assert capsysbinary.readouterr().out == (evidence / "SHA256SUMS").read_bytes()
     assert cli.main(["export", str(tmp_path), "--format", "case"]) == 2  # not an evidence directory

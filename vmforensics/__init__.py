@@ -25,6 +25,13 @@ _EXPORTS = {
     "VerificationReport": "vmforensics.custody.verify",
     "open_image": "vmforensics.images.open",
     "DiskImage": "vmforensics.images.base",
+    "ImageInfo": "vmforensics.images.base",
+    "FilesAcquirer": "vmforensics.acquire.files",
+    "SurveyReport": "vmforensics.survey.models",
+    "survey_local": "vmforensics.survey.local",
+    "survey_vmware": "vmforensics.survey.vmware",
+    "seal_report": "vmforensics.survey.seal",
+    "acquire_many": "vmforensics.survey.acquire_many",
 }
 _ERRORS = (
     "VMForensicsError",

@@ -1,4 +1,4 @@
-"""``vmforensics survey local|vmware`` (registered here as the CLI will register it)."""
+"""``vmforensics survey local|vmware``."""
 
 from __future__ import annotations
 
@@ -13,11 +13,6 @@ import vmforensics.cli as cli
 from tests.survey.estate import NOW, add_vm
 from vmforensics import verify
 from vmforensics.survey.models import SurveyReport
-
-
-@pytest.fixture(autouse=True)
-def survey_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "survey"))
 
 
 @pytest.fixture

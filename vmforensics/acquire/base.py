@@ -12,7 +12,6 @@ import abc
 import contextlib
 import logging
 import os
-import stat
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from vmforensics.custody.models import (
     new_acquisition_id,
     utc_now,
 )
-from vmforensics.custody.seal import write_sealed_records
+from vmforensics.custody.seal import make_read_only, write_sealed_records
 from vmforensics.custody.signing import SigningKey
 from vmforensics.errors import EvidenceError, SourceError, UsageError, VMForensicsError
 from vmforensics.progress import Progress, ProgressOption
@@ -295,14 +294,21 @@ class Acquirer(abc.ABC):
 
     @staticmethod
     def _exclude(session: Session, planned: list[PlannedFile], roles: Sequence[str]) -> list[PlannedFile]:
+        """Drop exact duplicates; record excluded roles and name clashes as omissions."""
         kept: list[PlannedFile] = []
-        seen: set[str] = set()
+        by_name: dict[str, PlannedFile] = {}
         for item in planned:
-            if item.dest_name in seen:
+            label = item.label or item.source_path
+            first = by_name.get(item.dest_name)
+            if first is not None:
+                if first.source_path != item.source_path:
+                    session.omit(
+                        label, item.role, f"same evidence name as {first.label or first.source_path}"
+                    )
                 continue
-            seen.add(item.dest_name)
+            by_name[item.dest_name] = item
             if item.role in roles:
-                session.omit(item.label or item.source_path, item.role, "excluded by the examiner")
+                session.omit(label, item.role, "excluded by the examiner")
             else:
                 kept.append(item)
         return kept
@@ -386,7 +392,7 @@ class Acquirer(abc.ABC):
             finished=utc_now(),
         )
         write_sealed_records(session.evidence.root, manifest, key)
-        _make_read_only(session.evidence.root)
+        make_read_only(session.evidence.root)
         return manifest
 
     def _cleanup_quietly(self, session: Session) -> None:
@@ -418,17 +424,3 @@ def _vm_summary(vm: VMIdentity) -> dict[str, Any]:
 
 def _resume_hint() -> str:
     return "files already sealed are kept; acquire again into the same directory with resume=True (--resume)"
-
-
-def _make_read_only(root: Path) -> None:
-    """Seal: every file and directory under the evidence directory loses its write bits."""
-    for directory, subdirs, files in os.walk(root, topdown=False):
-        for name in files:
-            path = Path(directory, name)
-            if not path.is_symlink():
-                path.chmod(stat.S_IMODE(path.stat().st_mode) & ~0o222)
-        for name in subdirs:
-            path = Path(directory, name)
-            if not path.is_symlink():
-                path.chmod(0o555)
-    root.chmod(0o555)

@@ -13,10 +13,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("acquire", help="acquire a VM (or files) into a signed evidence directory")
     sources = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
     for name in SOURCE_MODULES:
-        try:
-            module = importlib.import_module(f"vmforensics.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"vmforensics.cli.{name}":
-                raise
-            continue  # that acquirer has not landed in this build
-        module.register(sources)
+        importlib.import_module(f"vmforensics.cli.{name}").register(sources)

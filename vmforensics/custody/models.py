@@ -47,7 +47,7 @@ def canonical_json(value: Any) -> bytes:
     return rfc8785.dumps(to_plain(value))
 
 
-def _build(cls: type[T]) -> Callable[[Any], T]:
+def converter_for(cls: type[T]) -> Callable[[Any], T]:
     def convert(value: Any) -> T:
         if isinstance(value, cls):
             return value
@@ -58,17 +58,17 @@ def _build(cls: type[T]) -> Callable[[Any], T]:
     return convert
 
 
-def _optional(cls: type[T]) -> Callable[[Any], T | None]:
-    build = _build(cls)
+def optional_of(cls: type[T]) -> Callable[[Any], T | None]:
+    build = converter_for(cls)
     return lambda value: None if value is None else build(value)
 
 
-def _tuple_of(cls: type[T]) -> Callable[[Any], tuple[T, ...]]:
-    build = _build(cls)
+def tuple_of(cls: type[T]) -> Callable[[Any], tuple[T, ...]]:
+    build = converter_for(cls)
     return lambda values: tuple(build(v) for v in values)
 
 
-def _strings(values: Any) -> tuple[str, ...]:
+def string_tuple(values: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in values)
 
 
@@ -77,7 +77,7 @@ def _non_empty(instance: Any, attribute: attrs.Attribute, value: str) -> None:
         raise UsageError(f"{type(instance).__name__}.{attribute.name} must be a non-empty string")
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def plain_dict(value: Any) -> dict[str, Any]:
     return dict(value or {})
 
 
@@ -102,7 +102,7 @@ class ExaminerHost:
     os: str
     user: str
     python: str
-    command_line: tuple[str, ...] = attrs.field(converter=_strings, factory=tuple)
+    command_line: tuple[str, ...] = attrs.field(converter=string_tuple, factory=tuple)
 
     @classmethod
     def current(cls) -> ExaminerHost:
@@ -135,16 +135,16 @@ class VMIdentity:
     instance_uuid: str | None = None
     reference: str | None = None  # moref, Hyper-V VM id, libvirt domain id
     config_path: str | None = None
-    mac_addresses: tuple[str, ...] = attrs.field(converter=_strings, factory=tuple)
+    mac_addresses: tuple[str, ...] = attrs.field(converter=string_tuple, factory=tuple)
     host: str | None = None
     cluster: str | None = None
     datacenter: str | None = None
-    datastores: tuple[str, ...] = attrs.field(converter=_strings, factory=tuple)
+    datastores: tuple[str, ...] = attrs.field(converter=string_tuple, factory=tuple)
     power_state_before: str | None = None
     power_state_after: str | None = None
-    guest_reported: dict[str, Any] = attrs.field(converter=_dict, factory=dict)
+    guest_reported: dict[str, Any] = attrs.field(converter=plain_dict, factory=dict)
     history: tuple[dict[str, Any], ...] = attrs.field(converter=tuple, factory=tuple)
-    details: dict[str, Any] = attrs.field(converter=_dict, factory=dict)
+    details: dict[str, Any] = attrs.field(converter=plain_dict, factory=dict)
 
 
 @attrs.frozen
@@ -153,9 +153,9 @@ class SourceInfo:
 
     kind: str  # "local", "vmware", "hyperv", "libvirt", "files"
     host: str | None = None
-    product: dict[str, Any] = attrs.field(converter=_dict, factory=dict)
-    connection: dict[str, Any] = attrs.field(converter=_dict, factory=dict)
-    vm: VMIdentity | None = attrs.field(converter=_optional(VMIdentity), default=None)
+    product: dict[str, Any] = attrs.field(converter=plain_dict, factory=dict)
+    connection: dict[str, Any] = attrs.field(converter=plain_dict, factory=dict)
+    vm: VMIdentity | None = attrs.field(converter=optional_of(VMIdentity), default=None)
 
 
 @attrs.frozen
@@ -182,11 +182,11 @@ class SourceAction:
     """A state change made on the source (snapshot, suspend, isolate, cleanup...)."""
 
     action: str
-    parameters: dict[str, Any] = attrs.field(converter=_dict, factory=dict)
+    parameters: dict[str, Any] = attrs.field(converter=plain_dict, factory=dict)
     started: str = attrs.field(factory=utc_now)
     finished: str | None = None
     outcome: str = "ok"
-    details: dict[str, Any] = attrs.field(converter=_dict, factory=dict)
+    details: dict[str, Any] = attrs.field(converter=plain_dict, factory=dict)
 
 
 @attrs.frozen
@@ -204,7 +204,7 @@ class EvidenceFile:
     local_path: str  # relative to the evidence directory, POSIX separators
     role: str
     size: int
-    hashes: dict[str, str] = attrs.field(converter=_dict)
+    hashes: dict[str, str] = attrs.field(converter=plain_dict)
     size_reported: int | None = None
     source_mtime: float | None = None
     transport: str = "file"
@@ -212,8 +212,8 @@ class EvidenceFile:
     finished: str | None = None
     resumed: int = 0
     changed_during_acquisition: bool = False
-    remote_hash: RemoteHashCheck | None = attrs.field(converter=_optional(RemoteHashCheck), default=None)
-    notes: tuple[str, ...] = attrs.field(converter=_strings, factory=tuple)
+    remote_hash: RemoteHashCheck | None = attrs.field(converter=optional_of(RemoteHashCheck), default=None)
+    notes: tuple[str, ...] = attrs.field(converter=string_tuple, factory=tuple)
 
 
 @attrs.frozen
@@ -238,18 +238,18 @@ class Manifest:
     """The sealed record of one acquisition (the signed part of an evidence directory)."""
 
     acquisition_id: str
-    case: CaseInfo = attrs.field(converter=_build(CaseInfo))
-    source: SourceInfo = attrs.field(converter=_build(SourceInfo))
-    files: tuple[EvidenceFile, ...] = attrs.field(converter=_tuple_of(EvidenceFile))
-    integrity: Integrity = attrs.field(converter=_build(Integrity))
-    examiner_host: ExaminerHost = attrs.field(converter=_build(ExaminerHost))
-    tool: Tool = attrs.field(converter=_build(Tool), factory=Tool)
+    case: CaseInfo = attrs.field(converter=converter_for(CaseInfo))
+    source: SourceInfo = attrs.field(converter=converter_for(SourceInfo))
+    files: tuple[EvidenceFile, ...] = attrs.field(converter=tuple_of(EvidenceFile))
+    integrity: Integrity = attrs.field(converter=converter_for(Integrity))
+    examiner_host: ExaminerHost = attrs.field(converter=converter_for(ExaminerHost))
+    tool: Tool = attrs.field(converter=converter_for(Tool), factory=Tool)
     schema_version: str = SCHEMA_VERSION
-    clock: ClockReading | None = attrs.field(converter=_optional(ClockReading), default=None)
-    phases: tuple[Phase, ...] = attrs.field(converter=_tuple_of(Phase), factory=tuple)
-    actions: tuple[SourceAction, ...] = attrs.field(converter=_tuple_of(SourceAction), factory=tuple)
-    omissions: tuple[Omission, ...] = attrs.field(converter=_tuple_of(Omission), factory=tuple)
-    options: dict[str, Any] = attrs.field(converter=_dict, factory=dict)
+    clock: ClockReading | None = attrs.field(converter=optional_of(ClockReading), default=None)
+    phases: tuple[Phase, ...] = attrs.field(converter=tuple_of(Phase), factory=tuple)
+    actions: tuple[SourceAction, ...] = attrs.field(converter=tuple_of(SourceAction), factory=tuple)
+    omissions: tuple[Omission, ...] = attrs.field(converter=tuple_of(Omission), factory=tuple)
+    options: dict[str, Any] = attrs.field(converter=plain_dict, factory=dict)
     started: str | None = None
     finished: str | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import stat
 from pathlib import Path
 
 from vmforensics.custody.evidence import FILES_DIR
@@ -72,3 +73,17 @@ def write_sealed_records(root: Path, manifest: Manifest, key: SigningKey) -> Non
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def make_read_only(root: Path) -> None:
+    """Seal: every file and directory under the evidence directory loses its write bits."""
+    for directory, subdirs, files in os.walk(root, topdown=False):
+        for name in files:
+            path = Path(directory, name)
+            if not path.is_symlink():
+                path.chmod(stat.S_IMODE(path.stat().st_mode) & ~0o222)
+        for name in subdirs:
+            path = Path(directory, name)
+            if not path.is_symlink():
+                path.chmod(0o555)
+    root.chmod(0o555)

@@ -208,6 +208,11 @@ class ImageInfo:
     def all_warnings(self) -> list[str]:
         return [f"{layer.path}: {w}" for layer in self.chain for w in layer.warnings]
 
+    def _repr_html_(self) -> str:
+        from vmforensics.reports import image_info_html
+
+        return image_info_html(self)
+
 
 class DiskImage(io.RawIOBase):
     """A read-only, seekable view of a virtual disk's guest-visible bytes.

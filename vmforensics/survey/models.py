@@ -24,12 +24,12 @@ from vmforensics.custody.models import (  # the converters are shared with the m
     ExaminerHost,
     SourceInfo,
     Tool,
-    _build,
-    _dict,
-    _optional,
-    _strings,
-    _tuple_of,
     canonical_json,
+    converter_for,
+    optional_of,
+    plain_dict,
+    string_tuple,
+    tuple_of,
     utc_now,
 )
 from vmforensics.errors import UsageError
@@ -72,7 +72,7 @@ class DiskRecord:
     allocated: int | None = None  # bytes the chain's files take on the datastore
     chain_depth: int | None = None  # 1 = a base disk without snapshot deltas
     format: str | None = None
-    files: tuple[str, ...] = attrs.field(converter=_strings, factory=tuple)
+    files: tuple[str, ...] = attrs.field(converter=string_tuple, factory=tuple)
     error: str | None = None
 
 
@@ -117,20 +117,20 @@ class VMRecord:
     host: str | None = None
     cluster: str | None = None
     datacenter: str | None = None
-    datastores: tuple[str, ...] = attrs.field(converter=_strings, factory=tuple)
+    datastores: tuple[str, ...] = attrs.field(converter=string_tuple, factory=tuple)
     config_path: str | None = None
     guest_os: str | None = None
     tools_status: str | None = None
-    nics: tuple[NICRecord, ...] = attrs.field(converter=_tuple_of(NICRecord), factory=tuple)
-    disks: tuple[DiskRecord, ...] = attrs.field(converter=_tuple_of(DiskRecord), factory=tuple)
-    snapshots: tuple[SnapshotRecord, ...] = attrs.field(converter=_tuple_of(SnapshotRecord), factory=tuple)
+    nics: tuple[NICRecord, ...] = attrs.field(converter=tuple_of(NICRecord), factory=tuple)
+    disks: tuple[DiskRecord, ...] = attrs.field(converter=tuple_of(DiskRecord), factory=tuple)
+    snapshots: tuple[SnapshotRecord, ...] = attrs.field(converter=tuple_of(SnapshotRecord), factory=tuple)
     last_power_on: str | None = None
     last_activity: str | None = None  # the latest moment the VM is known to have run
     last_activity_basis: str | None = None  # where ``last_activity`` comes from
-    lock_files: tuple[str, ...] = attrs.field(converter=_strings, factory=tuple)
-    moves: tuple[MoveRecord, ...] = attrs.field(converter=_tuple_of(MoveRecord), factory=tuple)
+    lock_files: tuple[str, ...] = attrs.field(converter=string_tuple, factory=tuple)
+    moves: tuple[MoveRecord, ...] = attrs.field(converter=tuple_of(MoveRecord), factory=tuple)
     template: bool = False
-    details: dict[str, Any] = attrs.field(converter=_dict, factory=dict)
+    details: dict[str, Any] = attrs.field(converter=plain_dict, factory=dict)
 
     @property
     def macs(self) -> tuple[str, ...]:
@@ -156,7 +156,7 @@ class HostRecord:
     datacenter: str | None = None
     product: str | None = None
     connection_state: str | None = None
-    clock: ClockReading | None = attrs.field(converter=_optional(ClockReading), default=None)
+    clock: ClockReading | None = attrs.field(converter=optional_of(ClockReading), default=None)
 
 
 @attrs.frozen
@@ -178,7 +178,7 @@ class Finding:
     severity: str  # "high", "warning", "info"
     subject: str
     explanation: str
-    facts: dict[str, Any] = attrs.field(converter=_dict, factory=dict)
+    facts: dict[str, Any] = attrs.field(converter=plain_dict, factory=dict)
 
 
 @attrs.frozen
@@ -224,19 +224,21 @@ VM_COLUMNS = (
 class SurveyReport:
     """The inventory of one source at one moment, and the findings computed from it."""
 
-    source: SourceInfo = attrs.field(converter=_build(SourceInfo))
-    vms: tuple[VMRecord, ...] = attrs.field(converter=_tuple_of(VMRecord))
-    hosts: tuple[HostRecord, ...] = attrs.field(converter=_tuple_of(HostRecord), factory=tuple)
-    unclaimed_files: tuple[FileRecord, ...] = attrs.field(converter=_tuple_of(FileRecord), factory=tuple)
-    findings: tuple[Finding, ...] = attrs.field(converter=_tuple_of(Finding), factory=tuple)
-    thresholds: Thresholds = attrs.field(converter=_build(Thresholds), factory=Thresholds)
-    clock: ClockReading | None = attrs.field(converter=_optional(ClockReading), default=None)
+    source: SourceInfo = attrs.field(converter=converter_for(SourceInfo))
+    vms: tuple[VMRecord, ...] = attrs.field(converter=tuple_of(VMRecord))
+    hosts: tuple[HostRecord, ...] = attrs.field(converter=tuple_of(HostRecord), factory=tuple)
+    unclaimed_files: tuple[FileRecord, ...] = attrs.field(converter=tuple_of(FileRecord), factory=tuple)
+    findings: tuple[Finding, ...] = attrs.field(converter=tuple_of(Finding), factory=tuple)
+    thresholds: Thresholds = attrs.field(converter=converter_for(Thresholds), factory=Thresholds)
+    clock: ClockReading | None = attrs.field(converter=optional_of(ClockReading), default=None)
     taken: str = attrs.field(factory=utc_now)
     survey_id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
     duration: float | None = None
-    notes: tuple[str, ...] = attrs.field(converter=_strings, factory=tuple)
-    examiner_host: ExaminerHost = attrs.field(converter=_build(ExaminerHost), factory=ExaminerHost.current)
-    tool: Tool = attrs.field(converter=_build(Tool), factory=Tool)
+    notes: tuple[str, ...] = attrs.field(converter=string_tuple, factory=tuple)
+    examiner_host: ExaminerHost = attrs.field(
+        converter=converter_for(ExaminerHost), factory=ExaminerHost.current
+    )
+    tool: Tool = attrs.field(converter=converter_for(Tool), factory=Tool)
 
     # --- views -----------------------------------------------------------------------------------
 

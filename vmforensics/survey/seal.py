@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from vmforensics.acquire.base import AcquisitionResult, _make_read_only
+from vmforensics.acquire.base import AcquisitionResult
 from vmforensics.custody.evidence import FILES_DIR, EvidenceDirectory, check_hashes
 from vmforensics.custody.ledger import LEDGER_NAME, Ledger
 from vmforensics.custody.models import (
@@ -24,7 +24,7 @@ from vmforensics.custody.models import (
     to_plain,
     utc_now,
 )
-from vmforensics.custody.seal import write_sealed_records
+from vmforensics.custody.seal import make_read_only, write_sealed_records
 from vmforensics.custody.signing import SigningKey
 from vmforensics.errors import UsageError
 from vmforensics.survey.models import SurveyReport
@@ -93,7 +93,7 @@ def seal_report(
         finished=utc_now(),
     )
     write_sealed_records(evidence.root, manifest, key)
-    _make_read_only(evidence.root)
+    make_read_only(evidence.root)
     return AcquisitionResult(Path(evidence.root), manifest, time.monotonic() - began)
 
 
