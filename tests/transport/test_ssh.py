@@ -410,10 +410,18 @@ def test_file_growing_mid_transfer_yields_the_stated_size_and_a_changed_stat(
 
 def test_from_url_opens_the_transport_and_path(sshd: SSHServer, sample: Path) -> None:
     url = f"ssh://{sshd.user}@{sshd.host}:{sshd.port}{sample}"
-    transport, path = SSHTransport.from_url(url, identity=sshd.client_key, known_hosts=sshd.known_hosts)
+    transport, path = SSHTransport.from_url(
+        url, identity=sshd.client_key, known_hosts=sshd.known_hosts, port=1
+    )
     with transport:
         assert path == str(sample)
         assert transport.stat(path).size == sample.stat().st_size
+    bare = f"ssh://{sshd.host}{sample}"  # user and port from the keywords
+    transport, _ = SSHTransport.from_url(
+        bare, user=sshd.user, port=sshd.port, identity=sshd.client_key, known_hosts=sshd.known_hosts
+    )
+    with transport:
+        assert transport.describe()["port"] == sshd.port
 
 
 def test_password_in_url_is_refused() -> None:

@@ -131,12 +131,12 @@ class SSHTransport(Transport):
             )
         if not parts.hostname:
             raise UsageError(f"ssh URL without a host: {url!r}")
+        default_port, default_user = options.pop("port", 22), options.pop("user", None)
         try:
-            port = parts.port or options.pop("port", 22)
+            port = parts.port or default_port
         except ValueError as exc:
             raise UsageError(f"bad port in {url!r}: {exc}") from exc
-        user = unquote(parts.username) if parts.username else options.pop("user", None) or getpass.getuser()
-        options.pop("user", None)
+        user = unquote(parts.username) if parts.username else default_user or getpass.getuser()
         return cls(parts.hostname, user=user, port=port, **options), unquote(parts.path) or "/"
 
     # -- connection ----------------------------------------------------------------------------
