@@ -13,6 +13,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 
 import paramiko
@@ -44,6 +45,7 @@ class OpenSSHClient:
     ):
         self.executable = executable
         self._dir = Path(tempfile.mkdtemp(prefix="vmforensics-ssh-"))
+        self._remove_dir = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         known_hosts = self._dir / "known_hosts"
         known_hosts.write_text(f"{_ALIAS} {host_key.get_name()} {host_key.get_base64()}\n")
         options = {
@@ -99,7 +101,7 @@ class OpenSSHClient:
         return False
 
     def close(self) -> None:
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._remove_dir()  # also runs if the transport is never closed (garbage collection, exit)
 
 
 def _cpu_has_aes() -> bool:
