@@ -24,7 +24,12 @@ class AuthenticationError(ConnectionError_):
 
 
 class HostVerificationError(ConnectionError_):
-    """The server's TLS certificate or SSH host key is unknown or does not match the pin."""
+    """The server's TLS certificate or SSH host key is unknown or does not match the pin.
+
+    ``fingerprint`` is what the server presented, when known, so the examiner can check it.
+    """
+
+    fingerprint: str | None = None
 
 
 class SourceError(VMForensicsError):

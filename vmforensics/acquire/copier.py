@@ -15,7 +15,13 @@ from typing import Any
 from vmforensics.custody.evidence import EvidenceDirectory
 from vmforensics.custody.ledger import Ledger
 from vmforensics.custody.models import EvidenceFile, RemoteHashCheck, utc_now
-from vmforensics.errors import ConnectionError_, SourceChangedError, SourceError
+from vmforensics.errors import (
+    AuthenticationError,
+    ConnectionError_,
+    HostVerificationError,
+    SourceChangedError,
+    SourceError,
+)
 from vmforensics.progress import Progress
 from vmforensics.transport.base import RemoteStat, Transport
 
@@ -121,6 +127,8 @@ def _stream(
             while True:
                 if _fill(stream, writer.buffer(), writer, progress):
                     return attempt
+        except (HostVerificationError, AuthenticationError):
+            raise  # a changed host key or refused credentials: retrying cannot help, and must not
         except ConnectionError_ as exc:
             writer.flush()  # everything received so far is durable: the resume point
             attempt += 1

@@ -22,6 +22,7 @@ from vmforensics.errors import EvidenceError, UnsafePathError, UsageError
 FILES_DIR = "files"
 HASH_ALGORITHMS = ("sha256", "sha1", "md5", "sha512")
 READ_CHUNK = 8 * 1024 * 1024
+SYNC_EVERY = 128 * 1024 * 1024
 _WINDOWS_DEVICES = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE)
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -119,6 +120,7 @@ class EvidenceFileWriter:
         self._writes.put(None)
 
     def _write_stage(self) -> None:
+        unsynced = 0
         while (item := self._writes.get()) is not None:
             buffer, length = item
             try:
@@ -127,6 +129,10 @@ class EvidenceFileWriter:
                     written = 0
                     while written < length:
                         written += os.write(self._fd, view[written:])
+                    unsynced += length
+                    if unsynced >= SYNC_EVERY:  # write back as we go: the final fsync stays short
+                        os.fdatasync(self._fd)
+                        unsynced = 0
             except BaseException as exc:  # reported to the caller on its next call
                 self._error = exc
             finally:
