@@ -4,6 +4,7 @@ input fails early and clearly; a dropped read resumes from the bytes on disk."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import pytest
@@ -156,3 +157,47 @@ def test_too_many_drops_fail_with_the_partial_copy_kept_for_resume(tmp_path):
     again = EvidenceDirectory(tmp_path / "ev", resume=True)
     record = copy_file(LocalTransport(), str(source), again, "f", resume=True)
     assert record.hashes["sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+class DroppingLocalAcquirer(LocalAcquirer):
+    """LocalAcquirer whose reads of one file keep failing (fault injection on the real transport)."""
+
+    def __init__(self, victim: str):
+        super().__init__()
+        self._dropping = DroppingTransport(every=100_000, drops=10**6)
+        self._victim = victim
+
+    def transport(self, session):
+        outer = self
+
+        class Selective(LocalTransport):
+            def open_read(self, path, offset=0):
+                if path.endswith(outer._victim):
+                    return outer._dropping.open_read(path, offset)
+                return super().open_read(path, offset)
+
+        return Selective()
+
+
+def test_interrupted_acquisition_is_recorded_and_resumes_to_a_verified_set(tmp_path, vm_folder, monkeypatch):
+    import vmforensics.acquire.copier as copier
+
+    monkeypatch.setattr(copier.time, "sleep", lambda s: None)
+    (vm_folder / "web01-flat.bin").write_bytes(os.urandom(2_000_000))
+    out = tmp_path / "ev"
+    with pytest.raises(ConnectionError_):
+        DroppingLocalAcquirer("web01-flat.bin").acquire(str(vm_folder), out, case=CASE, progress=False)
+    assert not (out / "manifest.json").exists()
+    assert verify(out).manifest_status == "MISSING"
+    ledger = (out / "custody.log.jsonl").read_text()
+    assert '"action":"failed"' in ledger and "resume" in ledger
+    sealed_before = [p for p in (out / "files").rglob("*") if p.is_file() and not p.stat().st_mode & 0o200]
+    assert sealed_before, "files acquired before the failure stay, sealed"
+    result = LocalAcquirer().acquire(str(vm_folder), out, case=CASE, progress=False, resume=True)
+    report = verify(out)
+    assert report.ok, str(report)
+    flat = next(f for f in result.files if f.local_path.endswith("web01-flat.bin"))
+    assert flat.hashes["sha256"] == hashlib.sha256((vm_folder / "web01-flat.bin").read_bytes()).hexdigest()
+    assert flat.resumed >= 1
+    events = [json.loads(line)["action"] for line in (out / "custody.log.jsonl").read_text().splitlines()]
+    assert "resume" in events and "resume-skip-sealed" in events and events[-1] == "seal"
