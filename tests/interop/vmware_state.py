@@ -22,6 +22,12 @@ GROUP = struct.Struct("<64sQQ")
 
 #: (guest-physical page, page in the .vmem, pages): low memory, then the rest above the 4 GiB hole.
 REGIONS = ((0, 0, 512), (0x100000, 512, 512))
+#: A kernel banner planted in the second region: found at BANNER_PHYSICAL only through the metadata.
+BANNER = (
+    b"Linux version 6.1.0-18-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14) 12.2.0) #1 SMP"
+)
+BANNER_VMEM_OFFSET = (512 + 3) * PAGE + 0x10
+BANNER_PHYSICAL = (0x100000 + 3) * PAGE + 0x10
 
 
 def _tag(name: str, value: int, *indices: int) -> bytes:
@@ -54,7 +60,9 @@ def state_file(regions: Sequence[tuple[int, int, int]] = REGIONS) -> bytes:
 
 
 def write_memory_state(state: Path, memory: Path, regions: Sequence[tuple[int, int, int]] = REGIONS) -> None:
-    """``state`` (.vmsn or .vmss) and ``memory`` (.vmem: random pages, as many as the regions use)."""
+    """``state`` (.vmsn or .vmss) and ``memory`` (.vmem: random pages, as many as the regions use,
+    with BANNER at BANNER_VMEM_OFFSET)."""
     state.write_bytes(state_file(regions))
-    pages = max(page_number + size for _, page_number, size in regions)
-    memory.write_bytes(os.urandom(pages * PAGE))
+    pages = bytearray(os.urandom(max(page_number + size for _, page_number, size in regions) * PAGE))
+    pages[BANNER_VMEM_OFFSET : BANNER_VMEM_OFFSET + len(BANNER) + 1] = BANNER + b"\0"
+    memory.write_bytes(pages)
