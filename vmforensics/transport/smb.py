@@ -106,7 +106,7 @@ class SMBTransport(Transport):
         domain: str | None = None,
         auth: Auth = "ntlm",
         encrypt: bool | None = None,
-        read_size: int = 1 << 20,
+        read_size: int = 2 << 20,
         outstanding_reads: int = 8,
         timeout: float = 60.0,
     ) -> None:
