@@ -1,4 +1,4 @@
-"""``vmforensics survey local|vmware …``: what runs where, read-only, with findings."""
+"""``vmforensics survey local|vmware|libvirt …``: what runs where, read-only, with findings."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from vmforensics.cli.common import (
     KEY_PASSPHRASE_ENV,
+    PASSWORD_ENV,
     case_from_args,
     password_from_env_or_prompt,
     signer_from_args,
@@ -47,6 +48,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _common(vmware)
     vmware.set_defaults(handler=_run_vmware)
+
+    libvirt = sources.add_parser(
+        "libvirt",
+        help="a KVM/QEMU host: virsh and qemu-img over SSH (reading commands only)",
+        description="Every domain, snapshot, disk chain and storage pool of one libvirt host.",
+    )
+    libvirt.add_argument("--host", help="the KVM host to reach over SSH (omit to survey this machine)")
+    libvirt.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    libvirt.add_argument("--user", help="SSH user (default: your user name)")
+    libvirt.add_argument("--identity", help="SSH private key file")
+    keys = libvirt.add_mutually_exclusive_group()
+    keys.add_argument("--known-hosts", help="known_hosts file that holds the host's key")
+    keys.add_argument("--host-key-fingerprint", help="pin the host key (SHA256:…) instead of known_hosts")
+    libvirt.add_argument(
+        "--password-auth",
+        action="store_true",
+        help=f"authenticate with a password from ${PASSWORD_ENV} (or a prompt); never on the command line",
+    )
+    libvirt.add_argument("--uri", default="qemu:///system", help="libvirt URI on the host (qemu:///system)")
+    libvirt.add_argument("--virsh", default="virsh", help="virsh command on the host")
+    libvirt.add_argument(
+        "--log-dir", default="/var/log/libvirt/qemu", help="the QEMU driver's log folder on the host"
+    )
+    _common(libvirt)
+    libvirt.set_defaults(handler=_run_libvirt)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -105,6 +131,30 @@ def _run_vmware(args: argparse.Namespace) -> int:
         thresholds=_thresholds(args),
         events=not args.no_events,
         datastore_files=not args.no_datastore_files,
+    )
+    return _finish(report, args)
+
+
+def _run_libvirt(args: argparse.Namespace) -> int:
+    from vmforensics.survey.libvirt import survey_libvirt
+
+    password = None
+    if args.password_auth:
+        password = password_from_env_or_prompt(
+            f"SSH password for {args.user or os.environ.get('USER')}@{args.host}: "
+        )
+    report = survey_libvirt(
+        args.host,
+        user=args.user,
+        port=args.port,
+        identity=args.identity,
+        password=password,
+        known_hosts=args.known_hosts,
+        host_key_fingerprint=args.host_key_fingerprint,
+        uri=args.uri,
+        virsh=args.virsh,
+        log_dir=args.log_dir or None,
+        thresholds=_thresholds(args),
     )
     return _finish(report, args)
 
