@@ -202,6 +202,33 @@ def test_encryption_is_used_when_the_server_offers_it(share_dir: Path) -> None:
         )
 
 
+def test_required_encryption_is_refused_by_a_server_without_it(share_dir: Path) -> None:
+    with (
+        SmbServer({"evidence": share_dir}, encrypt="off") as plain,
+        SMBTransport(
+            "127.0.0.1", "evidence", user=plain.user, password=plain.password, port=plain.port, encrypt=True
+        ) as t,
+        pytest.raises(ConnectionError_, match="encryption"),
+    ):
+        t.stat("/disk.bin")
+
+
+def test_negotiate_auth_works_with_a_password(server: SmbServer, share_dir: Path) -> None:
+    with SMBTransport(
+        "127.0.0.1",
+        "evidence",
+        user=server.user,
+        password=server.password,
+        port=server.port,
+        auth="negotiate",
+    ) as t:
+        assert t.describe()["auth"] == "negotiate"
+        assert (
+            _read_all(t.open_read("/VMs/web01/web01.vmcx"))
+            == (share_dir / "VMs" / "web01" / "web01.vmcx").read_bytes()
+        )
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
