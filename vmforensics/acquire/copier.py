@@ -66,7 +66,7 @@ def copy_file(
         digests = writer.seal()
     finally:
         writer.close()
-    after = transport.stat(remote_path)
+    after = _stat_after(transport, remote_path)
     changed = _changed(before, after) or writer.size != before.size
     notes: list[str] = []
     if changed:
@@ -171,6 +171,18 @@ def _fill(stream: Any, buffer: bytearray, writer: Any, progress: Progress | None
     finally:
         writer.submit(buffer, count)
     return finished
+
+
+def _stat_after(transport: Transport, path: str) -> RemoteStat:
+    """The closing stat: a drop here must not fail a copy whose bytes are complete."""
+    try:
+        return transport.stat(path)
+    except (HostVerificationError, AuthenticationError):
+        raise
+    except ConnectionError_ as exc:
+        log.warning("%s: connection lost before the closing stat (%s); reconnecting once", path, exc)
+        transport.reconnect()
+        return transport.stat(path)
 
 
 def _changed(before: RemoteStat, after: RemoteStat) -> bool:
