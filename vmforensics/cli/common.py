@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -15,6 +16,9 @@ from vmforensics.errors import UsageError
 
 PASSWORD_ENV = "VMFORENSICS_PASSWORD"
 KEY_PASSPHRASE_ENV = "VMFORENSICS_KEY_PASSPHRASE"
+KEYRING_SERVICE_PREFIX = "vmforensics:"
+
+log = logging.getLogger(__name__)
 
 
 def add_acquire_options(parser: argparse.ArgumentParser, *, preserve: tuple[str, ...] = ("none",)) -> None:
@@ -59,13 +63,37 @@ def add_acquire_options(parser: argparse.ArgumentParser, *, preserve: tuple[str,
     how.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
 
 
-def password_from_env_or_prompt(prompt: str, env: str = PASSWORD_ENV) -> str:
-    """Passwords never come from the command line: the environment, else an echo-less prompt."""
+def password_from_env_or_prompt(
+    prompt: str, env: str = PASSWORD_ENV, *, account: tuple[str, str] | None = None
+) -> str:
+    """Passwords never come from the command line: the environment, else the keyring, else a prompt.
+
+    ``account`` is (host, user): the keyring entry is service ``vmforensics:HOST``, that user name
+    (``keyring set vmforensics:vcenter01 ir@vsphere.local``); used only if ``keyring`` is installed.
+    """
     if env in os.environ:
         return os.environ[env]
+    if account is not None:
+        stored = keyring_password(*account)
+        if stored is not None:
+            return stored
     if not sys.stdin.isatty():
         raise UsageError(f"no password: set {env} or run from a terminal to be prompted")
     return getpass.getpass(prompt)
+
+
+def keyring_password(host: str, user: str) -> str | None:
+    """The password stored for ``user`` under service ``vmforensics:HOST``, if the keyring package has one."""
+    try:
+        import keyring
+        from keyring.errors import KeyringError
+    except ImportError:
+        return None
+    try:
+        return keyring.get_password(f"{KEYRING_SERVICE_PREFIX}{host}", user)
+    except KeyringError as exc:
+        log.warning("keyring lookup for %s@%s failed: %s", user, host, exc)
+        return None
 
 
 def case_from_args(args: argparse.Namespace) -> CaseInfo:

@@ -7,7 +7,7 @@ import getpass
 import os
 import sys
 
-from vmforensics.cli.common import KEY_PASSPHRASE_ENV
+from vmforensics.cli.common import KEY_PASSPHRASE_ENV, emit_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--algorithm", choices=("ed25519", "ecdsa-p256", "rsa-pss"), default="ed25519")
     parser.add_argument(
         "--no-passphrase", action="store_true", help="store the private key unencrypted (not recommended)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help='print {"path", "public_key", "key_id", "algorithm"} as JSON'
     )
     parser.set_defaults(handler=_run)
 
@@ -35,6 +38,11 @@ def _run(args: argparse.Namespace) -> int:
                 raise UsageError("the passphrases differ")
     key = SigningKey.generate(args.algorithm)
     path = key.save(args.path, passphrase)
-    print(f"{path} ({key.algorithm}), public key {path}.pub")
-    print(f"key id {key.key_id}")
+    if args.json:
+        emit_json(
+            {"path": str(path), "public_key": f"{path}.pub", "key_id": key.key_id, "algorithm": key.algorithm}
+        )
+    else:
+        print(f"{path} ({key.algorithm}), public key {path}.pub")
+        print(f"key id {key.key_id}")
     return 0
