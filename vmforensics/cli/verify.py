@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import attrs
+
 from vmforensics.cli.common import emit_json
 
 
@@ -22,7 +24,7 @@ def _run(args: argparse.Namespace) -> int:
 
     report = verify(args.directory, args.key)
     if args.json:
-        emit_json({"ok": report.ok, **{k: v for k, v in report.__dict__.items() if not k.startswith("_")}})
+        emit_json({"ok": report.ok, **attrs.asdict(report)})
     else:
         print(report)
     return 0 if report.ok else 1
