@@ -1,4 +1,4 @@
-"""``vmforensics survey local|vmware|libvirt …``: what runs where, read-only, with findings."""
+"""``vmforensics survey local|vmware|libvirt|hyperv …``: what runs where, read-only, with findings."""
 
 from __future__ import annotations
 
@@ -73,6 +73,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _common(libvirt)
     libvirt.set_defaults(handler=_run_libvirt)
+
+    hyperv = sources.add_parser(
+        "hyperv",
+        help="a Hyper-V host: reviewed PowerShell over WinRM, folders listed over SMB",
+        description="Password: $VMFORENSICS_PASSWORD, else prompted (never on the command line). "
+        "The account needs WinRM access and Hyper-V Administrators membership; listing the VM "
+        "folders for orphaned files needs read access to the administrative shares (C$...).",
+    )
+    hyperv.add_argument("--host", required=True, help="Hyper-V host name or address")
+    hyperv.add_argument("--user", required=True, help="DOMAIN\\user or user")
+    hyperv.add_argument(
+        "--auth",
+        choices=("ntlm", "kerberos", "credssp", "basic"),
+        default="ntlm",
+        help="WinRM authentication",
+    )
+    hyperv.add_argument(
+        "--http",
+        action="store_true",
+        help="WinRM over HTTP 5985 with message encryption (NTLM/Kerberos/CredSSP only); default HTTPS 5986",
+    )
+    hyperv.add_argument("--winrm-port", type=int, help="WinRM port (default 5986, or 5985 with --http)")
+    hyperv.add_argument("--tls-ca", metavar="PEM", help="CA bundle that issued the host's WinRM certificate")
+    hyperv.add_argument(
+        "--insecure", action="store_true", help="do not verify the WinRM certificate (recorded)"
+    )
+    hyperv.add_argument("--smb-port", type=int, default=445)
+    hyperv.add_argument(
+        "--no-files", action="store_true", help="do not list VM folders over SMB (no orphaned-file search)"
+    )
+    _common(hyperv)
+    hyperv.set_defaults(handler=_run_hyperv)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +186,25 @@ def _run_libvirt(args: argparse.Namespace) -> int:
         uri=args.uri,
         virsh=args.virsh,
         log_dir=args.log_dir or None,
+        thresholds=_thresholds(args),
+    )
+    return _finish(report, args)
+
+
+def _run_hyperv(args: argparse.Namespace) -> int:
+    from vmforensics.survey.hyperv import survey_hyperv
+
+    report = survey_hyperv(
+        args.host,
+        user=args.user,
+        password=password_from_env_or_prompt(f"password for {args.user}@{args.host}: "),
+        transport=args.auth,
+        winrm_https=not args.http,
+        winrm_port=args.winrm_port,
+        ca_bundle=args.tls_ca,
+        verify_certificate=not args.insecure,
+        smb_port=args.smb_port,
+        files=not args.no_files,
         thresholds=_thresholds(args),
     )
     return _finish(report, args)
