@@ -197,6 +197,7 @@ class _Survey:
                 connection={
                     **self.files.describe(),
                     "commands": f"virsh -c {self.uri} on {self.commands.runner.where}",
+                    "commands_sent": list(self.commands.history),
                 },
             ),
             vms=tuple(sorted(vms, key=lambda v: (v.name, v.uuid or ""))),
@@ -212,13 +213,6 @@ class _Survey:
             clock=clock,
             taken=taken,
             notes=tuple(dict.fromkeys(self.notes)),
-        )
-        report = attrs.evolve(
-            report,
-            source=attrs.evolve(
-                report.source,
-                connection={**report.source.connection, "commands_sent": list(self.commands.history)},
-            ),
         )
         return with_findings(report)
 
