@@ -163,7 +163,7 @@ class Acquirer(abc.ABC):
 
     def acquire(
         self,
-        target: str,
+        target: str | os.PathLike[str],
         out: str | os.PathLike[str],
         *,
         case: CaseInfo,
@@ -183,6 +183,7 @@ class Acquirer(abc.ABC):
         ``signer`` signs the manifest; without one a single-use key is generated and only its
         public half is kept (the signature then proves integrity, not who signed).
         """
+        target = os.fspath(target)
         if not isinstance(case, CaseInfo):
             raise UsageError("case must be a vmforensics.CaseInfo(case_id=..., examiner=...)")
         if preserve not in self.preserve_modes:

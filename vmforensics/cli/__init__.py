@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from vmforensics import __version__
+from vmforensics.cli.config import apply_config
 from vmforensics.errors import UsageError, VMForensicsError
 
 #: Modules under vmforensics.cli that each provide ``register(subparsers)``.
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        apply_config(parser, argv)  # the config file's host settings become option defaults
+    except UsageError as exc:
+        print(f"vmforensics: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
@@ -48,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args))
+    except BrokenPipeError:  # output piped into head and the like
+        sys.stderr.close()
+        return EXIT_OK
     except UsageError as exc:
         print(f"vmforensics: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

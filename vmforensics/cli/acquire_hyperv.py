@@ -58,7 +58,9 @@ def _run(args: argparse.Namespace) -> int:
     acquirer = HyperVAcquirer(
         args.host,
         user=args.user,
-        password=password_from_env_or_prompt(f"password for {args.user}@{args.host}: "),
+        password=password_from_env_or_prompt(
+            f"password for {args.user}@{args.host}: ", account=(args.host, args.user)
+        ),
         transport=args.auth,
         winrm_https=not args.http,
         winrm_port=args.winrm_port,

@@ -53,8 +53,9 @@ def _run(args: argparse.Namespace) -> int:
 
     password = None
     if args.password_auth:
+        user = args.user or os.environ.get("USER", "")
         password = password_from_env_or_prompt(
-            f"SSH password for {args.user or os.environ.get('USER')}@{args.host}: "
+            f"SSH password for {user}@{args.host}: ", account=(args.host, user)
         )
     acquirer = LibvirtAcquirer(
         args.host,

@@ -44,7 +44,9 @@ def register(sources: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from vmforensics.acquire.vmware import VMwareAcquirer
 
-    password = password_from_env_or_prompt(f"password for {args.user}@{args.host}: ")
+    password = password_from_env_or_prompt(
+        f"password for {args.user}@{args.host}: ", account=(args.host, args.user)
+    )
     ssh = None
     if args.via == "ssh":
         ssh = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -54,8 +55,15 @@ def _add_partition_option(parser: argparse.ArgumentParser) -> None:
 # --- info -------------------------------------------------------------------------------------
 
 
+def _open(args: argparse.Namespace) -> DiskImage:
+    """A missing image is a usage error (exit 2); a damaged one is a failure (exit 1)."""
+    if not os.path.isfile(args.image):
+        raise UsageError(f"{args.image}: no such image file")
+    return open_image(args.image, strict=args.strict)
+
+
 def _info(args: argparse.Namespace) -> int:
-    with open_image(args.image, strict=args.strict) as disk:
+    with _open(args) as disk:
         info = disk.info()
     if args.json:
         print(json.dumps(_plain(info), indent=2, sort_keys=True, default=str))
@@ -179,7 +187,7 @@ def _ls(args: argparse.Namespace) -> int:
         pytsk3.TSK_FS_META_TYPE_REG: "r",
         pytsk3.TSK_FS_META_TYPE_LNK: "l",
     }
-    with open_image(args.image, strict=args.strict) as disk:
+    with _open(args) as disk:
         fs = open_filesystem(disk, args.partition)
         entry = _open_path(fs, args.path)
         entries = entry.as_directory() if _is_directory(entry) else [entry]
@@ -196,7 +204,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _cat(args: argparse.Namespace) -> int:
-    with open_image(args.image, strict=args.strict) as disk:
+    with _open(args) as disk:
         fs = open_filesystem(disk, args.partition)
         entry = _open_path(fs, args.path)
         if _is_directory(entry):
