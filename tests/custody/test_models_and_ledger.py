@@ -73,5 +73,7 @@ def test_source_actions_are_recorded_in_the_ledger_and_the_session(tmp_path):
         ("source-action-start", "remove-snapshot"),
         ("source-action-end", "remove-snapshot"),
     ]
-    assert session.actions[0].details == {"task": "task-42"} and session.actions[0].parameters["memory"] is True
+    assert (
+        session.actions[0].details == {"task": "task-42"} and session.actions[0].parameters["memory"] is True
+    )
     assert session.actions[1].outcome == "failed: server said no"
