@@ -35,6 +35,8 @@ _EXPORTS = {
     "SurveyReport": "vmforensics.survey.models",
     "survey_local": "vmforensics.survey.local",
     "survey_vmware": "vmforensics.survey.vmware",
+    "survey_libvirt": "vmforensics.survey.libvirt",
+    "survey_hyperv": "vmforensics.survey.hyperv",
     "seal_report": "vmforensics.survey.seal",
     "acquire_many": "vmforensics.survey.acquire_many",
 }

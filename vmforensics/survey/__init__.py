@@ -1,6 +1,7 @@
 """Survey: what runs where, before anything is seized (read-only inventory and findings).
 
-``survey_local(path)`` and ``survey_vmware(host, ...)`` return a :class:`SurveyReport`;
+``survey_local(path)``, ``survey_vmware(host, ...)``, ``survey_libvirt(host, ...)`` and
+``survey_hyperv(host, ...)`` return a :class:`SurveyReport`;
 ``seal_report`` documents it as signed evidence; ``acquire_many`` acquires a selection of it.
 Names load lazily so that pyVmomi is only imported for a VMware survey.
 """
@@ -13,6 +14,8 @@ from typing import Any
 _EXPORTS = {
     "survey_local": "vmforensics.survey.local",
     "survey_vmware": "vmforensics.survey.vmware",
+    "survey_libvirt": "vmforensics.survey.libvirt",
+    "survey_hyperv": "vmforensics.survey.hyperv",
     "SurveyReport": "vmforensics.survey.models",
     "VMRecord": "vmforensics.survey.models",
     "Finding": "vmforensics.survey.models",
