@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not report.ok:
         return 1
 
-    disk = next(f for f in result.files if f.role == "disk-descriptor")
+    disk = next(f for f in result.files if f.role == "disk")
     print(f"{args.path} in {disk.local_path}:")
     for kind, name, size in list_directory(result.path / disk.local_path, args.path):
         print(f"  {kind:4} {size:>8} {name}")

@@ -49,7 +49,7 @@ def test_acquisition_result_shows_files_vm_identity_clock_and_the_custody_timeli
     for row in files:
         path = acquired.path / row[0]
         assert row[3] == hashlib.sha256(path.read_bytes()).hexdigest() and row[4] == "sealed"
-    assert {row[1] for row in files} >= {"config", "disk-descriptor", "log"}
+    assert {row[1] for row in files} >= {"config", "disk", "log"}
     vm = _facts(document, "vmforensics-vm")
     assert vm["VM"] == "web01" and vm["MAC addresses"] == MAC
     assert vm["BIOS UUID"] == acquired.manifest.source.vm.uuid
@@ -109,7 +109,7 @@ def test_long_timelines_show_the_first_and_last_events(acquired):
 
 
 def test_disk_image_description_shows_the_chain(acquired):
-    disk = next(f for f in acquired.files if f.role == "disk-descriptor")
+    disk = next(f for f in acquired.files if f.role == "disk")
     with open_image(acquired.path / disk.local_path) as image:
         info = image.info()
     document = html.fromstring(image_info_html(info))

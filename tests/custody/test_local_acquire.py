@@ -27,7 +27,7 @@ def test_every_file_is_acquired_with_its_role_and_source_hash(sealed, vm_folder)
         "web01.vmxf": "extended-config",
         "web01.vmsd": "snapshot-list",
         "web01.nvram": "nvram",
-        "web01.vmdk": "disk-descriptor",
+        "web01.vmdk": "disk",
         "vmware.log": "log",
     }
     for entry in sealed.files:

@@ -82,7 +82,7 @@ class LocalAcquirer(Acquirer):
             planned[str(path)] = PlannedFile(
                 source_path=str(path),
                 dest_name=_dest_name(path, root),
-                role=role_for(vendor, path.name),
+                role=_role(vendor, path),
                 size_reported=path.lstat().st_size if path.exists() or path.is_symlink() else None,
                 label=str(path),
             )
@@ -122,6 +122,19 @@ class LocalAcquirer(Acquirer):
 
     def transport(self, session: Session) -> LocalTransport:
         return self._transport
+
+
+def _role(vendor: Vendor, path: Path) -> str:
+    """By name, except that a .vmdk holding its own grains (hosted sparse, COWD) is a whole disk."""
+    role = role_for(vendor, path.name)
+    if role == "disk-descriptor" and not path.is_symlink():
+        try:
+            with path.open("rb") as f:
+                if f.read(4) in (b"KDMV", b"COWD"):
+                    return "disk"
+        except OSError:
+            pass
+    return role
 
 
 def _single_vmx(folder: Path) -> Path | None:
