@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import io
 import logging
+import operator
+import re
 import sys
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any
 
 from vmforensics.errors import ImageFormatError
@@ -44,6 +47,7 @@ CLUSTER_CACHE_BYTES = 8 << 20
 BACKING_FORMATS = {"qcow2": "qcow2", "raw": "raw", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
 
 _UNALLOCATED, _ZERO, _DATA = 0, 1, 2
+_STORED_RUN = re.compile(rb"\x01+")
 
 
 def _big_endian_u64(raw: bytes) -> array[int]:
@@ -88,6 +92,11 @@ class Qcow2Image(DiskImage):
             max(2, CLUSTER_CACHE_BYTES >> self.cluster_bits)
         )
         self._warned_past_end = False
+        self._last_l1 = -1
+        self._last_l2: array[int] | None = None
+        self._cluster_mask = self.cluster_size - 1
+        self._l2_mask = (1 << self.l2_bits) - 1
+        self._plain_mask = q.L2_COMPRESSED | q.L2_ZERO  # bits that make a cluster not plainly stored
         try:
             self._attach(resolver)
         except BaseException:
@@ -238,6 +247,13 @@ class Qcow2Image(DiskImage):
         return _big_endian_u64(self.source.read_at(l2_offset, self.cluster_size))
 
     def _l2_table(self, l1_index: int) -> array[int] | None:
+        if l1_index == self._last_l1:  # sequential and nearby reads stay within one L2 table
+            return self._last_l2
+        table = self._find_l2(l1_index)
+        self._last_l1, self._last_l2 = l1_index, table
+        return table
+
+    def _find_l2(self, l1_index: int) -> array[int] | None:
         if l1_index >= len(self.l1):
             return None
         l2_offset = self.l1[l1_index] & q.L1_OFFSET_MASK
@@ -261,21 +277,27 @@ class Qcow2Image(DiskImage):
             return _DATA, host
         return _UNALLOCATED, 0
 
+    def _direct(self, offset: int, length: int) -> tuple[ImageSource, int] | None:
+        mask = self._cluster_mask
+        within = offset & mask
+        if within + length > mask + 1 or self.extended_l2:  # reads within one cluster of standard L2
+            return None
+        cluster = offset >> self.cluster_bits
+        table = self._l2_table(cluster >> self.l2_bits)
+        if table is None:
+            return None
+        entry = table[cluster & self._l2_mask]
+        host = entry & q.L2_OFFSET_MASK
+        if (
+            host
+            and not entry & self._plain_mask
+            and not host & mask
+            and host + within + length <= self.data_source.size
+        ):
+            return self.data_source, host + within
+        return None
+
     def _segments(self, offset: int, length: int) -> Iterable[Segment]:
-        within = offset & (self.cluster_size - 1)
-        if within + length <= self.cluster_size and self.l2_stride == 1:  # fast path: small reads
-            cluster = offset >> self.cluster_bits
-            table = self._l2_table(cluster >> self.l2_bits)
-            if table is not None:
-                entry = table[cluster & ((1 << self.l2_bits) - 1)]
-                host = entry & q.L2_OFFSET_MASK
-                if (
-                    host
-                    and not entry & (q.L2_COMPRESSED | q.L2_ZERO)
-                    and not host & (self.cluster_size - 1)
-                    and host + within + length <= self.data_source.size
-                ):
-                    return (data(length, self.data_source, host + within),)
         return self._walk(offset, length)
 
     def _walk(self, offset: int, length: int) -> Iterator[Segment]:
@@ -427,7 +449,7 @@ class Qcow2Image(DiskImage):
 
     def _allocated(self) -> Iterator[tuple[int, int]]:
         """Guest ranges stored in this layer (data, compressed or allocated subclusters)."""
-        cbits, sbits = self.cluster_bits, self.subcluster_bits
+        cbits = self.cluster_bits
         per_table = 1 << self.l2_bits
         start = stop = -1
         for l1_index in range(len(self.l1)):
@@ -437,30 +459,48 @@ class Qcow2Image(DiskImage):
             table = self._l2_table(l1_index)
             if table is None:
                 continue
-            for i in range(per_table):
-                guest = (base + i) << cbits
-                if guest >= self._size:
+            ranges = self._table_ranges(table, base) if self.extended_l2 else self._stored_runs(table, base)
+            for r_off, r_len in ranges:
+                if r_off >= self._size:
                     break
-                entry = table[i * self.l2_stride]
-                ranges: Iterable[tuple[int, int]] = ()
-                if entry & q.L2_COMPRESSED:
-                    ranges = ((guest, self.cluster_size),)
-                elif self.extended_l2:
-                    bitmap = table[i * 2 + 1] & 0xFFFFFFFF
-                    if bitmap:
-                        ranges = ((guest + (s << sbits), 1 << sbits) for s in range(32) if bitmap >> s & 1)
-                elif self._cluster_state(entry)[0] == _DATA:
-                    ranges = ((guest, self.cluster_size),)
-                for r_off, r_len in ranges:
-                    r_len = min(r_len, self._size - r_off)
-                    if r_off == stop:
-                        stop += r_len
-                        continue
-                    if stop > start:
-                        yield (start, stop - start)
-                    start, stop = r_off, r_off + r_len
+                r_len = min(r_len, self._size - r_off)
+                if r_off == stop:
+                    stop += r_len
+                    continue
+                if stop > start:
+                    yield (start, stop - start)
+                start, stop = r_off, r_off + r_len
         if stop > start:
             yield (start, stop - start)
+
+    def _stored_runs(self, table: array[int], base: int) -> Iterator[tuple[int, int]]:
+        """Runs of stored clusters (plain or compressed) in a standard L2 table, as guest ranges.
+
+        The entries are classified by C-level maps into one flag byte each, and the runs found by a
+        regular expression: no Python code runs per entry (a 1 TiB image has 16M of them).
+        """
+        and_, ne, cbits = operator.and_, operator.ne, self.cluster_bits
+        present = q.L2_OFFSET_MASK | q.L2_COMPRESSED
+        if self.data_source is not self.source:  # an external data file maps clusters 1:1
+            present |= q.L2_COPIED
+        stored = map(bool, map(and_, table, repeat(present)))
+        not_zero = map(ne, map(and_, table, repeat(q.L2_ZERO | q.L2_COMPRESSED)), repeat(q.L2_ZERO))
+        flags = bytes(map(and_, stored, not_zero))
+        for run in _STORED_RUN.finditer(flags):
+            yield ((base + run.start()) << cbits, (run.end() - run.start()) << cbits)
+
+    def _table_ranges(self, table: array[int], base: int) -> Iterator[tuple[int, int]]:
+        """Stored guest ranges of an extended L2 table: compressed clusters and allocated subclusters."""
+        cbits, sbits = self.cluster_bits, self.subcluster_bits
+        for i in range(1 << self.l2_bits):
+            guest = (base + i) << cbits
+            entry = table[i * 2]
+            if entry & q.L2_COMPRESSED:
+                yield (guest, self.cluster_size)
+                continue
+            bitmap = table[i * 2 + 1] & 0xFFFFFFFF
+            if bitmap:
+                yield from ((guest + (s << sbits), 1 << sbits) for s in range(32) if bitmap >> s & 1)
 
     def _describe(self) -> dict[str, Any]:
         h = self.header

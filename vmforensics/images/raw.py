@@ -14,6 +14,9 @@ class RawImage(DiskImage):
         super().__init__(source.size, path=source.name, sources=[source], strict=strict)
         self.source = source
 
+    def _direct(self, offset: int, length: int) -> tuple[ImageSource, int]:
+        return self.source, offset
+
     def _segments(self, offset: int, length: int) -> Iterable[Segment]:
         return (data(length, self.source, offset),)
 

@@ -123,6 +123,7 @@ class VhdImage(DiskImage):
         self._read_dynamic_header()
         self._bitmap_size = bitmap_bytes(self.block_size)
         self._runs: BoundedCache[int, SectorRuns] = BoundedCache(1024)
+        self._fully_present = bytearray(len(self._bat))  # per block: 0 not known yet, 1 yes, 2 no
         self.parent_names: list[str] = []
         if self.disk_type is DiskType.DIFFERENCING:
             self._open_parent(resolver)
@@ -216,14 +217,25 @@ class VhdImage(DiskImage):
 
         return self._runs.get(block, load)
 
+    def _direct(self, offset: int, length: int) -> tuple[ImageSource, int] | None:
+        if self.disk_type is DiskType.FIXED:
+            return self.source, offset
+        block, within = divmod(offset, self.block_size)
+        if within + length > self.block_size or block >= len(self._bat):
+            return None
+        entry = self._bat[block]
+        if entry == UNALLOCATED:
+            return None
+        known = self._fully_present[block]
+        if known == 0:  # read the block's bitmap once to learn whether every sector is present
+            known = self._fully_present[block] = 1 if self._block_runs(block).full else 2
+        if known == 1:
+            return self.source, entry * SECTOR + self._bitmap_size + within
+        return None
+
     def _segments(self, offset: int, length: int) -> Iterable[Segment]:
         if self.disk_type is DiskType.FIXED:
             return (data(length, self.source, offset),)
-        block, within = divmod(offset, self.block_size)
-        if within + length <= self.block_size and block < len(self._bat):  # fast path: one full block
-            entry = self._bat[block]
-            if entry != UNALLOCATED and self._block_runs(block).full:
-                return (data(length, self.source, entry * SECTOR + self._bitmap_size + within),)
         return self._walk(offset, length)
 
     def _walk(self, offset: int, length: int) -> Iterator[Segment]:

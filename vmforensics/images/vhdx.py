@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 MAX_VIRTUAL_SIZE = 64 << 40  # 64 TiB
 Notes = list[tuple[str, int | None]]
 _ZERO_STATES = (PayloadState.UNDEFINED, PayloadState.ZERO, PayloadState.UNMAPPED)
+_FULLY_PRESENT = int(PayloadState.FULLY_PRESENT)
 
 
 def _choose_header(source: ImageSource, notes: Notes) -> tuple[Header, int]:
@@ -224,6 +225,7 @@ class VhdxImage(DiskImage):
             self.warn(message, offset=offset)
         self.chunk_ratio = chunk_ratio(self.block_size, self.logical_sector_size)
         self._read_bat()
+        self._file_size = self.source.size
         self._runs: BoundedCache[int, SectorRuns] = BoundedCache(1024)
         self.parent_locator: dict[str, str] = {}
         if self.has_parent:
@@ -331,14 +333,17 @@ class VhdxImage(DiskImage):
 
         return self._runs.get(block, load)
 
-    def _segments(self, offset: int, length: int) -> Iterable[Segment]:
+    def _direct(self, offset: int, length: int) -> tuple[ImageSource, int] | None:
         block, within = divmod(offset, self.block_size)
-        if within + length <= self.block_size:  # fast path: one fully present block
-            entry = self._bat[block + block // self.chunk_ratio]
-            start = (entry >> BAT_OFFSET_SHIFT) * MiB
-            end = start + within + length
-            if entry & BAT_STATE_MASK == PayloadState.FULLY_PRESENT and start and end <= self.source.size:
-                return (data(length, self.source, start + within),)
+        if within + length > self.block_size:
+            return None
+        entry = self._bat[block + block // self.chunk_ratio]
+        start = (entry >> BAT_OFFSET_SHIFT) * MiB
+        if entry & BAT_STATE_MASK == _FULLY_PRESENT and start and start + within + length <= self._file_size:
+            return self.source, start + within
+        return None
+
+    def _segments(self, offset: int, length: int) -> Iterable[Segment]:
         return self._walk(offset, length)
 
     def _walk(self, offset: int, length: int) -> Iterator[Segment]:
