@@ -15,7 +15,7 @@ import logging
 import posixpath
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from vmforensics.errors import ImageFormatError
@@ -24,7 +24,6 @@ from vmforensics.images.base import (
     BoundedCache,
     DiskImage,
     ImageSource,
-    Kind,
     Resolver,
     Segment,
     data,
@@ -80,6 +79,30 @@ _FLAT_TYPES = {"FLAT", "VMFS", "VMFSRAW", "VMFSRDM", "VMFSRDMP"}
 _SPARSE_TYPES = {"SPARSE", "VMFSSPARSE", "SESPARSE"}
 
 
+class GrainTable:
+    """A decoded grain table: each grain's byte offset (or a sentinel) and where its run ends.
+
+    ``ends[slot]`` is the first slot after ``slot`` that does not continue its run: the next grain
+    stored right after it in the file, or the same sentinel. Computed once per table, it lets a
+    read emit one segment per run instead of one per grain.
+    """
+
+    __slots__ = ("ends", "offsets")
+
+    def __init__(self, offsets: array, grain: int, *, contiguous: bool):
+        self.offsets = offsets
+        count = len(offsets)
+        ends = array("I", range(1, count + 1))
+        for slot in range(count - 2, -1, -1):
+            entry, following = offsets[slot], offsets[slot + 1]
+            if entry <= ZEROED:
+                if following == entry:
+                    ends[slot] = ends[slot + 1]
+            elif contiguous and following == entry + grain:
+                ends[slot] = ends[slot + 1]
+        self.ends = ends
+
+
 class Extent:
     """A span of the virtual disk (``start``, ``length`` in bytes) served by one file (or none)."""
 
@@ -93,6 +116,10 @@ class Extent:
     def segments(self, offset: int, length: int) -> Iterator[Segment]:
         """Segments for ``[offset, offset+length)`` relative to the extent's start."""
         raise NotImplementedError
+
+    def direct(self, offset: int, length: int) -> tuple[ImageSource, int] | None:
+        """``(source, file offset)`` when the span is one stored run (see DiskImage._direct)."""
+        return None
 
     def allocated(self) -> Iterator[tuple[int, int]]:
         """Ranges (relative offset, length) holding data in this extent."""
@@ -137,6 +164,12 @@ class FlatExtent(Extent):
             )
         yield data(length, source, at)
 
+    def direct(self, offset: int, length: int) -> tuple[ImageSource, int] | None:
+        source = self.source
+        assert source is not None
+        at = self.file_offset + offset
+        return (source, at) if at + length <= source.size else None
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "file_offset": self.file_offset}
 
@@ -174,6 +207,13 @@ class GrainExtent(Extent):
             max(4, TABLE_CACHE_BYTES // (gt_entries * 8))
         )
         self._decompressed: BoundedCache[int, bytes] = BoundedCache(max(2, GRAIN_CACHE_BYTES // grain))
+        self._last_index = -1
+        self._last_table: GrainTable | None = None
+        self._reported_shared = False
+        #: Reports an inconsistency found while reading (the image sets it to its ``warn``).
+        self.report: Callable[[str, int | None], None] = lambda message, offset: log.warning(
+            "%s: %s", source.name, message
+        )
 
     # --- per format ------------------------------------------------------------------------------
 
@@ -183,62 +223,73 @@ class GrainExtent(Extent):
 
     # --- shared ---------------------------------------------------------------------------------
 
-    def _table(self, index: int) -> array | None:
-        if index >= len(self.gd):
-            return None
-        return self._tables.get(index, self._load_table)
+    def _table(self, index: int) -> GrainTable | None:
+        if index == self._last_index:  # sequential and nearby reads stay within one table
+            return self._last_table
+        table = self._tables.get(index, self._decode_table) if index < len(self.gd) else None
+        self._last_index, self._last_table = index, table
+        return table
+
+    def _decode_table(self, index: int) -> GrainTable | None:
+        offsets = self._load_table(index)
+        return None if offsets is None else GrainTable(offsets, self.grain, contiguous=not self.compressed)
 
     def _table_entries(self, index: int) -> int:
         """Entries that matter in table ``index`` (the last table may cover fewer grains)."""
         return min(self.gt_entries, self.grains - index * self.gt_entries)
 
-    def segments(self, offset: int, length: int) -> Iterator[Segment]:
+    def direct(self, offset: int, length: int) -> tuple[ImageSource, int] | None:
+        """Where ``[offset, offset+length)`` lies in the file when one stored run holds it all."""
+        if self.compressed:
+            return None
+        grain = self.grain
+        index = offset // grain
+        table_index, slot = divmod(index, self.gt_entries)
+        table = self._table(table_index)
+        if table is None or slot >= len(table.offsets):
+            return None
+        entry = table.offsets[slot]
+        run_end = (table_index * self.gt_entries + table.ends[slot]) * grain
+        at = entry + offset - index * grain
         source = self.source
         assert source is not None
+        if entry <= ZEROED or offset + length > run_end or at + length > source.size:
+            return None
+        return source, at
+
+    def segments(self, offset: int, length: int) -> Iterator[Segment]:
+        """One segment per run of grains: contiguous stored grains, holes, zeroed grains."""
         grain, per_table = self.grain, self.gt_entries
+        table_span = per_table * grain
         end = offset + length
         pos = offset
-        run_kind: Kind | None = None
-        run_start = run_file = 0
         while pos < end:
-            index = pos // grain
-            table_index, slot = divmod(index, per_table)
-            table_end = min((table_index + 1) * per_table * grain, end)
+            table_index, within_table = divmod(pos, table_span)
+            table_start = table_index * table_span
+            table_end = min(table_start + table_span, end)
             table = self._table(table_index)
-            while pos < table_end:
-                entry = table[slot] if table is not None and slot < len(table) else UNALLOCATED
-                grain_start = index * grain
-                count = min(grain_start + grain, table_end) - pos
-                if entry == UNALLOCATED:
-                    kind, file_pos = Kind.PARENT, 0
-                elif entry == ZEROED:
-                    kind, file_pos = Kind.ZERO, 0
-                elif self.compressed:
-                    kind, file_pos = Kind.BYTES, 0
-                else:
-                    kind, file_pos = Kind.DATA, entry + pos - grain_start
-                contiguous = kind is not Kind.DATA or file_pos == run_file + pos - run_start
-                if run_kind is not None and (kind is not run_kind or not contiguous or kind is Kind.BYTES):
-                    yield self._run(run_kind, pos - run_start, run_file)
-                    run_kind = None
-                if kind is Kind.BYTES:
-                    inner = pos - grain_start
-                    yield produced(memoryview(self._grain_bytes(entry, index))[inner : inner + count])
-                elif run_kind is None:
-                    run_kind, run_start, run_file = kind, pos, file_pos
-                pos += count
-                index += 1
-                slot += 1
-        if run_kind is not None:
-            yield self._run(run_kind, pos - run_start, run_file)
+            slot = within_table // grain
+            if table is None or slot >= len(table.offsets):
+                yield from_parent(table_end - pos)
+                pos = table_end
+                continue
+            entry = table.offsets[slot]
+            run_end = min(table_start + table.ends[slot] * grain, table_end)
+            if entry == UNALLOCATED:
+                yield from_parent(run_end - pos)
+            elif entry == ZEROED:
+                yield zero(run_end - pos)
+            elif self.compressed:
+                inner = within_table - slot * grain
+                grain_bytes = self._grain_bytes(entry, table_index * per_table + slot)
+                yield produced(memoryview(grain_bytes)[inner : inner + run_end - pos])
+            else:
+                yield self._stored(run_end - pos, entry + within_table - slot * grain)
+            pos = run_end
 
-    def _run(self, kind: Kind, length: int, file_pos: int) -> Segment:
+    def _stored(self, length: int, file_pos: int) -> Segment:
         source = self.source
         assert source is not None
-        if kind is Kind.PARENT:
-            return from_parent(length)
-        if kind is Kind.ZERO:
-            return zero(length)
         if file_pos + length > source.size:
             raise ImageFormatError(
                 f"grain data of {length} bytes lies beyond the end of the file (truncated?)",
@@ -282,22 +333,51 @@ class GrainExtent(Extent):
         return out
 
     def allocated(self) -> Iterator[tuple[int, int]]:
-        grain = self.grain
+        """Stored grains, run by run. Work is bounded by the file: a grain table shared by several
+        directory entries (a corrupt directory, or a crafted one) counts once and is reported."""
+        grain, per_table = self.grain, self.gt_entries
+        source = self.source
+        assert source is not None
+        seen: set[int] = set()
+        # tables are as wide as directory entries (4 bytes, 8 for SESparse); more than fit must overlap
+        most = source.size // (per_table * self.gd.itemsize) + 1
         run_start = run_end = -1
-        for table_index in range(min(len(self.gd), -(-self.grains // self.gt_entries))):
+        for table_index in range(min(len(self.gd), -(-self.grains // per_table))):
+            where = self.gd[table_index]
+            if len(seen) >= most:
+                self.report(
+                    f"grain directory names more grain tables than the file can hold ({most}); "
+                    f"allocation is not counted past entry {table_index}",
+                    None,
+                )
+                break
+            if where in seen:
+                if not self._reported_shared:
+                    self._reported_shared = True
+                    self.report(
+                        f"grain directory entry {table_index} reuses grain table 0x{where:x}: "
+                        "its grains are not counted again as allocated",
+                        None,
+                    )
+                continue
             table = self._table(table_index)
             if table is None:
                 continue
-            base = table_index * self.gt_entries
-            for slot in range(min(len(table), self._table_entries(table_index))):
-                if table[slot] > ZEROED:
+            seen.add(where)
+            base = table_index * per_table
+            count = min(len(table.offsets), self._table_entries(table_index))
+            slot = 0
+            while slot < count:
+                stop = min(table.ends[slot], count)
+                if table.offsets[slot] > ZEROED:
                     start = (base + slot) * grain
                     if start == run_end:
-                        run_end = start + grain
+                        run_end = (base + stop) * grain
                     else:
                         if run_end > run_start >= 0:
                             yield (run_start, min(run_end, self.length) - run_start)
-                        run_start, run_end = start, start + grain
+                        run_start, run_end = start, (base + stop) * grain
+                slot = stop
         if run_end > run_start >= 0:
             yield (run_start, min(run_end, self.length) - run_start)
 
@@ -458,6 +538,10 @@ class VmdkImage(DiskImage):
         super().__init__(sum(e.length for e in extents), path=path, sources=sources, strict=strict)
         self.extents_list = extents
         self._starts = [e.start for e in extents]
+        self._single = extents[0] if len(extents) == 1 else None  # most images: no extent lookup
+        for extent in extents:
+            if isinstance(extent, GrainExtent):
+                extent.report = lambda message, offset: self.warn(message, offset=offset)
         self.descriptor = descriptor
         self.subtype = subtype
         self.cid_check = "no parent"
@@ -469,6 +553,15 @@ class VmdkImage(DiskImage):
     @property
     def parent_cid(self) -> int | None:
         return self.descriptor.cid("parentCID") if self.descriptor else None
+
+    def _direct(self, offset: int, length: int) -> tuple[ImageSource, int] | None:
+        extent = self._single
+        if extent is None:
+            extent = self.extents_list[bisect.bisect_right(self._starts, offset) - 1]
+            offset -= extent.start
+            if offset + length > extent.length:
+                return None
+        return extent.direct(offset, length)
 
     def _segments(self, offset: int, length: int) -> Iterable[Segment]:
         i = bisect.bisect_right(self._starts, offset) - 1
