@@ -33,7 +33,7 @@ from vmforensics import CaseInfo, open_image, verify
 from vmforensics.acquire.vmware import VMwareAcquirer
 from vmforensics.acquire.vmware_api import properties, run_task
 from vmforensics.acquire.vmware_identify import snapshot_tree
-from vmforensics.errors import AuthenticationError, HostVerificationError, VMNotFoundError
+from vmforensics.errors import AuthenticationError, HostVerificationError, UsageError, VMNotFoundError
 
 VM = "DC0_H0_VM0"
 CASE = CaseInfo(case_id="2026-117", examiner="A. Analyst")
@@ -167,7 +167,11 @@ def test_snapshot_with_memory_acquires_every_file_and_removes_only_its_snapshot(
     source = result.manifest.source
     assert source.connection["tls_verification"] == "pinned-thumbprint"
     assert source.connection["tls_certificate_sha256"].replace(":", "").lower() == vcsim.thumbprint_sha256
-    assert source.connection["files"]["datastores"]["LocalDS_0"]["verification"] == "pinned"
+    downloads = source.connection["files"]["datastores"]["LocalDS_0"]
+    assert downloads["vcenter"]["verification"] == "pinned"
+    # vcsim records no certificate for its hosts, so the host-first default falls back, and says why
+    assert "no usable certificate thumbprint for host DC0_H0" in downloads["host_unavailable"]
+    assert all(f"vcenter https://127.0.0.1:{vcsim.port} (pinned)" in f.notes[-1] for f in result.files)
     assert source.product["apiType"] == "VirtualCenter"
     assert source.vm.name == VM and source.vm.reference.startswith("vm-") and source.vm.uuid
     assert (
@@ -372,3 +376,162 @@ def test_via_ssh_reads_vmfs_volumes_with_remote_sha256_cross_check(
     assert all(f.remote_hash is not None and f.remote_hash.matched for f in result.files)
     check_files_match_source(result, vcsim.datastore_dir())
     assert f"{VM}-Snapshot1.vmem" in names(result)
+
+
+# --- on vCenter: downloads from the ESXi host, with a service ticket and its certificate pinned ---
+
+
+def test_host_download_is_chosen_by_its_pinned_certificate_and_falls_back_per_file(
+    vcsim: VCSim, vm_dir: Path, tmp_path: Path
+) -> None:
+    """The host path through the acquirer, as far as vcsim allows.
+
+    Real here: vCenter's ``AcquireGenericServiceTicket`` (one call per request), the host found
+    from the VM's ``runtime.host`` and its selected management adapter, the TLS probe of each of
+    its addresses against the pin, the ticketed requests, and the per-file fallback. The gaps:
+    vcsim records no certificate for its hosts (``config.certificate`` is the two bytes "10", no
+    ``sslThumbprint``), so the examiner's pin for DC0_H0 stands in for vCenter's record; it serves
+    ``/folder`` for every host at its own address (the ticket's ``hostName``; the management
+    address 127.0.0.1:443 refuses) and, being a vCenter, does not know ESXi's datacenter path
+    ``ha-datacenter``: the host answers 404 and each file falls back to vCenter's ``/folder``.
+    Bytes served by the host path with a ticket per request are checked in
+    ``test_host_transport_presents_a_fresh_ticket_per_request``.
+    """
+    result = acquirer(vcsim, host_thumbprints={"DC0_H0": vcsim.thumbprint_sha256}).acquire(
+        VM, tmp_path / "out", case=CASE, preserve="none", progress=False
+    )
+
+    assert verify(result.path).ok
+    check_files_match_source(result, vcsim.datastore_dir())
+    downloads = result.manifest.source.connection["files"]["datastores"]["LocalDS_0"]
+    assert downloads["host"]["tls_thumbprint_pinned"] == vcsim.thumbprint_sha256
+    assert downloads["host"]["host"] == "DC0_H0" and downloads["host"]["host_reference"].startswith("host-")
+    assert downloads["host"]["url"] == f"https://127.0.0.1:{vcsim.port}/folder"
+    assert "the examiner's pin" in downloads["host_choice"]
+    host = f"esxi-host DC0_H0 https://127.0.0.1:{vcsim.port} (pinned SHA-256 thumbprint (the examiner's pin"
+    vcenter = f"; then vcenter https://127.0.0.1:{vcsim.port} (pinned): host download failed: "
+    for record in result.files:
+        note = record.notes[-1]
+        assert note.startswith(f"downloaded from {host}") and vcenter in note and "HTTP 404" in note
+    routes = result.manifest.source.connection["files"]["downloads"]
+    assert set(routes) == {f.source_path for f in result.files}
+    assert all(
+        [r["endpoint"].split()[0] for r in found] == ["esxi-host", "vcenter"] for found in routes.values()
+    )
+    ledger = (result.path / "custody.log.jsonl").read_text()
+    assert '"download-endpoint"' in ledger and ledger.count('"download-route"') == 2 * len(result.files)
+
+
+def test_host_with_another_certificate_falls_back_to_vcenter_per_file(
+    vcsim: VCSim, vm_dir: Path, tmp_path: Path
+) -> None:
+    """A pin the host's certificate does not match: every address is refused, vCenter serves the files."""
+    result = acquirer(vcsim, host_thumbprints={"DC0_H0": "ab" * 32}).acquire(
+        VM, tmp_path / "out", case=CASE, preserve="none", progress=False
+    )
+
+    assert verify(result.path).ok
+    check_files_match_source(result, vcsim.datastore_dir())
+    downloads = result.manifest.source.connection["files"]["datastores"]["LocalDS_0"]
+    assert "host DC0_H0 not usable at any address" in downloads["host_unavailable"]
+    assert (
+        f"127.0.0.1:{vcsim.port}: presented sha256 {vcsim.thumbprint_sha256}" in downloads["host_unavailable"]
+    )
+    for record in result.files:
+        assert (
+            f"vcenter https://127.0.0.1:{vcsim.port} (pinned): host download unavailable" in record.notes[-1]
+        )
+
+
+def test_download_from_vcenter_skips_the_host(vcsim: VCSim, vm_dir: Path, tmp_path: Path) -> None:
+    result = acquirer(
+        vcsim, download_from="vcenter", host_thumbprints={"DC0_H0": vcsim.thumbprint_sha256}
+    ).acquire(VM, tmp_path / "out", case=CASE, preserve="none", progress=False)
+    files = result.manifest.source.connection["files"]
+    assert files["datastores"]["LocalDS_0"]["verification"] == "pinned" and "downloads" not in files
+    assert verify(result.path).ok
+    with pytest.raises(UsageError, match="download_from"):
+        acquirer(vcsim, download_from="esx")
+
+
+def test_host_transport_presents_a_fresh_ticket_per_request(vcsim: VCSim, tmp_path: Path) -> None:
+    """A TLS datastore server (tests/transport/httpsd.py) stands in for the ESXi host's /folder and
+    records each request; the tickets come from vcsim's real AcquireGenericServiceTicket. Then
+    the host goes away and the file comes from vCenter's /folder, which the record says."""
+    from tests.transport.httpsd import DatastoreServer, TestPKI
+    from vmforensics.acquire.vmware_hostdirect import (
+        HostEndpoint,
+        HostFirst,
+        HostLocator,
+        HostTicketTransport,
+    )
+    from vmforensics.transport.https import HTTPSDatastoreTransport
+
+    root = vcsim.datastore_dir()
+    (root / "web01").mkdir()
+    payload = bytes(range(256)) * 4096
+    (root / "web01" / "web01-flat.vmdk").write_bytes(payload)
+    pki = TestPKI(tmp_path / "pki", label="esxi host")
+    si = api(vcsim)
+    locator = HostLocator(si, None)
+    events: list[tuple[str, dict[str, Any]]] = []
+    vcenter = HTTPSDatastoreTransport(
+        vcsim.host, port=vcsim.port, datacenter="DC0", datastore="LocalDS_0", tls_ca=str(vcsim.cert)
+    )
+    path = "[LocalDS_0] web01/web01-flat.vmdk"
+    try:
+        with DatastoreServer(root, pki, datacenter="ha-datacenter", cookie="vmware_cgi_ticket=") as esxi:
+            endpoint = HostEndpoint("esx01", "host-9", "esx01.lab", esxi.host, esxi.port, pki.sha256, "test")
+            host = HostTicketTransport(endpoint, "LocalDS_0", locator.ticket, timeout=10)
+            assert host.stat(path).size == len(payload)
+            with host.open_read(path, 1000) as stream:
+                buffer = bytearray(len(payload))
+                got = 0
+                while count := stream.readinto(memoryview(buffer)[got:]):
+                    got += count
+            assert bytes(buffer[:got]) == payload[1000:]
+            cookies = [headers["Cookie"] for _, _, headers in esxi.requests]
+            assert [method for method, _, _ in esxi.requests] == ["HEAD", "GET"]
+            assert all(c.startswith("vmware_cgi_ticket=") for c in cookies) and len(set(cookies)) == 2
+            assert all("dcPath=ha-datacenter" in url for _, url, _ in esxi.requests)
+
+            wrong = HostEndpoint("esx01", "host-9", "esx01.lab", esxi.host, esxi.port, "cd" * 32, "test")
+            with pytest.raises(HostVerificationError):
+                HostTicketTransport(wrong, "LocalDS_0", locator.ticket, timeout=10).stat(path)
+
+            first = HostFirst(host, vcenter, "chosen", lambda event, **facts: events.append((event, facts)))
+            assert first.stat(path).size == len(payload)
+        assert first.open_read(path, 0).readinto(memoryview(bytearray(16))) == 16  # the host is gone
+    finally:
+        vcenter.close()
+        Disconnect(si)
+    assert [r["endpoint"].split()[0] for r in first.routes[path]] == ["esxi-host", "vcenter"]
+    assert "host download failed" in first.routes[path][1]["reason"]
+    assert [event for event, _ in events] == ["download-route", "download-route"]
+    assert first.describe()["host_unavailable"].startswith("the host failed")
+
+
+def test_host_certificate_as_vcenter_records_it(vcsim: VCSim) -> None:
+    from vmforensics.acquire.vmware_hostdirect import management_addresses, recorded_thumbprint
+
+    si = api(vcsim)
+    try:
+        host = properties(si, the_vm(si), ["runtime.host"])["runtime.host"]
+        props = properties(
+            si,
+            host,
+            ["config.certificate", "summary.config.sslThumbprint", "config.virtualNicManagerInfo.netConfig"],
+        )
+    finally:
+        Disconnect(si)
+    assert recorded_thumbprint(props) is None  # vcsim: config.certificate is b"10", no sslThumbprint
+    assert management_addresses(props["config.virtualNicManagerInfo.netConfig"]) == ["127.0.0.1"]
+    pem = vcsim.cert.read_bytes()
+    signed = [b - 256 if b > 127 else b for b in pem]  # pyVmomi's xsd:byte[] are signed
+    assert recorded_thumbprint({"config.certificate": signed})[0] == vcsim.thumbprint_sha256
+    sha1 = hashlib.sha1(ssl.PEM_cert_to_DER_cert(pem.decode())).hexdigest()
+    colons = ":".join(sha1[i : i + 2] for i in range(0, 40, 2)).upper()
+    assert recorded_thumbprint({"summary.config.sslThumbprint": colons}) == (
+        sha1,
+        "vCenter's summary.config.sslThumbprint of the host",
+    )

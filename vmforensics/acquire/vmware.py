@@ -19,6 +19,7 @@ from vmforensics.acquire.base import Acquirer, PlannedFile, Session
 from vmforensics.acquire.clock import measure_clock
 from vmforensics.acquire.vmware_api import api_errors, login, logout, moref, properties, retrieve, run_task
 from vmforensics.acquire.vmware_files import DatastorePath, VMFiles
+from vmforensics.acquire.vmware_hostdirect import HostFirst, HostLocator, HostTicketTransport
 from vmforensics.acquire.vmware_identify import (
     describe_vm,
     find_vm,
@@ -26,15 +27,21 @@ from vmforensics.acquire.vmware_identify import (
     snapshot_tree,
     vm_events,
 )
-from vmforensics.acquire.vmware_tls import TLSPolicy, certificate_facts, peer_certificate
+from vmforensics.acquire.vmware_tls import (
+    TLSPolicy,
+    certificate_facts,
+    normalize_thumbprint,
+    peer_certificate,
+)
 from vmforensics.acquire.vmware_transport import DatastoreRouter, vmfs_path
-from vmforensics.custody.models import VMIdentity
+from vmforensics.custody.models import EvidenceFile, VMIdentity
 from vmforensics.errors import ConnectionError_, SourceError, UsageError
 from vmforensics.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
 VIAS = ("https", "ssh")
+DOWNLOAD_FROM = ("host", "vcenter")
 
 
 class VMwareAcquirer(Acquirer):
@@ -45,8 +52,14 @@ class VMwareAcquirer(Acquirer):
     turns verification off and says so in the manifest. ``via="ssh"`` reads the files from the
     ESXi host's ``/vmfs/volumes`` with ``ssh_options`` for :class:`SSHTransport` (``user``,
     ``identity``, ``known_hosts`` or ``host_key_fingerprint``...; ``host`` defaults to the VM's
-    host, ``vmfs_root`` to ``/vmfs/volumes``). ``datastore_endpoint`` ("host:port") downloads datastore files from another address
-    than the API's (a port forward, or the ESXi host behind a vCenter).
+    host, ``vmfs_root`` to ``/vmfs/volumes``). ``datastore_endpoint`` ("host:port") downloads
+    through another address than the API's (a port forward).
+
+    On vCenter, ``download_from="host"`` (the default) reads each datastore from the ESXi host that
+    mounts it, with a service ticket per request and the host's certificate pinned to what vCenter
+    records for it (or to ``host_thumbprints={"esx01": SHA-256}`` given by the examiner); where
+    that is impossible, the file comes through vCenter's ``/folder`` and its record says why.
+    ``download_from="vcenter"`` always uses vCenter's ``/folder``.
     """
 
     kind = "vmware"
@@ -65,6 +78,8 @@ class VMwareAcquirer(Acquirer):
         via: str = "https",
         ssh_options: Mapping[str, Any] | None = None,
         datastore_endpoint: str | None = None,
+        download_from: str = "host",
+        host_thumbprints: Mapping[str, str] | None = None,
         quiesce: bool = False,
         power_on_after_suspend: bool = False,
         timeout: float = 60.0,
@@ -73,6 +88,8 @@ class VMwareAcquirer(Acquirer):
             raise UsageError("the vCenter or ESXi host name is required")
         if via not in VIAS:
             raise UsageError(f"via must be one of {VIAS}, not {via!r}")
+        if download_from not in DOWNLOAD_FROM:
+            raise UsageError(f"download_from must be one of {DOWNLOAD_FROM}, not {download_from!r}")
         if via == "ssh" and not (ssh_options or {}).get("user"):
             raise UsageError("via='ssh' needs ssh_options with at least user= (and a host key to trust)")
         self.host = host
@@ -83,11 +100,16 @@ class VMwareAcquirer(Acquirer):
         self.via = via
         self.ssh_options = dict(ssh_options or {})
         self.download_host, self.download_port = _endpoint(datastore_endpoint, host, port)
+        self.download_from = download_from
+        self.host_thumbprints = {
+            name: normalize_thumbprint(v) for name, v in (host_thumbprints or {}).items()
+        }
         self.quiesce = quiesce
         self.power_on_after_suspend = power_on_after_suspend
         self.timeout = timeout
         self._si: Any = None
         self._router: DatastoreRouter | None = None
+        self._host_first: list[HostFirst] = []
 
     # --- connect ---------------------------------------------------------------------------------
 
@@ -302,11 +324,13 @@ class VMwareAcquirer(Acquirer):
         with api_errors("list the datastores"):
             if datacenter is not None:
                 refs += properties(si, datacenter, ["datastore"]).get("datastore", [])
-            return {
+            found = {
                 props.get("name"): ds
                 for ds, props in retrieve(si, refs, vim.Datastore, ["name"])
                 if props.get("name")
             }
+        session.state["datastores"] = found
+        return found
 
     def transport(self, session: Session) -> Transport:
         if self.via == "ssh":
@@ -321,17 +345,44 @@ class VMwareAcquirer(Acquirer):
         cookie = str(self._si._stub.cookie or "").split(";", 1)[0].strip() or None
         datacenter = session.state["location"].get("datacenter_path") or "ha-datacenter"
 
-        def factory(datastore: str) -> Transport:
+        def vcenter(datastore: str) -> HTTPSDatastoreTransport:
             return HTTPSDatastoreTransport(
                 self.download_host,
                 port=self.download_port,
                 cookie=cookie,
                 datacenter=datacenter,
                 datastore=datastore,
+                timeout=self.timeout,
                 **self.tls.transport_options(),
             )
 
-        return DatastoreRouter("https", factory, lambda where: str(where))
+        if self.download_from == "vcenter":
+            return DatastoreRouter("https", vcenter, str)
+        if session.source.product.get("apiType") != "VirtualCenter":
+            session.ledger.append("note", text="the server is an ESXi host: its /folder is the host's own")
+            return DatastoreRouter("https", vcenter, str)
+        locator = HostLocator(self._si, session.state["location"].get("host"), pins=self.host_thumbprints)
+
+        def host_first(datastore: str) -> Transport:
+            found = session.state.get("datastores", {}).get(datastore)
+            if found is None:
+                endpoint, reason = None, "the datastore is not visible to this session"
+            else:
+                endpoint, reason = locator.locate(found, datastore)
+            session.ledger.append(
+                "download-endpoint",
+                datastore=datastore,
+                host=endpoint.describe() if endpoint else None,
+                reason=reason,
+            )
+            host = (
+                HostTicketTransport(endpoint, datastore, locator.ticket, self.timeout) if endpoint else None
+            )
+            transport = HostFirst(host, vcenter(datastore), reason, session.ledger.append)
+            self._host_first.append(transport)
+            return transport
+
+        return DatastoreRouter("https", host_first, str)
 
     def _ssh_router(self, session: Session) -> DatastoreRouter:
         from vmforensics.transport.ssh import SSHTransport
@@ -378,11 +429,26 @@ class VMwareAcquirer(Acquirer):
         if self._router is not None:
             connection = dict(session.source.connection)
             connection["files"] = self._router.description
+            routes = {path: r for transport in self._host_first for path, r in transport.routes.items()}
+            if routes:
+                connection["files"]["downloads"] = routes
+                session.files[:] = [
+                    _with_route(record, routes.get(record.source_path)) for record in session.files
+                ]
             session.source = attrs.evolve(session.source, connection=connection)
             self._router = None
+            self._host_first = []
         if self._si is not None:
             logout(self._si)
             self._si = None
+
+
+def _with_route(record: EvidenceFile, routes: list[dict[str, Any]] | None) -> EvidenceFile:
+    """The file's record with a note naming the endpoint(s) that served it and their verification."""
+    if not routes:
+        return record
+    served = "; then ".join(f"{r['endpoint']} ({r['verification']}): {r['reason']}" for r in routes)
+    return attrs.evolve(record, notes=(*record.notes, f"downloaded from {served}"))
 
 
 def _endpoint(value: str | None, host: str, port: int) -> tuple[str, int]:
