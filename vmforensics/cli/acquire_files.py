@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from vmforensics.cli.common import add_acquire_options, password_from_env_or_prompt, run_acquisition
+from vmforensics.cli.connections import add_ssh_key_options, ssh_key_settings
 
 
 def register(sources: argparse._SubParsersAction) -> None:
@@ -24,13 +25,7 @@ def register(sources: argparse._SubParsersAction) -> None:
         "--recursive", "-r", action="store_true", help="acquire folders with everything below"
     )
     parser.add_argument("--label", default="files", help="what is being acquired, for the manifest")
-    ssh = parser.add_argument_group("ssh")
-    ssh.add_argument("--known-hosts", help="known_hosts file to verify the host key against")
-    ssh.add_argument("--host-key-fingerprint", help="pinned host key, SHA256:…")
-    ssh.add_argument("--identity", help="private key file for SSH authentication")
-    ssh.add_argument(
-        "--password-auth", action="store_true", help="authenticate with VMFORENSICS_PASSWORD / prompt"
-    )
+    add_ssh_key_options(parser.add_argument_group("ssh"))
     tls = parser.add_argument_group("https / smb")
     tls.add_argument("--tls-ca", help="CA bundle for the server certificate")
     tls.add_argument("--tls-thumbprint", help="pinned server certificate SHA-256")
@@ -46,14 +41,7 @@ def _options(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
     scheme = urlsplit(url).scheme or "file"
     if scheme == "ssh":
-        options: dict[str, Any] = {
-            "known_hosts": args.known_hosts,
-            "host_key_fingerprint": args.host_key_fingerprint,
-            "identity": args.identity,
-        }
-        if args.password_auth:
-            options["password"] = password_from_env_or_prompt("SSH password: ")
-        return options
+        return ssh_key_settings(args)
     if scheme == "smb":
         return {"password": password_from_env_or_prompt("SMB password: ")}
     if scheme == "https":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vmforensics.cli.common import add_acquire_options, password_from_env_or_prompt, run_acquisition
+from vmforensics.cli.common import add_acquire_options, run_acquisition
+from vmforensics.cli.connections import add_winrm_options, winrm_settings
 
 
 def register(sources: argparse._SubParsersAction) -> None:
@@ -15,26 +16,8 @@ def register(sources: argparse._SubParsersAction) -> None:
         "The account needs WinRM access, Hyper-V Administrators membership and read access to the "
         "administrative share (C$) or to --smb-share. See docs/hyperv.md.",
     )
-    parser.add_argument("--host", required=True, help="Hyper-V host name or address")
-    parser.add_argument("--user", required=True, help="DOMAIN\\user or user")
+    add_winrm_options(parser)
     parser.add_argument("--vm", required=True, help="the VM's name or its id (GUID)")
-    winrm = parser.add_argument_group("winrm")
-    winrm.add_argument(
-        "--auth",
-        choices=("ntlm", "kerberos", "credssp", "basic"),
-        default="ntlm",
-        help="WinRM authentication",
-    )
-    winrm.add_argument(
-        "--http",
-        action="store_true",
-        help="WinRM over HTTP 5985 with message encryption (NTLM/Kerberos/CredSSP only); default HTTPS 5986",
-    )
-    winrm.add_argument("--winrm-port", type=int, help="WinRM port (default 5986, or 5985 with --http)")
-    winrm.add_argument("--tls-ca", metavar="PEM", help="CA bundle that issued the host's WinRM certificate")
-    winrm.add_argument(
-        "--insecure", action="store_true", help="do not verify the WinRM certificate (recorded)"
-    )
     smb = parser.add_argument_group("smb")
     smb.add_argument("--smb-share", help="read files through this share instead of the admin shares (C$...)")
     smb.add_argument(
@@ -56,16 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     from vmforensics.acquire.hyperv import HyperVAcquirer
 
     acquirer = HyperVAcquirer(
-        args.host,
-        user=args.user,
-        password=password_from_env_or_prompt(
-            f"password for {args.user}@{args.host}: ", account=(args.host, args.user)
-        ),
-        transport=args.auth,
-        winrm_https=not args.http,
-        winrm_port=args.winrm_port,
-        ca_bundle=args.tls_ca,
-        verify_certificate=not args.insecure,
+        **winrm_settings(args),
         smb_share=args.smb_share,
         smb_share_root=args.smb_share_root,
         smb_port=args.smb_port,

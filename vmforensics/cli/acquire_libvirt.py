@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from vmforensics.cli.common import (
-    PASSWORD_ENV,
-    add_acquire_options,
-    password_from_env_or_prompt,
-    run_acquisition,
-)
+from vmforensics.cli.common import add_acquire_options, run_acquisition
+from vmforensics.cli.connections import add_libvirt_host_options, libvirt_host_settings
 
 PRESERVE = ("snapshot", "suspend", "save", "none")
 
@@ -19,22 +14,7 @@ def register(sources: argparse._SubParsersAction) -> None:
     parser = sources.add_parser(
         "libvirt", help="a libvirt (KVM/QEMU) domain: virsh and file reads over SSH on its host"
     )
-    where = parser.add_argument_group("host")
-    where.add_argument("--host", help="the KVM host to reach over SSH (omit to work on this machine)")
-    where.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
-    where.add_argument("--user", help="SSH user (default: your user name)")
-    where.add_argument("--identity", help="SSH private key file")
-    where.add_argument("--known-hosts", help="known_hosts file that holds the host's key")
-    where.add_argument("--host-key-fingerprint", help="pin the host key (SHA256:…) instead of known_hosts")
-    where.add_argument(
-        "--password-auth",
-        action="store_true",
-        help=f"authenticate with a password from ${PASSWORD_ENV} (or a prompt); never on the command line",
-    )
-    where.add_argument(
-        "--uri", default="qemu:///system", help="libvirt URI on the host (default qemu:///system)"
-    )
-    where.add_argument("--virsh", default="virsh", help="virsh command on the host")
+    where = add_libvirt_host_options(parser)
     where.add_argument(
         "--host-workdir", help="host folder for overlays and memory/state files (default: by the disk)"
     )
@@ -51,22 +31,8 @@ def register(sources: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from vmforensics.acquire.libvirt import LibvirtAcquirer
 
-    password = None
-    if args.password_auth:
-        user = args.user or os.environ.get("USER", "")
-        password = password_from_env_or_prompt(
-            f"SSH password for {user}@{args.host}: ", account=(args.host, user)
-        )
     acquirer = LibvirtAcquirer(
-        args.host,
-        user=args.user,
-        port=args.port,
-        identity=args.identity,
-        password=password,
-        known_hosts=args.known_hosts,
-        host_key_fingerprint=args.host_key_fingerprint,
-        uri=args.uri,
-        virsh=args.virsh,
+        **libvirt_host_settings(args),
         host_workdir=args.host_workdir,
         memory_dump=args.memory_dump,
     )

@@ -24,22 +24,8 @@ log = logging.getLogger(__name__)
 def add_acquire_options(parser: argparse.ArgumentParser, *, preserve: tuple[str, ...] = ("none",)) -> None:
     """--out, case facts, signing key, hashes, preservation and output options."""
     parser.add_argument("--out", required=True, help="new evidence directory (must not exist or be empty)")
-    case = parser.add_argument_group("case")
-    case.add_argument("--case", dest="case_id", default=os.environ.get("VMFORENSICS_CASE"), help="case id")
-    case.add_argument(
-        "--examiner", default=os.environ.get("VMFORENSICS_EXAMINER"), help="examiner name (default: $USER)"
-    )
-    case.add_argument("--evidence-id", help="evidence / exhibit number")
-    case.add_argument("--description", help="what is being acquired and why")
-    case.add_argument("--authority", help="warrant, consent or policy reference")
-    sign = parser.add_argument_group("signing")
-    sign.add_argument("--key", help="examiner's private key (PEM); default: a single-use key")
-    sign.add_argument(
-        "--key-passphrase-env",
-        default=KEY_PASSPHRASE_ENV,
-        metavar="VAR",
-        help=f"environment variable holding the key's passphrase (default {KEY_PASSPHRASE_ENV}; prompts if unset)",
-    )
+    add_case_options(parser.add_argument_group("case"))
+    add_signing_options(parser.add_argument_group("signing"))
     how = parser.add_argument_group("acquisition")
     how.add_argument("--preserve", choices=preserve, default=preserve[0], help="how to freeze the VM first")
     if preserve != ("none",):
@@ -61,6 +47,28 @@ def add_acquire_options(parser: argparse.ArgumentParser, *, preserve: tuple[str,
     how.add_argument("--resume", action="store_true", help="continue an interrupted acquisition in --out")
     how.add_argument("--no-progress", action="store_true", help="no progress bars")
     how.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
+
+
+def add_case_options(group: argparse._ArgumentGroup) -> None:
+    """--case, --examiner, --evidence-id, --description, --authority: read by :func:`case_from_args`."""
+    group.add_argument("--case", dest="case_id", default=os.environ.get("VMFORENSICS_CASE"), help="case id")
+    group.add_argument(
+        "--examiner", default=os.environ.get("VMFORENSICS_EXAMINER"), help="examiner name (default: $USER)"
+    )
+    group.add_argument("--evidence-id", help="evidence / exhibit number")
+    group.add_argument("--description", help="what is being acquired and why")
+    group.add_argument("--authority", help="warrant, consent or policy reference")
+
+
+def add_signing_options(group: argparse._ArgumentGroup) -> None:
+    """--key and --key-passphrase-env: read by :func:`signer_from_args`."""
+    group.add_argument("--key", help="examiner's private key (PEM); default: a single-use key")
+    group.add_argument(
+        "--key-passphrase-env",
+        default=KEY_PASSPHRASE_ENV,
+        metavar="VAR",
+        help=f"environment variable holding the key's passphrase (default {KEY_PASSPHRASE_ENV}; prompts if unset)",
+    )
 
 
 def password_from_env_or_prompt(

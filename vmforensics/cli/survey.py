@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import TYPE_CHECKING
 
-from vmforensics.cli.common import (
-    KEY_PASSPHRASE_ENV,
-    PASSWORD_ENV,
-    case_from_args,
-    password_from_env_or_prompt,
-    signer_from_args,
+from vmforensics.cli.common import add_case_options, add_signing_options, case_from_args, signer_from_args
+from vmforensics.cli.connections import (
+    add_libvirt_host_options,
+    add_vsphere_options,
+    add_winrm_options,
+    libvirt_host_settings,
+    vsphere_settings,
+    winrm_settings,
 )
 
 if TYPE_CHECKING:
@@ -35,13 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="vCenter or ESXi (vSphere API)",
         description="Password: $VMFORENSICS_PASSWORD, else prompted (never on the command line).",
     )
-    vmware.add_argument("--host", required=True, help="vCenter or ESXi host name or address")
-    vmware.add_argument("--port", type=int, default=443)
-    vmware.add_argument("--user", required=True, help="vSphere user, e.g. ir@vsphere.local")
-    tls = vmware.add_mutually_exclusive_group()
-    tls.add_argument("--tls-ca", metavar="PEM", help="CA bundle that signed the server's certificate")
-    tls.add_argument("--tls-thumbprint", metavar="SHA256", help="pin the server certificate's SHA-256")
-    tls.add_argument("--insecure", action="store_true", help="do not verify TLS (recorded in the report)")
+    add_vsphere_options(vmware)
     vmware.add_argument("--no-events", action="store_true", help="do not read moves and power history")
     vmware.add_argument(
         "--no-datastore-files", action="store_true", help="do not list datastores for files no VM uses"
@@ -54,21 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a KVM/QEMU host: virsh and qemu-img over SSH (reading commands only)",
         description="Every domain, snapshot, disk chain and storage pool of one libvirt host.",
     )
-    libvirt.add_argument("--host", help="the KVM host to reach over SSH (omit to survey this machine)")
-    libvirt.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
-    libvirt.add_argument("--user", help="SSH user (default: your user name)")
-    libvirt.add_argument("--identity", help="SSH private key file")
-    keys = libvirt.add_mutually_exclusive_group()
-    keys.add_argument("--known-hosts", help="known_hosts file that holds the host's key")
-    keys.add_argument("--host-key-fingerprint", help="pin the host key (SHA256:…) instead of known_hosts")
-    libvirt.add_argument(
-        "--password-auth",
-        action="store_true",
-        help=f"authenticate with a password from ${PASSWORD_ENV} (or a prompt); never on the command line",
-    )
-    libvirt.add_argument("--uri", default="qemu:///system", help="libvirt URI on the host (qemu:///system)")
-    libvirt.add_argument("--virsh", default="virsh", help="virsh command on the host")
-    libvirt.add_argument(
+    where = add_libvirt_host_options(libvirt)
+    where.add_argument(
         "--log-dir", default="/var/log/libvirt/qemu", help="the QEMU driver's log folder on the host"
     )
     _common(libvirt)
@@ -81,24 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "The account needs WinRM access and Hyper-V Administrators membership; listing the VM "
         "folders for orphaned files needs read access to the administrative shares (C$...).",
     )
-    hyperv.add_argument("--host", required=True, help="Hyper-V host name or address")
-    hyperv.add_argument("--user", required=True, help="DOMAIN\\user or user")
-    hyperv.add_argument(
-        "--auth",
-        choices=("ntlm", "kerberos", "credssp", "basic"),
-        default="ntlm",
-        help="WinRM authentication",
-    )
-    hyperv.add_argument(
-        "--http",
-        action="store_true",
-        help="WinRM over HTTP 5985 with message encryption (NTLM/Kerberos/CredSSP only); default HTTPS 5986",
-    )
-    hyperv.add_argument("--winrm-port", type=int, help="WinRM port (default 5986, or 5985 with --http)")
-    hyperv.add_argument("--tls-ca", metavar="PEM", help="CA bundle that issued the host's WinRM certificate")
-    hyperv.add_argument(
-        "--insecure", action="store_true", help="do not verify the WinRM certificate (recorded)"
-    )
+    add_winrm_options(hyperv)
     hyperv.add_argument("--smb-port", type=int, default=445)
     hyperv.add_argument(
         "--no-files", action="store_true", help="do not list VM folders over SMB (no orphaned-file search)"
@@ -120,13 +85,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--moved-within-days", type=float, default=30, help="report moves this recent (30)")
     seal = parser.add_argument_group("sealing the report as evidence")
     seal.add_argument("--seal", metavar="DIR", help="also seal the report into this new evidence directory")
-    seal.add_argument("--case", dest="case_id", default=os.environ.get("VMFORENSICS_CASE"), help="case id")
-    seal.add_argument("--examiner", default=os.environ.get("VMFORENSICS_EXAMINER"))
-    seal.add_argument("--evidence-id")
-    seal.add_argument("--description")
-    seal.add_argument("--authority")
-    seal.add_argument("--key", help="examiner's private key (PEM); default: a single-use key")
-    seal.add_argument("--key-passphrase-env", default=KEY_PASSPHRASE_ENV, metavar="VAR")
+    add_case_options(seal)
+    add_signing_options(seal)
 
 
 def _thresholds(args: argparse.Namespace) -> Thresholds:
@@ -151,15 +111,8 @@ def _run_local(args: argparse.Namespace) -> int:
 def _run_vmware(args: argparse.Namespace) -> int:
     from vmforensics.survey.vmware import survey_vmware
 
-    password = password_from_env_or_prompt(f"password for {args.user}@{args.host}: ")
     report = survey_vmware(
-        args.host,
-        port=args.port,
-        user=args.user,
-        password=password,
-        tls_ca=args.tls_ca,
-        tls_thumbprint=args.tls_thumbprint,
-        insecure=args.insecure,
+        **vsphere_settings(args),
         thresholds=_thresholds(args),
         events=not args.no_events,
         datastore_files=not args.no_datastore_files,
@@ -170,21 +123,8 @@ def _run_vmware(args: argparse.Namespace) -> int:
 def _run_libvirt(args: argparse.Namespace) -> int:
     from vmforensics.survey.libvirt import survey_libvirt
 
-    password = None
-    if args.password_auth:
-        password = password_from_env_or_prompt(
-            f"SSH password for {args.user or os.environ.get('USER')}@{args.host}: "
-        )
     report = survey_libvirt(
-        args.host,
-        user=args.user,
-        port=args.port,
-        identity=args.identity,
-        password=password,
-        known_hosts=args.known_hosts,
-        host_key_fingerprint=args.host_key_fingerprint,
-        uri=args.uri,
-        virsh=args.virsh,
+        **libvirt_host_settings(args),
         log_dir=args.log_dir or None,
         thresholds=_thresholds(args),
     )
@@ -195,14 +135,7 @@ def _run_hyperv(args: argparse.Namespace) -> int:
     from vmforensics.survey.hyperv import survey_hyperv
 
     report = survey_hyperv(
-        args.host,
-        user=args.user,
-        password=password_from_env_or_prompt(f"password for {args.user}@{args.host}: "),
-        transport=args.auth,
-        winrm_https=not args.http,
-        winrm_port=args.winrm_port,
-        ca_bundle=args.tls_ca,
-        verify_certificate=not args.insecure,
+        **winrm_settings(args),
         smb_port=args.smb_port,
         files=not args.no_files,
         thresholds=_thresholds(args),
