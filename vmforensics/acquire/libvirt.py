@@ -30,7 +30,13 @@ from vmforensics.acquire.clock import measure_clock
 from vmforensics.acquire.filesets import role_for
 from vmforensics.acquire.libvirt_captured import PREFIX, CapturedTransport
 from vmforensics.acquire.libvirt_chain import Chain, read_chain
-from vmforensics.acquire.libvirt_commands import Host, LocalRunner, ssh_runner
+from vmforensics.acquire.libvirt_commands import Host
+from vmforensics.acquire.libvirt_host import (
+    connect_host,
+    libvirt_product,
+    ssh_transport_options,
+    virsh_fields,
+)
 from vmforensics.acquire.libvirt_preserve import DomainControl, overlay_path, snapshot_disks
 from vmforensics.acquire.libvirt_xml import (
     DiskSpec,
@@ -42,7 +48,6 @@ from vmforensics.acquire.libvirt_xml import (
 from vmforensics.custody.models import SourceInfo, VMIdentity
 from vmforensics.errors import SourceError, UsageError
 from vmforensics.transport.base import Transport
-from vmforensics.transport.local import LocalTransport
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +94,13 @@ class LibvirtAcquirer(Acquirer):
         self.host_workdir = host_workdir
         self.memory_dump = memory_dump
         self.command_timeout = command_timeout
-        self._ssh_options: dict[str, Any] = {
-            "identity": identity,
-            "password": password,
-            "known_hosts": known_hosts,
-            "host_key_fingerprint": host_key_fingerprint,
-            **(transport_options or {}),
-        }
+        self._ssh_options = ssh_transport_options(
+            identity=identity,
+            password=password,
+            known_hosts=known_hosts,
+            host_key_fingerprint=host_key_fingerprint,
+            transport_options=transport_options,
+        )
         self._tools = {"virsh": virsh, "qemu_img": qemu_img}
         self._files: Transport | None = None
         self._host: Host | None = None
@@ -103,16 +108,9 @@ class LibvirtAcquirer(Acquirer):
     # -- connect -------------------------------------------------------------------------------
 
     def connect(self, session: Session) -> None:
-        if self.host is None:
-            self._files = LocalTransport()
-            runner: Any = LocalRunner()
-        else:
-            from vmforensics.transport.ssh import SSHTransport
-
-            options = {k: v for k, v in self._ssh_options.items() if v is not None}
-            ssh = SSHTransport(self.host, user=self.user, port=self.port, **options)
-            self._files = ssh
-            runner = ssh_runner(ssh)
+        self._files, runner = connect_host(
+            self.host, user=self.user, port=self.port, ssh_options=self._ssh_options
+        )
         self._host = Host(
             runner,
             uri=self.uri,
@@ -120,21 +118,12 @@ class LibvirtAcquirer(Acquirer):
             qemu_img=self._tools["qemu_img"],
             timeout=self.command_timeout,
         )
-        versions = _fields(self._host.virsh("version", "--daemon").stdout)
-        hostname = self._host.virsh("hostname", check=False).stdout.strip() or None
-        session.state["libvirt_hostname"] = hostname
+        product = libvirt_product(self._host)
+        session.state["libvirt_hostname"] = product["hostname"]
         session.source = SourceInfo(
             kind="libvirt",
             host=self.host or socket.gethostname(),
-            product={
-                "name": "libvirt",
-                "version": _last_word(versions.get("Using library")),
-                "daemon": _last_word(versions.get("Running against daemon")),
-                "hypervisor": versions.get("Running hypervisor"),
-                "api": versions.get("Using API"),
-                "uri": self.uri,
-                "hostname": hostname,
-            },
+            product=product,
             connection={**self._files.describe(), "commands": f"virsh -c {self.uri} on {runner.where}"},
         )
 
@@ -148,7 +137,7 @@ class LibvirtAcquirer(Acquirer):
 
     def identify(self, session: Session, target: str) -> VMIdentity:
         host = self._run
-        info = _fields(host.virsh("dominfo", "--domain", target).stdout)
+        info = virsh_fields(host.virsh("dominfo", "--domain", target).stdout)
         uuid = info.get("UUID")
         if not uuid:
             raise SourceError(f"virsh dominfo {target!r} did not name a UUID")
@@ -528,20 +517,6 @@ class _Plan:
             if candidate not in self.taken:
                 return candidate
             count += 1
-
-
-def _fields(text: str) -> dict[str, str]:
-    """``Key: value`` lines (virsh dominfo, virsh version) as a dict."""
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip():
-            found[key.strip()] = value.strip()
-    return found
-
-
-def _last_word(text: str | None) -> str | None:
-    return text.split()[-1] if text else None
 
 
 def _safe(name: str) -> str:

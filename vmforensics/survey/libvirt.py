@@ -27,9 +27,14 @@ from typing import Any
 import attrs
 
 from vmforensics.acquire.clock import measure_clock
-from vmforensics.acquire.libvirt import _fields, _last_word  # private helpers of the acquirer, reused
 from vmforensics.acquire.libvirt_chain import Chain, read_chain
-from vmforensics.acquire.libvirt_commands import Host, LocalRunner, ssh_runner
+from vmforensics.acquire.libvirt_commands import Host
+from vmforensics.acquire.libvirt_host import (
+    connect_host,
+    libvirt_product,
+    ssh_transport_options,
+    virsh_fields,
+)
 from vmforensics.acquire.libvirt_xml import DomainXML, parse_domain, parse_xml
 from vmforensics.custody.models import ClockReading, SourceInfo
 from vmforensics.errors import SourceError
@@ -47,7 +52,6 @@ from vmforensics.survey.models import (
     parse_time,
 )
 from vmforensics.transport.base import RemoteStat, Transport
-from vmforensics.transport.local import LocalTransport
 
 log = logging.getLogger(__name__)
 
@@ -100,26 +104,14 @@ def survey_libvirt(
     is where the QEMU driver writes ``NAME.log`` (None: do not read logs).
     """
     began = time.monotonic()
-    files: Transport
-    if host is None:
-        files, runner = LocalTransport(), LocalRunner()
-    else:
-        from vmforensics.transport.ssh import SSHTransport
-
-        options = {
-            "identity": identity,
-            "password": password,
-            "known_hosts": known_hosts,
-            "host_key_fingerprint": host_key_fingerprint,
-            **(transport_options or {}),
-        }
-        files = SSHTransport(
-            host,
-            user=user or getpass.getuser(),
-            port=port,
-            **{k: v for k, v in options.items() if v is not None},
-        )
-        runner = ssh_runner(files)
+    options = ssh_transport_options(
+        identity=identity,
+        password=password,
+        known_hosts=known_hosts,
+        host_key_fingerprint=host_key_fingerprint,
+        transport_options=transport_options,
+    )
+    files, runner = connect_host(host, user=user or getpass.getuser(), port=port, ssh_options=options)
     commands = Host(runner, uri=uri, virsh=virsh, qemu_img=qemu_img, timeout=command_timeout)
     try:
         report = _Survey(commands, files, uri, log_dir).run(host or socket.gethostname(), thresholds)
@@ -171,8 +163,8 @@ class _Survey:
         self.stats: dict[str, RemoteStat | None] = {}
 
     def run(self, where: str, thresholds: Thresholds | None) -> SurveyReport:
-        versions = _fields(self.commands.virsh("version", "--daemon").stdout)
-        hostname = self.commands.virsh("hostname", check=False).stdout.strip() or None
+        product = libvirt_product(self.commands)
+        hostname = product["hostname"]
         clock = host_clock(self.commands)
         taken = clock.examiner_utc
         pools = self._pools()
@@ -186,14 +178,7 @@ class _Survey:
             source=SourceInfo(
                 kind="libvirt",
                 host=where,
-                product={
-                    "name": "libvirt",
-                    "version": _last_word(versions.get("Using library")),
-                    "daemon": _last_word(versions.get("Running against daemon")),
-                    "hypervisor": versions.get("Running hypervisor"),
-                    "uri": self.uri,
-                    "hostname": hostname,
-                },
+                product=product,
                 connection={
                     **self.files.describe(),
                     "commands": f"virsh -c {self.uri} on {self.commands.runner.where}",
@@ -204,7 +189,7 @@ class _Survey:
             hosts=(
                 HostRecord(
                     name=hostname or where,
-                    product=versions.get("Running hypervisor"),
+                    product=product["hypervisor"],
                     connection_state="connected",
                 ),
             ),
@@ -231,7 +216,7 @@ class _Survey:
         logs: dict[str, RemoteStat],
         taken: str,
     ) -> VMRecord:
-        info = _fields(self.commands.virsh("dominfo", "--domain", uuid).stdout)
+        info = virsh_fields(self.commands.virsh("dominfo", "--domain", uuid).stdout)
         live_text = self.commands.virsh("dumpxml", "--domain", uuid).stdout
         domain = parse_domain(live_text)
         root = parse_xml(live_text, "domain XML")
