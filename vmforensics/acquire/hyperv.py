@@ -30,7 +30,7 @@ from vmforensics.acquire.base import Acquirer, AcquisitionResult, PlannedFile, S
 from vmforensics.acquire.clock import measure_clock
 from vmforensics.acquire.filesets import role_for
 from vmforensics.acquire.hyperv_files import HyperVFileTransport, ShareMap
-from vmforensics.acquire.hyperv_scripts import Script
+from vmforensics.acquire.hyperv_scripts import Script, as_list
 from vmforensics.acquire.hyperv_winrm import PowerShellSession, WinRMAuth
 from vmforensics.custody.models import SourceInfo, VMIdentity
 from vmforensics.errors import SourceError, UsageError, VMNotFoundError
@@ -138,7 +138,7 @@ class HyperVAcquirer(Acquirer):
         found = self.powershell.run(scripts.IDENTIFY, **key)
         vm = found.get("vm")
         if vm is None:
-            candidates = _as_list(found.get("candidates"))
+            candidates = as_list(found.get("candidates"))
             if not candidates:
                 raise VMNotFoundError(f"Hyper-V host {self.host} has no VM named {target!r}")
             listing = ", ".join(f"{c.get('name')} ({c.get('id')})" for c in candidates)
@@ -147,14 +147,14 @@ class HyperVAcquirer(Acquirer):
             )
         session.state["vm"] = found
         session.state["vm_id"] = vm["id"]
-        events = _as_list(self.powershell.run(scripts.EVENTS, id=vm["id"]).get("events"))
-        adapters = _as_list(found.get("network_adapters"))
-        drives = _as_list(found.get("hard_drives"))
+        events = as_list(self.powershell.run(scripts.EVENTS, id=vm["id"]).get("events"))
+        adapters = as_list(found.get("network_adapters"))
+        drives = as_list(found.get("hard_drives"))
         return VMIdentity(
             name=vm["name"],
             uuid=vm["id"],
             reference=vm["id"],
-            config_path=_config_path(vm),
+            config_path=vm_config_path(vm),
             mac_addresses=tuple(_mac(a.get("mac_address")) for a in adapters if a.get("mac_address")),
             host=vm.get("computer_name") or session.state["host"].get("computer_name"),
             cluster="clustered" if vm.get("is_clustered") else None,
@@ -162,7 +162,7 @@ class HyperVAcquirer(Acquirer):
             power_state_before=vm.get("state"),
             guest_reported={
                 "ip_addresses": {
-                    a.get("name") or str(i): _as_list(a.get("ip_addresses")) for i, a in enumerate(adapters)
+                    a.get("name") or str(i): as_list(a.get("ip_addresses")) for i, a in enumerate(adapters)
                 },
                 "note": "reported by the guest's integration services; unverified",
             },
@@ -177,7 +177,7 @@ class HyperVAcquirer(Acquirer):
                 "smart_paging_file_path": vm.get("smart_paging_file_path"),
                 "network_adapters": adapters,
                 "hard_drives": drives,
-                "checkpoints": _as_list(found.get("snapshots")),
+                "checkpoints": as_list(found.get("snapshots")),
             },
         )
 
@@ -206,7 +206,7 @@ class HyperVAcquirer(Acquirer):
         session.vm = attrs.evolve(session.vm, power_state_after=state)
 
     def enumerate(self, session: Session) -> list[PlannedFile]:
-        listed = _as_list(self.powershell.run(scripts.ENUMERATE, id=session.state["vm_id"]).get("files"))
+        listed = as_list(self.powershell.run(scripts.ENUMERATE, id=session.state["vm_id"]).get("files"))
         planned: list[PlannedFile] = []
         for item in listed:
             path = item.get("path")
@@ -229,7 +229,7 @@ class HyperVAcquirer(Acquirer):
         return planned
 
     def transport(self, session: Session) -> Transport:
-        files = HyperVFileTransport(self.shares, self._open_share, self.powershell)
+        files = HyperVFileTransport(self.shares, self.open_share, self.powershell)
         config = session.vm.config_path if session.vm else None
         if config:
             try:
@@ -278,7 +278,7 @@ class HyperVAcquirer(Acquirer):
     def _isolate(self, session: Session, vm_id: str) -> None:
         with session.action("isolate", method="Disconnect-VMNetworkAdapter") as details:
             details["script_sha256"] = scripts.ISOLATE.sha256
-            details["disconnected"] = _as_list(
+            details["disconnected"] = as_list(
                 self.powershell.run(scripts.ISOLATE, id=vm_id).get("disconnected")
             )
 
@@ -318,7 +318,8 @@ class HyperVAcquirer(Acquirer):
             details.update(self.powershell.run(scripts.SET_CHECKPOINT_TYPE, id=vm_id, checkpoint_type=wanted))
         session.state.pop("checkpoint_type_to_restore")
 
-    def _open_share(self, share: str) -> SMBTransport:
+    def open_share(self, share: str) -> SMBTransport:
+        """A new SMB connection to ``share`` on the host, as this acquirer's account and settings."""
         name, domain = self._smb_user
         return SMBTransport(
             self._smb["host"],
@@ -330,13 +331,6 @@ class HyperVAcquirer(Acquirer):
             auth=self._smb_auth,
             encrypt=self._smb["encrypt"],
         )
-
-
-def _as_list(value: Any) -> list[Any]:
-    """ConvertTo-Json prints a one-element array as the element and an empty one as null."""
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list) else [value]
 
 
 def _parse_utc(value: Any) -> dt.datetime | None:
@@ -358,7 +352,8 @@ def _mac(raw: str) -> str:
     return ":".join(digits[i : i + 2] for i in range(0, len(digits), 2)) if len(digits) == 12 else raw
 
 
-def _config_path(vm: dict[str, Any]) -> str | None:
+def vm_config_path(vm: dict[str, Any]) -> str | None:
+    """The VM's configuration file from a script's ``vm`` fields: ``.vmcx``, or ``.xml`` before version 6.0."""
     location = vm.get("configuration_location")
     if not location:
         return None

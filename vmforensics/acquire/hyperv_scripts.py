@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Any
 
 import attrs
 
@@ -35,6 +36,14 @@ $a = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($env:VMFORENSIC
 function Emit($value) { [Console]::Out.Write((ConvertTo-Json -InputObject $value -Compress -Depth 8)) }
 function Iso($t) { if ($null -eq $t) { $null } else { $t.ToUniversalTime().ToString('o') } }
 """
+
+
+def as_list(value: Any) -> list[Any]:
+    """A list field of a script's output: ConvertTo-Json prints a one-element array as the element
+    and an empty one as null."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
 @attrs.frozen
@@ -83,16 +92,9 @@ CLOCK = Script(
 """,
 )
 
-IDENTIFY = Script(
-    "identify",
-    r"""if ($a.id) { $found = @(Get-VM -Id $a.id) } else { $found = @(Get-VM | Where-Object { $_.Name -eq $a.name }) }
-if ($found.Count -ne 1) {
-  Emit ([ordered]@{ vm = $null; candidates = @($found | ForEach-Object {
-    [ordered]@{ id = $_.Id.ToString(); name = $_.Name; state = $_.State.ToString() } }) })
-  exit 0
-}
-$vm = $found[0]
-function Chain($p) {
+#: ``Chain($path)``: a VHD and its parents, top first (at most 64); a parent Get-VHD cannot open ends
+#: the chain with ``{path, error}``. Used by IDENTIFY and by the survey's inventory.
+VHD_CHAIN_FUNCTION = r"""function Chain($p) {
   $n = 0
   while ($p -and $n -lt 64) {
     $n++
@@ -102,7 +104,20 @@ function Chain($p) {
     $p = $v.ParentPath
   }
 }
-Emit ([ordered]@{ candidates = @(); vm = [ordered]@{
+"""
+
+IDENTIFY = Script(
+    "identify",
+    r"""if ($a.id) { $found = @(Get-VM -Id $a.id) } else { $found = @(Get-VM | Where-Object { $_.Name -eq $a.name }) }
+if ($found.Count -ne 1) {
+  Emit ([ordered]@{ vm = $null; candidates = @($found | ForEach-Object {
+    [ordered]@{ id = $_.Id.ToString(); name = $_.Name; state = $_.State.ToString() } }) })
+  exit 0
+}
+$vm = $found[0]
+"""
+    + VHD_CHAIN_FUNCTION
+    + r"""Emit ([ordered]@{ candidates = @(); vm = [ordered]@{
   name = $vm.Name; id = $vm.Id.ToString(); state = $vm.State.ToString(); generation = $vm.Generation
   version = $vm.Version; path = $vm.Path; configuration_location = $vm.ConfigurationLocation
   snapshot_file_location = $vm.SnapshotFileLocation; smart_paging_file_path = $vm.SmartPagingFilePath

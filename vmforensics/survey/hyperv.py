@@ -23,9 +23,9 @@ import attrs
 
 from vmforensics.acquire import hyperv_scripts as acquirer_scripts
 from vmforensics.acquire.clock import measure_clock
-from vmforensics.acquire.hyperv import HyperVAcquirer, _as_list, _config_path  # private helpers, reused
+from vmforensics.acquire.hyperv import HyperVAcquirer, vm_config_path
 from vmforensics.acquire.hyperv_files import HyperVFileTransport
-from vmforensics.acquire.hyperv_scripts import Script
+from vmforensics.acquire.hyperv_scripts import Script, as_list
 from vmforensics.acquire.hyperv_winrm import PowerShellSession, WinRMAuth
 from vmforensics.custody.models import ClockReading, SourceInfo
 from vmforensics.errors import SourceError
@@ -108,8 +108,7 @@ def survey_hyperv(
         inventory = powershell.run(scripts.INVENTORY)
         connection: dict[str, Any] = {"winrm": powershell.describe()}
         if files:
-            # The acquirer's share opener (a private method) gives the same SMB account and settings.
-            listing = HyperVFileTransport(settings.shares, settings._open_share, None)
+            listing = HyperVFileTransport(settings.shares, settings.open_share, None)
         report = build_report(host, facts, inventory, clock, listing, thresholds)
         if listing is not None:
             connection["files"] = listing.describe()
@@ -142,7 +141,7 @@ def build_report(
     """The report from the scripts' output and, when ``files`` is given, the folders' listing."""
     notes: list[str] = []
     host = inventory.get("host") or {}
-    vms = [v for v in _as_list(inventory.get("vms")) if isinstance(v, dict) and v.get("id")]
+    vms = [v for v in as_list(inventory.get("vms")) if isinstance(v, dict) and v.get("id")]
     claims = _Claims(vms)
     folders = _folders(vms, host, files, notes) if files is not None else {}
     if files is None:
@@ -189,14 +188,14 @@ class _Claims:
 
     def __init__(self, vms: list[dict[str, Any]]):
         self.guids = {str(vm["id"]).lower() for vm in vms}
-        self.guids |= {str(s.get("id")).lower() for vm in vms for s in _as_list(vm.get("snapshots"))}
+        self.guids |= {str(s.get("id")).lower() for vm in vms for s in as_list(vm.get("snapshots"))}
         self.disks: set[str] = set()
         for vm in vms:
-            for drive in _as_list(vm.get("hard_drives")):
-                self.disks |= {_key(layer.get("path")) for layer in _as_list(drive.get("chain"))}
+            for drive in as_list(vm.get("hard_drives")):
+                self.disks |= {_key(layer.get("path")) for layer in as_list(drive.get("chain"))}
                 self.disks.add(_key(drive.get("path")))
-            for snapshot in _as_list(vm.get("snapshots")):
-                self.disks |= {_key(p) for p in _as_list(snapshot.get("hard_drives"))}
+            for snapshot in as_list(vm.get("snapshots")):
+                self.disks |= {_key(p) for p in as_list(snapshot.get("hard_drives"))}
         self.disks.discard("")
 
     def owner(self, entry: RemoteStat) -> str | None:
@@ -259,8 +258,8 @@ def _folders(
     for vm in vms:
         want(ntpath.join(vm.get("configuration_location") or "", "Virtual Machines"))
         want(ntpath.join(vm.get("snapshot_file_location") or "", "Snapshots"))
-        for drive in _as_list(vm.get("hard_drives")):
-            for layer in _as_list(drive.get("chain")) or [drive]:
+        for drive in as_list(vm.get("hard_drives")):
+            for layer in as_list(drive.get("chain")) or [drive]:
                 if isinstance(layer.get("path"), str):
                     want(ntpath.dirname(layer["path"]))
     homes = {ntpath.dirname(ntpath.normpath(vm["path"])) for vm in vms if isinstance(vm.get("path"), str)}
@@ -305,9 +304,9 @@ def _vm(
 ) -> VMRecord:
     state = str(vm.get("state") or "Unknown")
     vm_id = str(vm["id"])
-    snapshots = _as_list(vm.get("snapshots"))
+    snapshots = as_list(vm.get("snapshots"))
     own = [e for entries in folders.values() for e in entries if claims.owner(e) == vm_id.lower()]
-    disks = [_disk(d) for d in _as_list(vm.get("hard_drives"))]
+    disks = [_disk(d) for d in as_list(vm.get("hard_drives"))]
     tops = {_key(d.path) for d in disks}
     own += [e for entries in folders.values() for e in entries if _key(e.path) in tops]
     last_on, last, basis = _activity(state, vm.get("uptime_seconds"), taken, own)
@@ -319,9 +318,9 @@ def _vm(
         host=vm.get("computer_name") or computer,
         cluster="clustered" if vm.get("is_clustered") else None,
         datastores=tuple(_stores(vm, disks)),
-        config_path=_config_path(vm),
+        config_path=vm_config_path(vm),
         tools_status=_integration(vm),
-        nics=tuple(_nic(a) for a in _as_list(vm.get("network_adapters"))),
+        nics=tuple(_nic(a) for a in as_list(vm.get("network_adapters"))),
         disks=tuple(disks),
         snapshots=tuple(_snapshots(snapshots, folders)),
         last_power_on=last_on,
@@ -356,7 +355,7 @@ def _activity(
 
 
 def _disk(drive: dict[str, Any]) -> DiskRecord:
-    chain = [layer for layer in _as_list(drive.get("chain")) if isinstance(layer, dict)]
+    chain = [layer for layer in as_list(drive.get("chain")) if isinstance(layer, dict)]
     readable = [layer for layer in chain if not layer.get("error")]
     broken = next((layer for layer in chain if layer.get("error")), None)
     top = readable[0] if readable else {}

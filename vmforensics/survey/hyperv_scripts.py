@@ -18,8 +18,8 @@ nothing on the host.
               "network_adapters": [{"name", "mac_address", "switch_name",
                                     "dynamic_mac_address_enabled", "connected"}],
               "hard_drives": [{"controller_type", "controller_number", "controller_location",
-                               "path", "chain": [{"path", "vhd_format", "vhd_type", "size",
-                                                  "file_size", "parent_path"} | {"path", "error"}]}],
+                               "path", "chain": [{"path", "vhd_format", "vhd_type", "size", "file_size",
+                                                  "parent_path", "disk_identifier"} | {"path", "error"}]}],
               "snapshots": [{"id", "name", "snapshot_type", "state", "creation_time",
                              "parent_snapshot_id", "hard_drives": [path]}]}]}
 
@@ -29,22 +29,14 @@ ends it with ``error``). ``uptime_seconds`` is 0 for a VM that is not running.
 
 from __future__ import annotations
 
-from vmforensics.acquire.hyperv_scripts import Script
+from vmforensics.acquire.hyperv_scripts import VHD_CHAIN_FUNCTION, Script
 
 INVENTORY = Script(
     "survey-inventory",
     r"""$h = Get-VMHost
-function Chain($p) {
-  $n = 0
-  while ($p -and $n -lt 64) {
-    $n++
-    try { $v = Get-VHD -Path $p } catch { [ordered]@{ path = $p; error = $_.Exception.Message }; break }
-    [ordered]@{ path = $v.Path; vhd_format = $v.VhdFormat.ToString(); vhd_type = $v.VhdType.ToString()
-      size = $v.Size; file_size = $v.FileSize; parent_path = $v.ParentPath }
-    $p = $v.ParentPath
-  }
-}
-$vms = @(Get-VM | ForEach-Object {
+"""
+    + VHD_CHAIN_FUNCTION
+    + r"""$vms = @(Get-VM | ForEach-Object {
   $vm = $_
   [ordered]@{ name = $vm.Name; id = $vm.Id.ToString(); state = $vm.State.ToString(); status = $vm.Status
     uptime_seconds = [long]$vm.Uptime.TotalSeconds; creation_time = Iso $vm.CreationTime
