@@ -4,18 +4,21 @@
 
 Builds (once; kept in --workdir) a raw disk of the given size in MiB -- half incompressible data,
 a quarter compressible text, a quarter holes, in 1 MiB pieces -- and converts it with qemu-img to
-a monolithicSparse VMDK, a streamOptimized VMDK, a dynamic VHDX, a qcow2 and a
-zlib-compressed qcow2 (qemu-img convert -c). Each reader then reads
-the whole disk sequentially in 4 MiB requests and makes N random 4 KiB reads (same offsets for all).
-The files sit in the page cache after the first pass, so this measures the readers' CPU cost.
-Readers that are not installed (pyvmdk, pyvhdi, pyqcow, dissect.hypervisor) or formats whose
-vmforensics reader has not landed are reported as skipped. Ratios are vmforensics / other.
+a monolithicSparse VMDK, a streamOptimized VMDK, a dynamic VHDX, a dynamic and a fixed VHD, a
+qcow2 and a zlib-compressed qcow2 (qemu-img convert -c). Each reader then reads the whole disk
+sequentially in 4 MiB requests and makes N random 4 KiB reads (same offsets for all), best of
+--repeat runs. The files sit in the page cache after the first pass, so this measures the readers'
+CPU cost. Each reader runs in a process of its own: the C allocator's state left by one reader
+(glibc raises its mmap and trim thresholds after large frees) changed another's sequential figure
+by up to 10x when they shared one. Readers that are not installed (pyvmdk, pyvhdi, pyqcow,
+dissect.hypervisor) are reported as skipped. Ratios are vmforensics / other.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import random
 import subprocess
@@ -39,6 +42,8 @@ FORMATS = {
     "vmdk-sparse": ("vmdk", "subformat=monolithicSparse", "vmdk", "pyvmdk"),
     "vmdk-stream": ("vmdk", "subformat=streamOptimized", "vmdk", "pyvmdk"),
     "vhdx": ("vhdx", "subformat=dynamic", "vhdx", "pyvhdi"),
+    "vhd-dynamic": ("vpc", "subformat=dynamic,force_size=on", "vhd", "pyvhdi"),
+    "vhd-fixed": ("vpc", "subformat=fixed,force_size=on", "vhd", "pyvhdi"),
     "qcow2": ("qcow2", "", "qcow2", "pyqcow"),
     "qcow2-zlib": ("qcow2", "compression_type=zlib", "qcow2", "pyqcow"),  # converted with -c
 }
@@ -113,6 +118,10 @@ def open_dissect(name: str, path: Path) -> tuple[Read, Callable[[], None]]:
         from dissect.hypervisor.disk.vhdx import VHDX
 
         stream = VHDX(fh)
+    elif name.startswith("vhd-"):
+        from dissect.hypervisor.disk.vhd import VHD
+
+        stream = VHD(fh)
     else:
         from dissect.hypervisor.disk.qcow2 import QCow2
 
@@ -177,6 +186,56 @@ def measure(
         close()
 
 
+READERS = {
+    "vmforensics": open_ours,
+    "libyal": open_libyal,
+    "dissect.hypervisor": open_dissect,
+}
+
+
+def measure_here(args: argparse.Namespace, size: int, offsets: list[int]) -> dict[str, Any]:
+    """One reader on one format (or the raw file), in this process; the result as JSON-able dict."""
+    name, reader = args.measure
+    raw_read, raw_close = open_raw(args.workdir / f"disk-{args.size}M.raw")
+    try:
+        if name == "raw":
+            sequential(raw_read, size)  # warm the page cache
+            seq = max(sequential(raw_read, size) for _ in range(args.repeat))
+            return {"seq": seq, "rand": max(random_reads(raw_read, offsets) for _ in range(args.repeat))}
+        image = args.workdir / f"disk-{args.size}M.{name}"
+        warm, done = open_raw(image)  # bring the image file into the page cache
+        sequential(warm, image.stat().st_size)
+        done()
+        seq, rand = measure(lambda: READERS[reader](name, image), raw_read, size, offsets, args.repeat)
+        return {"seq": seq, "rand": rand}
+    except Exception as exc:  # a missing or failing reader is reported, not fatal
+        return {"skipped": f"{type(exc).__name__}: {exc}"}
+    finally:
+        raw_close()
+
+
+def measure_apart(args: argparse.Namespace, name: str, reader: str) -> tuple[float, float] | str:
+    """Run :func:`measure_here` in a fresh interpreter, so no reader inherits another's heap."""
+    command = [
+        sys.executable,
+        __file__,
+        f"--size={args.size}",
+        f"--random={args.random}",
+        f"--repeat={args.repeat}",
+        f"--workdir={args.workdir}",
+        "--measure",
+        name,
+        reader,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        return f"skipped: exit {done.returncode}: {done.stderr.strip()[-300:]}"
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if "skipped" in result:
+        return f"skipped: {result['skipped']}"
+    return result["seq"], result["rand"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -195,56 +254,51 @@ def main() -> None:
     parser.add_argument(
         "--formats", default=",".join(FORMATS), help=f"comma-separated, of: {', '.join(FORMATS)}"
     )
+    parser.add_argument("--measure", nargs=2, metavar=("FORMAT", "READER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    size = args.size * MiB
+    rng = random.Random(7)
+    offsets = [rng.randrange(size // 4096) * 4096 for _ in range(args.random)]
+    if args.measure:
+        print(json.dumps(measure_here(args, size, offsets)))
+        return
     names = [n for n in args.formats.split(",") if n]
     unknown = set(names) - set(FORMATS)
     if unknown:
         parser.error(f"unknown formats: {', '.join(sorted(unknown))}")
 
-    raw, images = build_images(args.workdir, args.size, names)
-    size = args.size * MiB
-    rng = random.Random(7)
-    offsets = [rng.randrange(size // 4096) * 4096 for _ in range(args.random)]
-    raw_read, raw_close = open_raw(raw)
-    sequential(raw_read, size)  # warm the page cache
-    raw_seq = max(sequential(raw_read, size) for _ in range(args.repeat))
-    raw_rand = max(random_reads(raw_read, offsets) for _ in range(args.repeat))
+    build_images(args.workdir, args.size, names)
+    raw = measure_apart(args, "raw", "os.pread")
+    if isinstance(raw, str):
+        raise SystemExit(f"the raw file could not be read: {raw}")
+    raw_seq, raw_rand = raw
 
-    print(f"\n{args.size} MiB disk, sequential 4 MiB reads (MB/s) and {args.random} random 4 KiB reads (/s)")
+    print(
+        f"\n{args.size} MiB disk, sequential 4 MiB reads (MB/s) and {args.random} random 4 KiB reads (/s), "
+        f"best of {args.repeat}, each reader in its own process"
+    )
     print(
         f"{'format':<12} {'reader':<20} {'seq MB/s':>9} {'rand/s':>9} {'ours/it seq':>12} {'ours/it rand':>13}"
     )
     print(f"{'raw file':<12} {'os.pread':<20} {raw_seq:>9.0f} {raw_rand:>9.0f}")
-    for name, image in images.items():
-        warm, done = open_raw(image)  # bring the image file into the page cache too
-        sequential(warm, image.stat().st_size)
-        done()
-        results: dict[str, tuple[float, float] | str] = {}
-        readers = {
-            "vmforensics": lambda n=name, p=image: open_ours(n, p),
-            FORMATS[name][3]: lambda n=name, p=image: open_libyal(n, p),
-            "dissect.hypervisor": lambda n=name, p=image: open_dissect(n, p),
-        }
-        for reader, opener in readers.items():
-            try:
-                results[reader] = measure(opener, raw_read, size, offsets, args.repeat)
-            except Exception as exc:  # a missing or failing reader is reported, not fatal
-                results[reader] = f"skipped: {type(exc).__name__}: {exc}"
+    for name in names:
+        results = {reader: measure_apart(args, name, reader) for reader in READERS}
         ours = results["vmforensics"]
         for reader, result in results.items():
+            label = FORMATS[name][3] if reader == "libyal" else reader
             if isinstance(result, str):
-                print(f"{name:<12} {reader:<20} {result}")
+                print(f"{name:<12} {label:<20} {result}")
                 continue
             seq, rand = result
             ratios = ""
             if reader != "vmforensics" and not isinstance(ours, str):
                 ratios = f"{ours[0] / seq:>11.2f}x {ours[1] / rand:>12.2f}x"
-            print(f"{name:<12} {reader:<20} {seq:>9.0f} {rand:>9.0f} {ratios}")
+            print(f"{name:<12} {label:<20} {seq:>9.0f} {rand:>9.0f} {ratios}", flush=True)
         if not isinstance(ours, str):
             print(
-                f"{name:<12} {'(vs raw file)':<20} {'':>9} {'':>9} {ours[0] / raw_seq:>11.2f}x {ours[1] / raw_rand:>12.2f}x"
+                f"{name:<12} {'(vs raw file)':<20} {'':>9} {'':>9} {ours[0] / raw_seq:>11.2f}x {ours[1] / raw_rand:>12.2f}x",
+                flush=True,
             )
-    raw_close()
 
 
 if __name__ == "__main__":

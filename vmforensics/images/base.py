@@ -9,7 +9,9 @@ into one ``preadv`` straight into the caller's buffer.
 
 from __future__ import annotations
 
+import heapq
 import io
+import itertools
 import logging
 import mmap
 import os
@@ -423,11 +425,16 @@ class DiskImage(io.RawIOBase):
         return count
 
     def extents(self) -> Iterator[tuple[int, int]]:
-        """Allocated ranges (offset, length) of the whole chain, merged and in order."""
-        ranges = list(self._allocated())
+        """Allocated ranges (offset, length) of the whole chain, merged and in order.
+
+        Lazy: each layer's ranges are merged as they are produced, so memory stays flat however
+        many ranges a (possibly crafted) image has, and the first range comes without a full walk.
+        """
+        ranges: Iterable[tuple[int, int]] = self._allocated()
         if self.parent is not None:
-            ranges.extend((o, min(n, self._size - o)) for o, n in self.parent.extents() if o < self._size)
-        ranges.sort()
+            size = self._size
+            inherited = itertools.takewhile(lambda r: r[0] < size, self.parent.extents())
+            ranges = heapq.merge(ranges, ((o, min(n, size - o)) for o, n in inherited))
         start = end = -1
         for off, length in ranges:
             if length <= 0:

@@ -588,8 +588,9 @@ class VmdkImage(DiskImage):
         }
         if d is not None:
             for key, name in (("cid", "CID"), ("parentcid", "parentCID")):
-                if key in d.fields:
-                    identifiers[name] = d.fields[key]
+                if key in d.fields:  # written as 8 hex digits, whether or not the file pads them
+                    value = d.cid(name)
+                    identifiers[name] = f"{value:08x}" if value is not None else d.fields[key]
             for key in ("uuid", "longContentID"):
                 if key in d.ddb:
                     identifiers[key] = d.ddb[key]
