@@ -38,6 +38,21 @@ VM_ID = "6F1A4C52-93B0-4E55-A7D8-1B2C3D4E5F60"
 OTHER_VM_ID = "0D0D0D0D-1111-4222-8333-444455556666"
 SNAP_ID = "A1B2C3D4-0001-4002-8003-000000000001"
 MAC = "00155D0A0B0C"
+#: The VM fields IDENTIFY and the survey's inventory both report.
+VM_SUMMARY_FIELDS = (
+    "name",
+    "id",
+    "state",
+    "generation",
+    "version",
+    "path",
+    "configuration_location",
+    "snapshot_file_location",
+    "smart_paging_file_path",
+    "checkpoint_type",
+    "computer_name",
+    "is_clustered",
+)
 DISK_SIZE = 32 << 20
 VM_DIR = r"C:\Hyper-V\web01"
 BASE = VM_DIR + r"\Virtual Hard Disks\web01.vhdx"
@@ -62,7 +77,8 @@ def access_denied(cmdlet: str) -> PSError:
     )
 
 
-def _iso(moment: dt.datetime) -> str:
+def dotnet_time(moment: dt.datetime) -> str:
+    """A time as PowerShell's ``ToString('o')`` prints it (seven fractional digits, ``Z``)."""
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")  # .NET 'o': 7 digits
 
 
@@ -155,7 +171,7 @@ class FakeHyperV:
                 "id": SNAP_ID,
                 "name": "before patching",
                 "snapshot_type": "Standard",
-                "creation_time": _iso(dt.datetime(2026, 1, 5, 9, 30, tzinfo=dt.UTC)),
+                "creation_time": dotnet_time(dt.datetime(2026, 1, 5, 9, 30, tzinfo=dt.UTC)),
                 "parent_snapshot_id": None,
                 "path": VM_DIR,
                 "hard_drives": [BASE],
@@ -165,7 +181,7 @@ class FakeHyperV:
         self.vms[VM_ID]["events"] = [
             {
                 "log": "Microsoft-Windows-Hyper-V-VMMS-Admin",
-                "time_created": _iso(dt.datetime(2026, 1, 4, 8, tzinfo=dt.UTC)),
+                "time_created": dotnet_time(dt.datetime(2026, 1, 4, 8, tzinfo=dt.UTC)),
                 "event_id": 20417,
                 "level": "Information",
                 "message": f"'web01' was moved from host HV02 (Virtual machine ID {VM_ID}).",
@@ -274,7 +290,7 @@ class FakeHyperV:
         return {"utc_now": self._now()}
 
     def _now(self) -> str:
-        return _iso(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.clock_skew))
+        return dotnet_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.clock_skew))
 
     def _identify(self, arguments: dict[str, Any]) -> dict[str, Any]:
         if arguments.get("id"):
@@ -289,23 +305,7 @@ class FakeHyperV:
                 "candidates": [{"id": v["id"], "name": v["name"], "state": v["state"]} for v in found],
             }
         vm = found[0]
-        summary = {
-            k: vm[k]
-            for k in (
-                "name",
-                "id",
-                "state",
-                "generation",
-                "version",
-                "path",
-                "configuration_location",
-                "snapshot_file_location",
-                "smart_paging_file_path",
-                "checkpoint_type",
-                "computer_name",
-                "is_clustered",
-            )
-        }
+        summary = {k: vm[k] for k in VM_SUMMARY_FIELDS}
         drives = [
             {
                 "controller_type": "SCSI",
@@ -471,7 +471,7 @@ class FakeHyperV:
                         "path": path,
                         "kind": kind,
                         "size": local.stat().st_size,
-                        "last_write_utc": _iso(stamp),
+                        "last_write_utc": dotnet_time(stamp),
                         "missing": None,
                     }
                 )

@@ -17,7 +17,14 @@ import subprocess
 import uuid
 from typing import Any
 
-from tests.acquire.hyperv_lab import DISK_SIZE, OTHER_VM_ID, VM_ID, FakeHyperV, _iso
+from tests.acquire.hyperv_lab import (
+    DISK_SIZE,
+    OTHER_VM_ID,
+    VM_ID,
+    VM_SUMMARY_FIELDS,
+    FakeHyperV,
+    dotnet_time,
+)
 from tests.acquire.hyperv_vhdx import write_differencing
 from vmforensics.survey import hyperv_scripts as survey_scripts
 
@@ -33,7 +40,9 @@ class SurveyHyperV(FakeHyperV):
         self.mac_range = ("00155D0A0B00", "00155D0A0BFF")
         self.vms[OTHER_VM_ID]["adapters"][0]["mac_address"] = "00155D0A0B0D"
         snapshot = self.vms[VM_ID]["snapshots"][0]
-        snapshot.update(creation_time=_iso(dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)), state="Running")
+        snapshot.update(
+            creation_time=dotnet_time(dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)), state="Running"
+        )
         self.vms[VM_ID]["uptime_seconds"] = 3600
 
     def add_vm(
@@ -87,7 +96,7 @@ class SurveyHyperV(FakeHyperV):
                     "name": label,
                     "snapshot_type": "Standard",
                     "state": "Off",
-                    "creation_time": _iso(created),
+                    "creation_time": dotnet_time(created),
                     "parent_snapshot_id": parent,
                     "path": home,
                     "hard_drives": [base],
@@ -118,29 +127,13 @@ class SurveyHyperV(FakeHyperV):
         }
 
     def _inventory_vm(self, vm: dict[str, Any]) -> dict[str, Any]:
-        summary = {
-            k: vm[k]
-            for k in (
-                "name",
-                "id",
-                "state",
-                "generation",
-                "version",
-                "path",
-                "configuration_location",
-                "snapshot_file_location",
-                "smart_paging_file_path",
-                "checkpoint_type",
-                "computer_name",
-                "is_clustered",
-            )
-        }
+        summary = {k: vm[k] for k in VM_SUMMARY_FIELDS}
         fields = ("name", "mac_address", "switch_name", "dynamic_mac_address_enabled", "connected")
         return {
             **summary,
             "status": "Operating normally",
             "uptime_seconds": vm.get("uptime_seconds", 0),
-            "creation_time": _iso(dt.datetime(2025, 6, 1, tzinfo=dt.UTC)),
+            "creation_time": dotnet_time(dt.datetime(2025, 6, 1, tzinfo=dt.UTC)),
             "integration_services_state": "Up to date",
             "integration_services_version": "10.0.20348",
             "network_adapters": [{k: a[k] for k in fields} for a in vm["adapters"]],
