@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vmforensics.cli.common import add_acquire_options, password_from_env_or_prompt, run_acquisition
+from vmforensics.cli.common import add_acquire_options, run_acquisition
+from vmforensics.cli.connections import add_vsphere_options, vsphere_settings
 
 
 def register(sources: argparse._SubParsersAction) -> None:
@@ -13,18 +14,10 @@ def register(sources: argparse._SubParsersAction) -> None:
         help="a VM on vCenter or ESXi (vSphere API; files over HTTPS or SSH)",
         description="Password: $VMFORENSICS_PASSWORD, else prompted (never on the command line).",
     )
-    parser.add_argument("--host", required=True, help="vCenter or ESXi host name or address")
-    parser.add_argument("--port", type=int, default=443, help="API port (default 443)")
-    parser.add_argument("--user", required=True, help="vSphere user, e.g. ir@vsphere.local")
+    add_vsphere_options(parser)
     parser.add_argument(
         "--vm", required=True, help="the VM's name, BIOS UUID, instance UUID or moref (vm-42)"
     )
-    tls = parser.add_mutually_exclusive_group()
-    tls.add_argument("--tls-ca", metavar="PEM", help="CA bundle that signed the server's certificate")
-    tls.add_argument(
-        "--tls-thumbprint", metavar="SHA256", help="pin the server certificate's SHA-256 (or SHA-1)"
-    )
-    tls.add_argument("--insecure", action="store_true", help="do not verify TLS (recorded in the manifest)")
     parser.add_argument(
         "--via", choices=("https", "ssh"), default="https", help="how files travel (default https)"
     )
@@ -44,9 +37,7 @@ def register(sources: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from vmforensics.acquire.vmware import VMwareAcquirer
 
-    password = password_from_env_or_prompt(
-        f"password for {args.user}@{args.host}: ", account=(args.host, args.user)
-    )
+    connection = vsphere_settings(args)
     ssh = None
     if args.via == "ssh":
         ssh = {
@@ -58,13 +49,7 @@ def _run(args: argparse.Namespace) -> int:
             "host_key_fingerprint": args.ssh_fingerprint,
         }
     acquirer = VMwareAcquirer(
-        args.host,
-        port=args.port,
-        user=args.user,
-        password=password,
-        tls_ca=args.tls_ca,
-        tls_thumbprint=args.tls_thumbprint,
-        insecure=args.insecure,
+        **connection,
         via=args.via,
         ssh_options=ssh,
         datastore_endpoint=args.datastore_endpoint,
