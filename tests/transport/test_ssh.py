@@ -10,6 +10,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -516,3 +517,100 @@ def test_server_initiated_rekeys_mid_stream(tmp_path: Path) -> None:
             with connect(server, data_plane=plane) as transport:
                 digest, _failures = sha256_resuming(transport, str(source))
                 assert digest == sha256_file(source)
+
+
+# -- commands: run() and open_command() -----------------------------------------------------------
+
+
+def test_run_quotes_every_argument_and_returns_status_and_both_streams(
+    sshd: SSHServer, tmp_path: Path
+) -> None:
+    canary = Path.home() / "vmf-run-pwned"  # the remote shell's working directory is the user's home
+    canary.unlink(missing_ok=True)
+    hostile = [
+        "-n",
+        "a b;touch vmf-run-pwned",
+        "$(touch vmf-run-pwned)",
+        "'\"`touch vmf-run-pwned`",
+        "x\ny",
+        "",
+    ]
+    with connect(sshd) as transport:
+        echoed = transport.run(["printf", "%s\\0", *hostile])
+        failed = transport.run(["sh", "-c", "echo out; echo 'err or' >&2; exit 3"])
+        missing = transport.run(["vmforensics-no-such-command", "x"])
+    assert echoed.status == 0 and echoed.stdout.split(b"\0")[:-1] == [a.encode() for a in hostile]
+    assert echoed.stderr == b"" and not echoed.truncated and echoed.argv[0] == "printf"
+    assert (failed.status, failed.stdout, failed.stderr) == (3, b"out\n", b"err or\n")
+    assert missing.status == 127 and b"not found" in missing.stderr
+    assert not canary.exists()
+
+
+def test_run_keeps_bounded_output_and_drains_both_streams(sshd: SSHServer) -> None:
+    """8 MB on stdout and stderr together (beyond paramiko's 2 MiB window): no stall, 1 KiB kept each."""
+    script = "head -c 4000000 /dev/zero >&2; head -c 4000000 /dev/zero; head -c 10 /dev/zero >&2"
+    with connect(sshd) as transport:
+        result = transport.run(["sh", "-c", script], output_limit=1024)
+    assert result.status == 0 and result.truncated
+    assert (len(result.stdout), result.stdout_size) == (1024, 4_000_000)
+    assert (len(result.stderr), result.stderr_size) == (1024, 4_000_010)
+
+
+def test_run_that_does_not_finish_in_time_is_a_source_error(sshd: SSHServer) -> None:
+    with connect(sshd) as transport:
+        with pytest.raises(SourceError, match="did not finish within"):
+            transport.run(["sleep", "30"], timeout=0.5)
+        assert transport.run(["true"]).status == 0  # the connection is still usable
+
+
+@pytest.mark.parametrize("argv", [[], "ls -l", ["ls", b"-l"], ["printf", "a\0b"]])
+def test_run_takes_only_a_list_of_strings(sshd: SSHServer, argv: object) -> None:
+    with connect(sshd) as transport, pytest.raises(UsageError):
+        transport.run(argv)  # type: ignore[arg-type]
+
+
+def test_open_command_gives_a_long_lived_channel_for_a_shell(sshd: SSHServer) -> None:
+    with connect(sshd) as transport:
+        channel = transport.open_command(["sh"])
+        try:
+            channel.settimeout(10)
+            channel.sendall(b"echo first\n")
+            assert channel.recv(100) == b"first\n"
+            channel.sendall(b"echo second; exit 7\n")
+            assert channel.recv(100) == b"second\n"
+            assert channel.recv_exit_status() == 7
+        finally:
+            channel.close()
+
+
+def _wait_until_dropped(transport: SSHTransport) -> None:
+    """Until paramiko's reader thread has seen the killed connection (private: the test's only way)."""
+    for _ in range(100):
+        link = transport._client.get_transport() if transport._client else None
+        if link is None or not link.is_active():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the connection was not seen to drop")
+
+
+def test_run_redials_a_dropped_connection_held_to_the_same_host_key(tmp_path: Path) -> None:
+    server = SSHServer(tmp_path / "srv").start()
+    try:
+        transport = connect(server)
+        seen = transport.describe()["host_key_fingerprint"]
+        assert server.kill_sessions() >= 1
+        _wait_until_dropped(transport)
+        assert transport.run(["echo", "again"]).stdout == b"again\n"
+        assert transport.describe()["host_key_fingerprint"] == seen
+        server.kill_sessions()
+        _wait_until_dropped(transport)
+        server.stop()
+        impostor = SSHServer(tmp_path / "impostor", port=server.port).start()
+        try:
+            with pytest.raises(HostVerificationError):
+                transport.open_command(["sh"])
+        finally:
+            impostor.stop()
+        transport.close()
+    finally:
+        server.stop()

@@ -20,6 +20,7 @@ import attrs
 import paramiko
 
 from vmforensics.errors import ConnectionError_, SourceError, VMNotFoundError
+from vmforensics.transport.ssh import SSHTransport
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ class SSHRunner:
     One shell for the whole acquisition instead of a channel (and a login shell start) per
     command: each command's stdout and stderr travel on the channel's two streams, each ended by
     a marker line that carries a per-session random nonce (and, on stdout, the exit status).
-    ``channel_factory`` opens a session channel on the SSH transport's own verified connection.
+    ``channel_factory`` returns a channel already running ``sh`` on the SSH transport's verified
+    connection (:meth:`SSHTransport.open_command`).
     """
 
     def __init__(self, channel_factory: Any, where: str):
@@ -100,7 +102,6 @@ class SSHRunner:
     def _shell(self) -> paramiko.Channel:
         if self._channel is None or self._channel.closed or self._channel.exit_status_ready():
             channel = self._open_channel()
-            channel.exec_command("exec sh")
             self._channel = channel
             self._marker = f"@@vmforensics-{secrets.token_hex(16)}".encode()
             self._out.clear()
@@ -164,15 +165,10 @@ class SSHRunner:
             self._channel = None
 
 
-def ssh_runner(transport: Any) -> SSHRunner:
-    """A runner on the SSH transport's verified connection."""
+def ssh_runner(transport: SSHTransport) -> SSHRunner:
+    """A runner keeping one ``sh`` on the SSH transport's verified connection."""
     where = f"{transport.user}@{transport.host}:{transport.port}"
-
-    def open_channel() -> paramiko.Channel:
-        # The transport exposes no public exec hook yet; its verified paramiko connection is used.
-        return transport._transport().open_session(timeout=30)
-
-    return SSHRunner(open_channel, where)
+    return SSHRunner(lambda: transport.open_command(["sh"]), where)
 
 
 class Host:

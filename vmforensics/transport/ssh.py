@@ -17,6 +17,7 @@ import re
 import shlex
 import socket
 import stat as statmode
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -32,6 +33,7 @@ from vmforensics.errors import (
     UsageError,
 )
 from vmforensics.transport.base import ReadStream, RemoteStat, Transport
+from vmforensics.transport.ssh_exec import OUTPUT_LIMIT, CommandOutput, collect, command_line
 from vmforensics.transport.ssh_hostkeys import HostKeyCheck, key_fingerprint, known_hosts_name
 from vmforensics.transport.ssh_openssh import OpenSSHClient, find_ssh
 from vmforensics.transport.ssh_streams import (
@@ -315,10 +317,53 @@ class SSHTransport(Transport):
         log.debug("%s from offset %d via %s (%s)", what, offset, plane, codec or "uncompressed")
         return ExactStream(source, info.size - offset, what)
 
-    def _exec(self, command: str) -> paramiko.Channel:
+    # -- commands ------------------------------------------------------------------------------
+
+    def run(
+        self, argv: Sequence[str], *, timeout: float | None = None, output_limit: int = OUTPUT_LIMIT
+    ) -> CommandOutput:
+        """Run ``argv`` on the server (each argument quoted) with empty stdin; wait for its end.
+
+        Returns the exit status and stdout/stderr, each kept up to ``output_limit`` bytes (the
+        sizes say how much more there was). Raises SourceError when it does not finish within
+        ``timeout`` (default: the transport's), ConnectionError_ when the link fails meanwhile.
+        A connection found dropped before the command is sent is dialled again first, held to
+        the host key verified at the start, as :meth:`reconnect` does.
+        """
+        channel = self._command_channel(command_line(argv))
+        channel.shutdown_write()
+        limit = timeout if timeout is not None else self._timeout
+        return collect(
+            channel, argv, timeout=limit, limit=output_limit, where=f"ssh://{self.user}@{self._name}"
+        )
+
+    def open_command(self, argv: Sequence[str]) -> paramiko.Channel:
+        """A session channel running ``argv`` (each argument quoted), stdin open, for the caller
+        to drive and close: e.g. ``["sh"]`` for a command runner that keeps one shell.
+
+        Opened on the verified connection (dialled again, with the same host key, if it dropped).
+        """
+        return self._command_channel(command_line(argv))
+
+    def _command_channel(self, command: str, *, redial: bool = True) -> paramiko.Channel:
         try:
-            channel = self._transport().open_session(timeout=self._timeout)
+            transport = self._transport()
+        except ConnectionError_:
+            if not redial:
+                raise
+            log.info("SSH %s: connection dropped; dialling again before running a command", self._name)
+            self.reconnect()
+            transport = self._transport()
+        try:
+            channel = transport.open_session(timeout=self._timeout)
             channel.exec_command(command)
+        except (*_NETWORK_ERRORS, OSError) as exc:
+            raise ConnectionError_(f"cannot run a command on {self._name}: {exc}") from exc
+        return channel
+
+    def _exec(self, command: str) -> paramiko.Channel:
+        channel = self._command_channel(command, redial=False)  # the copier decides on reconnects
+        try:
             channel.shutdown_write()  # the remote side's stdin is empty: nothing ever waits on it
         except (*_NETWORK_ERRORS, OSError) as exc:
             raise ConnectionError_(f"cannot run a command on {self._name}: {exc}") from exc
