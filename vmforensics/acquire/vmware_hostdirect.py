@@ -159,10 +159,15 @@ class HostLocator:
         except SourceError as exc:
             return None, str(exc)
         if pin is None and ticket.sslThumbprint:
-            pin = (
-                normalize_thumbprint(ticket.sslThumbprint),
-                "the sslThumbprint of vCenter's service ticket",
-            )
+            try:
+                pin = (
+                    normalize_thumbprint(ticket.sslThumbprint),
+                    "the sslThumbprint of vCenter's service ticket",
+                )
+            except UsageError:
+                log.warning(
+                    "host %s: unusable sslThumbprint %r in the ticket", host_name, ticket.sslThumbprint
+                )
         if pin is None:
             return None, f"vCenter holds no usable certificate thumbprint for host {host_name}"
         candidates = [(a, HOST_HTTPS_PORT) for a in addresses]
