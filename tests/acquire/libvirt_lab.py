@@ -71,13 +71,27 @@ def prepare_host() -> None:
         QEMU_CONF.write_text(wanted)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _pid(path: str) -> int | None:
     try:
         pid = int(Path(path).read_text().strip())
-        os.kill(pid, 0)
-        return pid
     except (OSError, ValueError):
         return None
+    return pid if _alive(pid) else None
+
+
+#: Domain names the test modules use; such domains found at start are leftovers of a crashed run.
+STALE_PREFIXES = ("vmf-", "svy-")
 
 
 class LibvirtLab:
@@ -107,23 +121,30 @@ class LibvirtLab:
             if time.monotonic() > deadline:
                 raise RuntimeError("libvirtd does not answer on qemu:///system")
             time.sleep(0.1)
+        for name in virsh("list", "--all", "--name").split():  # left by an earlier run that crashed
+            if name.startswith(STALE_PREFIXES):
+                self.remove_domain(name)
         return self
 
     def stop(self) -> None:
         for name in list(self.domains):
             self.remove_domain(name)
         for pid in reversed(self.started):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
+            # gone for good before the next lab starts: a dying daemon that still answers the pid
+            # check would be reused by the next test module and drop its connections
+            for signum, patience in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
                 try:
-                    os.kill(pid, 0)
+                    os.kill(pid, signum)
                 except ProcessLookupError:
                     break
-                time.sleep(0.05)
+                deadline = time.monotonic() + patience
+                while time.monotonic() < deadline and _alive(pid):
+                    time.sleep(0.05)
+                if not _alive(pid):
+                    break
+        for pid_file in ("/var/run/libvirtd.pid", "/var/run/virtlogd.pid"):
+            if _pid(pid_file) is None:
+                Path(pid_file).unlink(missing_ok=True)
         self.started.clear()
 
     def __enter__(self) -> LibvirtLab:
