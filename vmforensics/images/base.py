@@ -84,6 +84,13 @@ def _scratch_buffer(size: int) -> mmap.mmap:
     return mmap.mmap(-1, max(size, mmap.PAGESIZE))
 
 
+def zero_parts(length: int) -> Iterator[memoryview]:
+    """``length`` zero bytes as views of one shared buffer (for joining, without a fill)."""
+    zeros = memoryview(_ZEROS)
+    for start in range(0, length, len(_ZEROS)):
+        yield zeros[: min(len(_ZEROS), length - start)]
+
+
 def fill_zero(view: memoryview) -> None:
     for start in range(0, len(view), len(_ZEROS)):
         chunk = view[start : start + len(_ZEROS)]
@@ -166,9 +173,7 @@ class ImageSource:
                 offset=offset,
                 path=self.name,
             )
-        buf = bytearray(length)
-        self.readinto_at(memoryview(buf), offset)
-        return bytes(buf)
+        return self.pread(offset, length)
 
     def close(self) -> None:
         if self._owned:
@@ -350,19 +355,20 @@ class DiskImage(io.RawIOBase):
             raise ValueError("I/O operation on closed disk image")
         count = length if offset + length <= self._size else self._size - offset
         if count <= 0:
-            count = 0
-        elif offset >= 0:  # (a negative offset is refused by readinto_at)
-            stored = self._direct(offset, count)
-            if stored is not None:
-                return stored[0].pread(stored[1], count)
+            return b""
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        stored = self._direct(offset, count)
+        if stored is not None:
+            return stored[0].pread(stored[1], count)
         buf = getattr(_SCRATCH, "buf", None)  # taken while in use: a nested read makes its own
         _SCRATCH.buf = None
         if buf is None or len(buf) < count:
             buf = _scratch_buffer(count)
         try:
-            view = memoryview(buf)[:count]
-            self.readinto_at(view, offset)
-            return view.tobytes()
+            parts: list[Any] = []
+            self._fill(memoryview(buf)[:count], offset, parts)
+            return b"".join(parts)
         finally:
             if len(buf) <= SCRATCH_LIMIT:
                 _SCRATCH.buf = buf
@@ -380,7 +386,18 @@ class DiskImage(io.RawIOBase):
         stored = self._direct(offset, count)
         if stored is not None:
             stored[0].readinto_at(view, stored[1])
-            return count
+        else:
+            self._fill(view, offset, None)
+        return count
+
+    def _fill(self, view: memoryview, offset: int, parts: list[Any] | None) -> None:
+        """Read the segments of ``[offset, offset+len(view))``: file data lands in ``view``.
+
+        Without ``parts`` everything is copied into ``view``. With ``parts`` (for :meth:`read_at`,
+        which joins them into its result), zeros and produced bytes are listed as they are rather
+        than copied into ``view`` first: one copy less for decompressed grains and holes.
+        """
+        count = len(view)
         done = 0
         run_source: ImageSource | None = None
         run_offset = run_start = run_length = 0
@@ -398,31 +415,42 @@ class DiskImage(io.RawIOBase):
                 done += seg.length
                 continue
             if run_source is not None:
-                run_source.readinto_at(view[run_start : run_start + run_length], run_offset)
+                run = view[run_start : run_start + run_length]
+                run_source.readinto_at(run, run_offset)
+                if parts is not None:
+                    parts.append(run)
                 run_source = None
             part = view[done : done + seg.length]
             if seg.kind is Kind.DATA:
                 run_source, run_offset, run_start, run_length = seg.source, seg.offset, done, seg.length
-            elif seg.kind is Kind.ZERO:
-                fill_zero(part)
-            elif seg.kind is Kind.PARENT:
-                if self.parent is None:
+            elif seg.kind is Kind.ZERO or (seg.kind is Kind.PARENT and self.parent is None):
+                if parts is None:
                     fill_zero(part)
                 else:
-                    got = self.parent.readinto_at(part, offset + done)
-                    if got < len(part):  # parent smaller than the child: the rest reads as zeros
-                        fill_zero(part[got:])
+                    parts.extend(zero_parts(seg.length))
+            elif seg.kind is Kind.PARENT:
+                assert self.parent is not None
+                got = self.parent.readinto_at(part, offset + done)
+                if got < len(part):  # parent smaller than the child: the rest reads as zeros
+                    fill_zero(part[got:])
+                if parts is not None:
+                    parts.append(part)
             else:
                 assert seg.data is not None
-                part[:] = seg.data
+                if parts is None:
+                    part[:] = seg.data
+                else:
+                    parts.append(seg.data)
             done += seg.length
         if run_source is not None:
-            run_source.readinto_at(view[run_start : run_start + run_length], run_offset)
+            run = view[run_start : run_start + run_length]
+            run_source.readinto_at(run, run_offset)
+            if parts is not None:
+                parts.append(run)
         if done != count:
             raise ImageFormatError(
                 f"reader described {done} of {count} bytes at virtual offset {offset}", path=self.path
             )
-        return count
 
     def extents(self) -> Iterator[tuple[int, int]]:
         """Allocated ranges (offset, length) of the whole chain, merged and in order.
