@@ -6,6 +6,7 @@ import argparse
 
 from vmforensics.cli.common import add_acquire_options, run_acquisition
 from vmforensics.cli.connections import add_vsphere_options, vsphere_settings
+from vmforensics.errors import UsageError
 
 
 def register(sources: argparse._SubParsersAction) -> None:
@@ -30,6 +31,20 @@ def register(sources: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--datastore-endpoint", metavar="HOST:PORT", help="download datastore files from here"
     )
+    parser.add_argument(
+        "--download-from",
+        choices=("host", "vcenter"),
+        default="host",
+        help="on vCenter: read files from the VM's ESXi host with a service ticket and its "
+        "certificate pinned (default; falls back to vCenter per file, recorded), or always via vCenter",
+    )
+    parser.add_argument(
+        "--host-thumbprint",
+        action="append",
+        default=[],
+        metavar="NAME=SHA256",
+        help="pin an ESXi host's certificate (SHA-256) known out of band; repeatable",
+    )
     add_acquire_options(parser, preserve=("snapshot", "suspend", "none"))
     parser.set_defaults(handler=_run)
 
@@ -53,5 +68,17 @@ def _run(args: argparse.Namespace) -> int:
         via=args.via,
         ssh_options=ssh,
         datastore_endpoint=args.datastore_endpoint,
+        download_from=args.download_from,
+        host_thumbprints=_thumbprints(args.host_thumbprint),
     )
     return run_acquisition(acquirer, args.vm, args)
+
+
+def _thumbprints(pairs: list[str]) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, digest = pair.partition("=")
+        if not sep or not name or not digest:
+            raise UsageError(f"--host-thumbprint takes NAME=SHA256, not {pair!r}")
+        pins[name] = digest
+    return pins
