@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from vmforensics.custody.evidence import EvidenceDirectory
+from vmforensics.custody.evidence import Buffer, EvidenceDirectory
 from vmforensics.custody.ledger import Ledger
 from vmforensics.custody.models import EvidenceFile, RemoteHashCheck, utc_now
 from vmforensics.errors import (
@@ -152,7 +152,7 @@ def _stream(
                 stream.close()
 
 
-def _fill(stream: Any, buffer: bytearray, writer: Any, progress: Progress | None) -> bool:
+def _fill(stream: Any, buffer: Buffer, writer: Any, progress: Progress | None) -> bool:
     """Fill one buffer with as many reads as it takes (network streams return small pieces), then
     hand it to the writer; bytes received before a failure are kept, as they are valid.
     Returns True at the end of the file."""
