@@ -12,7 +12,9 @@ from __future__ import annotations
 import bisect
 import contextvars
 import logging
+import mmap
 import posixpath
+import threading
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -71,6 +73,20 @@ TABLE_CACHE_BYTES = 16 * 1024 * 1024
 GRAIN_CACHE_BYTES = 8 * 1024 * 1024
 #: Deepest parent chain followed (VMware allows 255 snapshots... in practice far fewer).
 MAX_CHAIN = 255
+
+#: Bytes read at a compressed grain's marker: the marker and, for grains that compress well, the
+#: whole payload in one call.
+MARKER_PROBE = 4096
+_PAYLOADS = threading.local()
+
+
+def _payload_buffer(size: int) -> memoryview:
+    """A reused, page-aligned buffer of this thread for compressed payloads (no allocation per grain)."""
+    buf = getattr(_PAYLOADS, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _PAYLOADS.buf = mmap.mmap(-1, size)
+    return memoryview(buf)
+
 
 _OPENING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("vmdk_opening", default=())
 
@@ -308,14 +324,20 @@ class GrainExtent(Extent):
         expected = min(self.grain, self.length - index * self.grain)
         limit = 2 * self.grain + 4096  # incompressible data grows a little under deflate
         if self.markers:
-            _lba, size = GRAIN_MARKER.unpack(source.read_at(offset, GRAIN_MARKER.size))
+            view = _payload_buffer(GRAIN_MARKER.size + limit)
+            head = max(GRAIN_MARKER.size, min(MARKER_PROBE, source.size - offset))
+            source.readinto_at(view[:head], offset)  # the marker and, for most grains, all the rest
+            _lba, size = GRAIN_MARKER.unpack_from(view)
             if not 0 < size <= limit:
                 raise ImageFormatError(
                     f"compressed grain marker gives an invalid size of {size} bytes",
                     offset=offset,
                     path=source.name,
                 )
-            payload = source.read_at(offset + GRAIN_MARKER.size, size)
+            end = GRAIN_MARKER.size + size
+            if end > head:
+                source.readinto_at(view[head:end], offset + head)
+            payload: bytes | memoryview = view[GRAIN_MARKER.size : end]
         else:
             payload = source.read_at(offset, max(0, min(limit, source.size - offset)))
         try:
