@@ -269,6 +269,10 @@ class DiskImage(io.RawIOBase):
         self.strict = strict
         self.warnings: list[str] = []
         self._pos = 0
+        #: Set by a layer that is one file's bytes from a fixed offset (raw, fixed VHD, one flat
+        #: VMDK extent): every read is then a single pread, with no lookup at all.
+        self._linear: ImageSource | None = None
+        self._linear_offset = 0
 
     # --- what a format implements -------------------------------------------------------------
 
@@ -358,6 +362,8 @@ class DiskImage(io.RawIOBase):
             return b""
         if offset < 0:
             raise ValueError(f"negative offset {offset}")
+        if self._linear is not None:
+            return self._linear.pread(self._linear_offset + offset, count)
         stored = self._direct(offset, count)
         if stored is not None:
             return stored[0].pread(stored[1], count)

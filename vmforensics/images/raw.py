@@ -13,6 +13,7 @@ class RawImage(DiskImage):
     def __init__(self, source: ImageSource, *, strict: bool = False):
         super().__init__(source.size, path=source.name, sources=[source], strict=strict)
         self.source = source
+        self._linear = source
 
     def _direct(self, offset: int, length: int) -> tuple[ImageSource, int]:
         return self.source, offset

@@ -119,6 +119,7 @@ class VhdImage(DiskImage):
                     offset=self.footer_offset,
                     path=source.name,
                 )
+            self._linear = source
             return
         self._read_dynamic_header()
         self._bitmap_size = bitmap_bytes(self.block_size)

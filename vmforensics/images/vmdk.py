@@ -561,6 +561,8 @@ class VmdkImage(DiskImage):
         self.extents_list = extents
         self._starts = [e.start for e in extents]
         self._single = extents[0] if len(extents) == 1 else None  # most images: no extent lookup
+        if isinstance(self._single, FlatExtent):
+            self._linear, self._linear_offset = self._single.source, self._single.file_offset
         for extent in extents:
             if isinstance(extent, GrainExtent):
                 extent.report = lambda message, offset: self.warn(message, offset=offset)
