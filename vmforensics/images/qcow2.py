@@ -92,8 +92,7 @@ class Qcow2Image(DiskImage):
             max(2, CLUSTER_CACHE_BYTES >> self.cluster_bits)
         )
         self._warned_past_end = False
-        self._last_l1 = -1
-        self._last_l2: array[int] | None = None
+        self._last_l2: tuple[int, array[int] | None] = (-1, None)
         self._cluster_mask = self.cluster_size - 1
         self._l2_mask = (1 << self.l2_bits) - 1
         self._plain_mask = q.L2_COMPRESSED | q.L2_ZERO  # bits that make a cluster not plainly stored
@@ -247,10 +246,11 @@ class Qcow2Image(DiskImage):
         return _big_endian_u64(self.source.read_at(l2_offset, self.cluster_size))
 
     def _l2_table(self, l1_index: int) -> array[int] | None:
-        if l1_index == self._last_l1:  # sequential and nearby reads stay within one L2 table
-            return self._last_l2
+        last = self._last_l2  # one attribute, so a concurrent reader never pairs an index with another table
+        if last[0] == l1_index:  # sequential and nearby reads stay within one L2 table
+            return last[1]
         table = self._find_l2(l1_index)
-        self._last_l1, self._last_l2 = l1_index, table
+        self._last_l2 = (l1_index, table)
         return table
 
     def _find_l2(self, l1_index: int) -> array[int] | None:

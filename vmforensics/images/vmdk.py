@@ -223,8 +223,7 @@ class GrainExtent(Extent):
             max(4, TABLE_CACHE_BYTES // (gt_entries * 8))
         )
         self._decompressed: BoundedCache[int, bytes] = BoundedCache(max(2, GRAIN_CACHE_BYTES // grain))
-        self._last_index = -1
-        self._last_table: GrainTable | None = None
+        self._last: tuple[int, GrainTable | None] = (-1, None)
         self._reported_shared = False
         #: Reports an inconsistency found while reading (the image sets it to its ``warn``).
         self.report: Callable[[str, int | None], None] = lambda message, offset: log.warning(
@@ -240,10 +239,11 @@ class GrainExtent(Extent):
     # --- shared ---------------------------------------------------------------------------------
 
     def _table(self, index: int) -> GrainTable | None:
-        if index == self._last_index:  # sequential and nearby reads stay within one table
-            return self._last_table
+        last = self._last  # one attribute, so a concurrent reader never pairs an index with another table
+        if last[0] == index:  # sequential and nearby reads stay within one table
+            return last[1]
         table = self._tables.get(index, self._decode_table) if index < len(self.gd) else None
-        self._last_index, self._last_table = index, table
+        self._last = (index, table)
         return table
 
     def _decode_table(self, index: int) -> GrainTable | None:
