@@ -4,7 +4,9 @@ A format reader only describes its layout: :meth:`DiskImage._segments` says, for
 virtual disk, which pieces come from which file offset, which are zero, which come from the parent
 and which are bytes the reader produced (a decompressed grain). This base turns that into a
 seekable :class:`io.RawIOBase` with few system calls: adjacent pieces of the same file are merged
-into one ``preadv`` straight into the caller's buffer.
+into one ``preadv`` straight into the caller's buffer. Reads that fall in one stored run skip the
+segments: :meth:`DiskImage._direct` names the file offset and the read is a single ``pread``
+(docs/performance.md has the measurements behind these choices).
 """
 
 from __future__ import annotations
@@ -244,7 +246,7 @@ class ImageInfo:
 class DiskImage(io.RawIOBase):
     """A read-only, seekable view of a virtual disk's guest-visible bytes.
 
-    Subclasses set ``format_name`` and implement :meth:`_segments` (and usually
+    Subclasses set ``format_name`` and implement :meth:`_segments` (and usually :meth:`_direct`,
     :meth:`_allocated` and :meth:`_describe`).
     """
 
