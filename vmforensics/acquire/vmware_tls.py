@@ -10,7 +10,6 @@ later connection is held to exactly that certificate.
 from __future__ import annotations
 
 import hashlib
-import re
 import socket
 import ssl
 from typing import Any
@@ -18,16 +17,7 @@ from typing import Any
 import attrs
 
 from vmforensics.errors import ConnectionError_, HostVerificationError, UsageError
-
-
-def normalize_thumbprint(value: str) -> str:
-    """SHA-256 (64 hex digits) or SHA-1 (40) thumbprint, colons optional -> lowercase hex."""
-    digits = value.strip().lower().removeprefix("sha256:").removeprefix("sha1:").replace(":", "")
-    if len(digits) not in (40, 64) or not re.fullmatch(r"[0-9a-f]+", digits):
-        raise UsageError(
-            f"tls_thumbprint must be a SHA-256 (64 hex digits) or SHA-1 (40) certificate digest, got {value!r}"
-        )
-    return digits
+from vmforensics.transport.https import normalize_thumbprint
 
 
 def colon_hex(digest: bytes) -> str:

@@ -40,7 +40,7 @@ _SKIP_CHUNK = 1 << 20
 _MAX_LISTING = 16 << 20  # an HTML index larger than this is not a datastore folder listing
 
 
-def _thumbprint(value: str) -> str:
+def normalize_thumbprint(value: str) -> str:
     """Normalise a SHA-256 or SHA-1 certificate thumbprint (hex, colons optional) to lowercase hex."""
     digits = value.strip().lower().removeprefix("sha256:").removeprefix("sha1:").replace(":", "")
     if len(digits) not in (40, 64) or not re.fullmatch(r"[0-9a-f]+", digits):
@@ -101,7 +101,7 @@ class HTTPSDatastoreTransport(Transport):
         self.insecure = insecure
         self.timeout = timeout
         self._cookie = _cookie_pair(cookie) if cookie is not None else None
-        self._pin = _thumbprint(tls_thumbprint) if tls_thumbprint else None
+        self._pin = normalize_thumbprint(tls_thumbprint) if tls_thumbprint else None
         self._seen_certificates: list[str] = []
         self.range_ignored = False
         self._pool = self._new_pool()
