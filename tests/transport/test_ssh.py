@@ -461,15 +461,46 @@ def test_cut_connections_resume_to_the_exact_digest(
         read_all(transport, str(source), source.stat().st_size - 10)  # settle the data plane first
         for trial in range(10):
             cuts_before = proxy.cuts
-            proxy.cut_after(rng.randrange(20_000, 3_000_000))
+            cut = rng.randrange(20_000, 3_000_000)
+            # reconnect() dials paramiko's connection (it carries the exec plane's bytes), then the
+            # OpenSSH master connection whose sessions carry the openssh plane's streams
             if plane == "exec":
-                transport.reconnect()  # bytes flow on the control connection: that one gets the cut
+                proxy.cut_after(cut)
+            else:
+                proxy.cut_after(None, cut)
+            transport.reconnect()
             evidence = EvidenceDirectory(tmp_path / f"case-{plane}-{trial}")
             record = copy_file(transport, str(source), evidence, "disk.raw", retries=10, backoff=0.01)
             assert record.hashes["sha256"] == expected
             assert record.size == source.stat().st_size
             assert record.resumed >= 1 and proxy.cuts > cuts_before
             assert not record.changed_during_acquisition
+
+
+def test_openssh_streams_share_one_master_connection_and_survive_its_loss(
+    sshd: SSHServer, fault_proxy, sample: Path
+) -> None:
+    """Streams are sessions on the master connection (no new TCP connection); a cut master is redialled."""
+    proxy = fault_proxy((sshd.host, sshd.port))
+    expected = sample.read_bytes()
+    with SSHTransport(
+        proxy.host,
+        port=proxy.port,
+        user=sshd.user,
+        identity=sshd.client_key,
+        host_key_fingerprint=sshd.host_key_fingerprint,
+        data_plane="openssh",
+        compress="zstd",
+    ) as transport:
+        assert read_all(transport, str(sample)) == expected
+        dialled = proxy.connections
+        for offset in (0, 1, 4097):
+            assert read_all(transport, str(sample), offset) == expected[offset:]
+        assert proxy.connections == dialled
+        proxy.cut_after(None, 0)  # reconnect: paramiko lives, the new master dies at once
+        transport.reconnect()
+        assert read_all(transport, str(sample), 3) == expected[3:]  # its own connection, or a new master
+        assert proxy.connections > dialled + 2
 
 
 def test_killed_sshd_sessions_resume_to_the_exact_digest(sshd: SSHServer, tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ OPENSSH_MIN_BYTES = 128 << 20
 _PROBE_MARKER = "vmforensics-exec-ok"
 _TOOLS = ("zstd", "gzip", "openssl", "sha256sum", "sha1sum", "md5sum", "sha512sum")
 #: zstd counts only if it takes the flags we use (``--fast`` since 1.3.4, ``-T`` in threaded builds).
-_ZSTD = "zstd -q --fast=4 -T2 -c"
+_ZSTD = "zstd -q --fast=4 -T2 --no-check -c"
 _TOOL_CHECKS = {"zstd": f"{_ZSTD} </dev/null"}
 _DIGEST_HEX = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 _NETWORK_ERRORS = (EOFError, paramiko.SSHException, socket.error)
@@ -221,6 +221,8 @@ class SSHTransport(Transport):
         """Dial again after a drop; the server must present the very key verified the first time."""
         self._close_control()
         self._connect()
+        if self._openssh is not None:  # file bytes flow on its shared connection: dial that too
+            self._openssh.start_master(self._timeout)
 
     def _auth_method(self) -> str:
         if self._identity:
