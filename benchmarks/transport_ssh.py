@@ -8,7 +8,7 @@ that is 90% zeros, then measures in interleaved rounds (the machine is shared: m
   reference  `ssh host cat f | openssl dgst -sha256` (what a careful examiner would type)
   ours       SSHTransport.open_read, consumer hashing SHA-256 on a worker thread (as EvidenceWriter)
              for each data plane, and for the zero-heavy file with on-the-fly compression
-  ours       copy_file into an evidence directory (hash + write + fsync), for the record
+  ours       copy_file into an evidence directory (hash + write + fsync): what acquisition does
 Every digest is checked against hashlib over the local file.
 """
 
@@ -178,6 +178,10 @@ def main() -> None:
                     record(
                         f"zeros ours: {codec} + hash thread", ours(transport, sparse_file, want[sparse_file])
                     )
+                record(
+                    "zeros ours: zstd copy_file (hash+write)",
+                    through_copier(compressed["zstd"], sparse_file, want[sparse_file], scratch),
+                )
                 record(
                     "zeros ours: uncompressed", ours(transports["openssh"], sparse_file, want[sparse_file])
                 )

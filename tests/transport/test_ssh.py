@@ -28,9 +28,8 @@ from vmforensics.errors import (
     SourceError,
     UsageError,
 )
-from vmforensics.transport import ssh as ssh_module
 from vmforensics.transport.ssh import SSHTransport
-from vmforensics.transport.ssh_streams import ChannelSource, ProcessSource
+from vmforensics.transport.ssh_streams import ProcessSource
 
 PLANES = ["openssh", "exec", "sftp"]
 
@@ -265,18 +264,13 @@ def test_open_read_at_offsets_matches_the_file(sshd: SSHServer, sample: Path, pl
         assert transport.describe()["data_plane"] == plane
 
 
-def test_auto_data_plane_uses_the_system_ssh_client_for_large_files_only(
-    sshd: SSHServer, sample: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_auto_data_plane_uses_the_system_ssh_client_for_every_file(sshd: SSHServer, sample: Path) -> None:
     with connect(sshd) as transport:
-        for threshold, source_kind in ((0, ProcessSource), (1 << 40, ChannelSource)):
-            monkeypatch.setattr(ssh_module, "OPENSSH_MIN_BYTES", threshold)
-            stream = transport.open_read(str(sample), 1)
-            assert isinstance(stream._source, source_kind)
-            stream.close()
-            assert read_all(transport, str(sample), 1) == sample.read_bytes()[1:]
-        facts = transport.describe()
-    assert (facts["data_plane"], facts["small_files_data_plane"]) == ("openssh", "exec")
+        stream = transport.open_read(str(sample), 1)
+        assert isinstance(stream._source, ProcessSource)
+        stream.close()
+        assert read_all(transport, str(sample), 1) == sample.read_bytes()[1:]
+        assert transport.describe()["data_plane"] == "openssh"
 
 
 def test_exec_disabled_falls_back_to_sftp_with_identical_bytes(

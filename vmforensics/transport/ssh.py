@@ -53,9 +53,6 @@ COMPRESSION = (False, True, "zstd", "gzip", "ssh")
 #: paramiko rekeys every 2**29 bytes; a rekey racing a channel close stalls its transport thread.
 #: OpenSSH itself rekeys 128-bit-block ciphers after 2**32 blocks (64 GiB): use the same bound.
 REKEY_BYTES_128BIT_BLOCK = 1 << 36
-#: Below this many bytes, ``auto`` streams over the paramiko connection already open: the system
-#: client's extra handshake (0.1-0.5 s measured) outweighs its speed on small files.
-OPENSSH_MIN_BYTES = 128 << 20
 _PROBE_MARKER = "vmforensics-exec-ok"
 _TOOLS = ("zstd", "gzip", "openssl", "sha256sum", "sha1sum", "md5sum", "sha512sum")
 #: zstd counts only if it takes the flags we use (``--fast`` since 1.3.4, ``-T`` in threaded builds).
@@ -306,8 +303,6 @@ class SSHTransport(Transport):
         handle.close()
         codec = self._codec()
         command = _read_command(path, offset, codec)
-        if plane == "openssh" and self._requested_plane == "auto" and info.size - offset < OPENSSH_MIN_BYTES:
-            plane = "exec"  # a second handshake costs more than it saves on a small file
         if plane == "openssh":
             assert self._openssh is not None
             argv = self._openssh.argv(command, compression=self._compress == "ssh")
@@ -506,9 +501,6 @@ class SSHTransport(Transport):
             "host_verification": self._check.mode,
             "auth": self._auth_method(),
             "data_plane": self._plane or "not chosen yet",
-            "small_files_data_plane": (
-                "exec" if self._plane == "openssh" and self._requested_plane == "auto" else self._plane
-            ),
             "compression": "ssh" if self._compress == "ssh" else (self._codec() if self._probed else None),
         }
         if self._check.known_hosts is not None:
