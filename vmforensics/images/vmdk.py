@@ -250,6 +250,18 @@ class GrainExtent(Extent):
         offsets = self._load_table(index)
         return None if offsets is None else GrainTable(offsets, self.grain, contiguous=not self.compressed)
 
+    def _sector_table(self, index: int, *, zeroed_grains: bool) -> array | None:
+        """Table ``index`` of 32-bit grain sectors (KDMV, COWD) as byte offsets; with
+        ``zeroed_grains`` an entry of 1 is the zeroed-grain sentinel."""
+        sector = self.gd[index]
+        if sector == 0:
+            return None
+        assert self.source is not None
+        raw = _read_u32_table(self.source, sector * SECTOR, self._table_entries(index))
+        if zeroed_grains:
+            return array("Q", [e << 9 if e != 1 else ZEROED for e in raw])
+        return array("Q", [e << 9 for e in raw])
+
     def _table_entries(self, index: int) -> int:
         """Entries that matter in table ``index`` (the last table may cover fewer grains)."""
         return min(self.gt_entries, self.grains - index * self.gt_entries)
@@ -448,14 +460,7 @@ class HostedSparseExtent(GrainExtent):
         self.header = header
 
     def _load_table(self, index: int) -> array | None:
-        sector = self.gd[index]
-        if sector == 0:
-            return None
-        assert self.source is not None
-        raw = _read_u32_table(self.source, sector * SECTOR, self._table_entries(index))
-        if self.header.zeroed_grains:
-            return array("Q", [e << 9 if e != 1 else ZEROED for e in raw])
-        return array("Q", [e << 9 for e in raw])
+        return self._sector_table(index, zeroed_grains=self.header.zeroed_grains)
 
     def describe(self) -> dict[str, Any]:
         h = self.header
@@ -481,12 +486,7 @@ class CowdExtent(GrainExtent):
         self.header = header
 
     def _load_table(self, index: int) -> array | None:
-        sector = self.gd[index]
-        if sector == 0:
-            return None
-        assert self.source is not None
-        raw = _read_u32_table(self.source, sector * SECTOR, self._table_entries(index))
-        return array("Q", [e << 9 for e in raw])
+        return self._sector_table(index, zeroed_grains=False)
 
 
 class SesparseExtent(GrainExtent):
