@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.custody.conftest import make_writable
 from vmforensics import verify
 from vmforensics.custody import postseal
 from vmforensics.custody.ledger import LEDGER_NAME, Ledger
 from vmforensics.custody.postseal import PostSealCheck, amend_sealed
 from vmforensics.errors import EvidenceError
-from tests.custody.conftest import make_writable
 
 NOTE = "derived/note.txt"
 
@@ -79,9 +79,8 @@ def test_an_amendment_refuses_actions_with_no_checker_and_existing_files(sealed,
 
 def test_an_unsealed_directory_cannot_be_amended(tmp_path):
     (tmp_path / LEDGER_NAME).write_bytes(b"")
-    with pytest.raises(EvidenceError, match="not sealed"):
-        with amend_sealed(tmp_path):
-            pass
+    with pytest.raises(EvidenceError, match="not sealed"), amend_sealed(tmp_path):
+        pass
 
 
 def test_an_edited_line_inside_the_signed_prefix_breaks_the_ledger_even_with_additions(sealed, note_action):
