@@ -25,11 +25,11 @@ PUBLIC_KEY_NAME = "manifest.json.pub"
 SUMS_NAME = "SHA256SUMS"
 
 
-def signature_record(manifest_bytes: bytes, key: SigningKey) -> bytes:
+def signature_record(manifest_bytes: bytes, key: SigningKey, *, signed_file: str = MANIFEST_NAME) -> bytes:
     record = {
         "algorithm": key.algorithm,
         "key_id": key.key_id,
-        "signed_file": MANIFEST_NAME,
+        "signed_file": signed_file,
         "signature": base64.b64encode(key.sign(manifest_bytes)).decode("ascii"),
     }
     return json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
