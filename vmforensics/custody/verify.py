@@ -23,6 +23,7 @@ import attrs
 from vmforensics.custody.evidence import FILES_DIR, READ_CHUNK, safe_relative_path
 from vmforensics.custody.ledger import GENESIS, LEDGER_NAME, CustodyEvent, check_chain, line_hash
 from vmforensics.custody.models import EvidenceFile, Manifest, utc_now
+from vmforensics.custody.names import printable
 from vmforensics.custody.postseal import PostSealCheck, checker_for
 from vmforensics.custody.seal import MANIFEST_NAME, PUBLIC_KEY_NAME, SIGNATURE_NAME, SUMS_NAME
 from vmforensics.custody.signing import VerifyKey
@@ -110,7 +111,7 @@ class VerificationReport:
         lines += [f"after the seal: {c.action} {c.status}: {c.summary}" for c in self.post_seal]
         lines += [problem for c in self.post_seal for problem in c.problems]
         lines += self.problems
-        return lines
+        return [printable(line) for line in lines]  # planted names cannot add or fake lines
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{status}={n}" for status, n in sorted(self.counts().items()))
