@@ -11,7 +11,7 @@ from vmforensics.cli.common import emit_json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("verify", help="re-hash every file and check signature and ledger")
-    parser.add_argument("directory", help="the evidence directory")
+    parser.add_argument("directory", help="the evidence directory, or a batch directory (batch.json)")
     parser.add_argument(
         "--key", help="the public key you trust (PEM); default: the one stored beside the manifest"
     )

@@ -136,10 +136,15 @@ def verify(
 ) -> VerificationReport:
     """Re-prove an evidence directory. ``public_key``: the key you trust (object or PEM path);
     without it the key stored beside the manifest is used, and the report says so. ``options``
-    go to the checkers of events added after the seal (e.g. a TSA's CA for timestamps)."""
+    go to the checkers of events added after the seal (e.g. a TSA's CA for timestamps). A batch
+    directory (batch.json) gets a BatchVerificationReport over its record and every member."""
     root = Path(directory)
     if not root.is_dir():
         raise UsageError(f"{root} is not an evidence directory")
+    if (root / "batch.json").is_file() and not (root / MANIFEST_NAME).exists():
+        from vmforensics.acquire.batch_record import verify_batch  # a batch: the record and every member
+
+        return verify_batch(root, public_key, **options)  # type: ignore[return-value]
     problems: list[str] = []
     post_seal: tuple[PostSealCheck, ...] = ()
     manifest_bytes, manifest, manifest_status = _load_manifest(root, problems)
