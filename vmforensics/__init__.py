@@ -21,6 +21,8 @@ _EXPORTS = {
     "Manifest": "vmforensics.custody.models",
     "SigningKey": "vmforensics.custody.signing",
     "VerifyKey": "vmforensics.custody.signing",
+    "PKCS11Key": "vmforensics.custody.pkcs11",
+    "timestamp": "vmforensics.custody.timestamps",
     "verify": "vmforensics.custody.verify",
     "VerificationReport": "vmforensics.custody.verify",
     "open_image": "vmforensics.images.open",
@@ -52,6 +54,7 @@ _ERRORS = (
     "EvidenceError",
     "UnsafePathError",
     "SigningKeyError",
+    "TimestampError",
     "VerificationError",
     "ImageFormatError",
 )

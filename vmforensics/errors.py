@@ -56,6 +56,10 @@ class SigningKeyError(VMForensicsError):
     """A signing key cannot be loaded, saved or used (wrong passphrase, unsupported algorithm)."""
 
 
+class TimestampError(VMForensicsError):
+    """An RFC 3161 time-stamping authority could not be reached, refused, or gave a bad token."""
+
+
 class VerificationError(VMForensicsError):
     """An evidence directory failed verification where the caller asked for an exception."""
 

@@ -27,7 +27,10 @@ from vmforensics.errors import EvidenceError
 
 #: Ledger action -> "module:function" checking one such event after the seal. The function is
 #: ``fn(root, event, manifest, options) -> PostSealCheck``; ``options`` are verify()'s keywords.
-POST_SEAL_CHECKERS: dict[str, str] = {}
+POST_SEAL_CHECKERS: dict[str, str] = {
+    "timestamp": "vmforensics.custody.timestamps:check_event",
+    "timestamp-failed": "vmforensics.custody.timestamps:check_event",
+}
 
 
 @attrs.frozen
