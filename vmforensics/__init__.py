@@ -26,6 +26,8 @@ _EXPORTS = {
     "verify": "vmforensics.custody.verify",
     "VerificationReport": "vmforensics.custody.verify",
     "open_image": "vmforensics.images.open",
+    "open_memory": "vmforensics.memory.open",
+    "GuestMemory": "vmforensics.memory.base",
     "DiskImage": "vmforensics.images.base",
     "ImageInfo": "vmforensics.images.base",
     "FilesAcquirer": "vmforensics.acquire.files",
@@ -57,6 +59,7 @@ _ERRORS = (
     "TimestampError",
     "VerificationError",
     "ImageFormatError",
+    "MemoryFormatError",
 )
 _EXPORTS.update({name: "vmforensics.errors" for name in _ERRORS})
 
