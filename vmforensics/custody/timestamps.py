@@ -325,8 +325,12 @@ def timestamp_anchors(checks: Iterable[PostSealCheck]) -> list[tuple[str, str]]:
     """(status, description) of each timestamp for the verdict: VERIFIED when proven through
     the TSA's CA, UNPINNED when only its imprint was checked, FAILED otherwise."""
     status = {"OK": "VERIFIED", "UNCHECKED": "UNPINNED"}
+    note = {"UNCHECKED": " (token signature not checked: no TSA CA given)"}
     return [
-        (status.get(c.status, "FAILED"), f"timestamp by {c.tsa} at {c.gen_time or '?'}")
+        (
+            status.get(c.status, "FAILED"),
+            f"timestamp by {c.tsa} at {c.gen_time or '?'}{note.get(c.status, '')}",
+        )
         for c in checks
         if isinstance(c, TimestampCheck)
     ]
