@@ -16,6 +16,8 @@ _EXPORTS = {
     "VMwareAcquirer": "vmforensics.acquire.vmware",
     "HyperVAcquirer": "vmforensics.acquire.hyperv",
     "LibvirtAcquirer": "vmforensics.acquire.libvirt",
+    "QemuAcquirer": "vmforensics.hypervisors.qemu.acquirer",
+    "ProxmoxAcquirer": "vmforensics.hypervisors.qemu.acquirer",
     "AcquisitionResult": "vmforensics.acquire.base",
     "CaseInfo": "vmforensics.custody.models",
     "Manifest": "vmforensics.custody.models",
@@ -41,6 +43,7 @@ _EXPORTS = {
     "survey_vmware": "vmforensics.survey.vmware",
     "survey_libvirt": "vmforensics.survey.libvirt",
     "survey_hyperv": "vmforensics.survey.hyperv",
+    "survey_proxmox": "vmforensics.hypervisors.qemu.survey",
     "seal_report": "vmforensics.survey.seal",
     "acquire_many": "vmforensics.survey.acquire_many",
 }

@@ -354,6 +354,7 @@ def run_batch(
     batch.view = view
     channel = EventChannel(f"{EVENT_TOPIC}-{batch.batch_id}", batch.on_event if local else None)
     unsubscribe = _subscribe(executor, channel.topic, batch.on_event) if not local else None
+    batch.channel = local or unsubscribe is not None
     place = Path(worker_root) if worker_root is not None else root
     tasks = [
         MemberTask(
@@ -424,6 +425,8 @@ class _Batch:
         self.outcomes: dict[int, MemberOutcome] = {}
         self.started: dict[int, list[dict[str, Any]]] = {}
         self.submitted: set[int] = set()
+        self.closed = False  # no more ledger events once the record is being sealed
+        self.channel = False  # whether started events arrive while members run
         self.carried: dict[int, dict[str, Any]] = {}
         host = ExaminerHost.current()
         actor = {"examiner": case.examiner, "host": host.hostname, "user": host.user}
@@ -478,6 +481,8 @@ class _Batch:
         if message.get("event") == "started":
             facts = {k: message.get(k) for k in ("worker", "host", "pid", "time")}
             with self.lock:
+                if self.closed:
+                    return
                 self.started.setdefault(index, []).append(facts)
             self.ledger.append("started", member=name, **facts)
             if self.view is not None:
@@ -535,7 +540,7 @@ class _Batch:
                 utc_now(),
             )
         name = task.plan.name
-        if task.index not in self.started and outcome.worker:  # an executor without an event channel
+        if not self.channel and outcome.worker:  # an executor without an event channel
             self.ledger.append(
                 "started", member=name, reported="on return", time=outcome.started, **outcome.worker
             )
@@ -593,6 +598,8 @@ class _Batch:
         return entries
 
     def seal(self, executor: str, worker_root: str) -> str:
+        with self.lock:
+            self.closed = True
         members = self.member_entries()
         self.ledger.append(
             "batch-end",
