@@ -21,6 +21,7 @@ import pytest
 from tests.acquire import qemu_lab
 from tests.acquire.qemu_lab import BANNER_ADDRESS, Guest, convert_to_raw, short_root
 from tests.interop.vmware_state import BANNER
+from tests.test_docs import RECIPE
 from tests.transport.sshd import SSHServer
 from vmforensics import CaseInfo, verify
 from vmforensics.errors import SourceError, UsageError
@@ -257,3 +258,21 @@ def test_qmp_peer_that_does_not_greet_as_qmp_is_refused():
 def test_qmp_peer_sending_garbage_is_refused():
     with pytest.raises(SourceError, match="not JSON"):
         hostile_peer(b"\xff\xfe not json\n")
+
+
+def test_docs_python_example_runs(sshd, tmp_path):
+    text = (Path(__file__).resolve().parents[2] / "docs" / "qemu.md").read_text()
+    recipe = dict((name, body) for name, _lang, body in RECIPE.findall(text))["qemu-python"]
+    root = short_root("qd")
+    with Guest(root, name="doc01") as guest:
+        namespace = {
+            "HOST": sshd.host,
+            "PORT": sshd.port,
+            "KEY": str(sshd.client_key),
+            "KNOWN_HOSTS": str(sshd.known_hosts),
+            "QMP_SOCKET": str(guest.qmp_path),
+            "OUT": str(root / "out"),
+        }
+        exec(compile(recipe, "docs/qemu.md", "exec"), namespace)
+        assert namespace["result"].manifest.source.vm.name == "doc01"
+        assert guest.tops()["drive-scsi0"] == str(guest.disk)
