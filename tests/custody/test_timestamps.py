@@ -189,3 +189,14 @@ def test_timestamp_on_an_unsealed_directory_is_a_usage_error(tmp_path, tsa):
     assert main(["timestamp", str(tmp_path / "ev"), "--tsa", tsa.url]) == 2
     with pytest.raises(ValueError, match="not an http"):
         timestamp(tmp_path / "ev", "ftp://127.0.0.1/tsa")
+
+
+def test_acquire_many_passes_the_tsa_to_every_member(tmp_path, vm_folder, pki, tsa):
+    from vmforensics import acquire_many
+
+    batch = acquire_many([str(vm_folder)], tmp_path / "batch", case=CASE, progress=False, tsa=tsa.url)
+    assert batch.ok
+    (member,) = [p.parent for p in (tmp_path / "batch").glob("*/manifest.json")]
+    assert (member / "manifest.json.tsr").is_file()
+    assert openssl_ts_verify(member, "manifest.json.tsr", pki[0], tsa.cert_path).returncode == 0
+    assert verify(member, tsa_ca=pki[0].pem).ok
