@@ -200,3 +200,31 @@ def test_acquire_many_passes_the_tsa_to_every_member(tmp_path, vm_folder, pki, t
     assert (member / "manifest.json.tsr").is_file()
     assert openssl_ts_verify(member, "manifest.json.tsr", pki[0], tsa.cert_path).returncode == 0
     assert verify(member, tsa_ca=pki[0].pem).ok
+
+
+def test_mutated_tokens_are_refused_with_a_reason_never_an_exception(tmp_path, vm_folder, pki, tsa):
+    import random
+
+    from vmforensics.custody.tsp import verify_token
+    from vmforensics.errors import TimestampError
+
+    result = acquire(vm_folder, tmp_path / "ev", tsa=tsa.url)
+    data = (result.path / "manifest.json").read_bytes()
+    good = (result.path / "manifest.json.tsr").read_bytes()
+    expected, _ = verify_token(good, data, [pki[0].certificate])
+    rng = random.Random(15)
+    refused = 0
+    for trial in range(400):
+        token = bytearray(good)
+        if trial % 4 == 0:
+            token = token[: rng.randrange(len(token))]
+        else:
+            for _ in range(rng.randint(1, 3)):
+                token[rng.randrange(len(token))] ^= 1 << rng.randrange(8)
+        try:
+            info, _ = verify_token(bytes(token), data, [pki[0].certificate])
+        except TimestampError:
+            refused += 1
+            continue
+        assert info == expected, "a changed token verified with other facts"
+    assert refused > 300
