@@ -276,3 +276,26 @@ def test_docs_python_example_runs(sshd, tmp_path):
         exec(compile(recipe, "docs/qemu.md", "exec"), namespace)
         assert namespace["result"].manifest.source.vm.name == "doc01"
         assert guest.tops()["drive-scsi0"] == str(guest.disk)
+
+
+class FailsWhileCopying(QemuAcquirer):
+    """The acquisition breaks after the snapshot (as a lost evidence disk would)."""
+
+    def enumerate(self, session):
+        super().enumerate(session)
+        raise SourceError("evidence disk went away")
+
+
+def test_cleanup_after_a_failure_commits_back_and_removes_what_was_created(sshd):
+    root = short_root("qf")
+    with Guest(root, name="fl01") as guest:
+        with pytest.raises(SourceError, match="evidence disk went away"):
+            acquirer(sshd, FailsWhileCopying).acquire(
+                str(guest.qmp_path), root / "out", case=CASE, preserve="pause", progress=False
+            )
+        assert guest.tops() == {"drive-scsi0": str(guest.disk), "drive-scsi1": str(guest.raw)}
+        assert set(guest.node_files()) == {str(guest.disk), str(guest.raw)}
+        assert not list(root.glob("*.vmf*.qcow2")) and not list(root.glob("vmforensics-*"))
+        assert guest.status() == "running"
+        log = (root / "out" / "custody.log.jsonl").read_text()
+        assert '"block-commit"' in log and '"failed"' in log
