@@ -22,6 +22,7 @@ import attrs
 
 from vmforensics.acquire.copier import copy_file
 from vmforensics.custody import names
+from vmforensics.custody.derived import DerivedResult
 from vmforensics.custody.evidence import FILES_DIR, EvidenceDirectory, check_hashes
 from vmforensics.custody.ledger import LEDGER_NAME, Ledger
 from vmforensics.custody.models import (
@@ -72,6 +73,7 @@ class AcquisitionResult:
     manifest: Manifest
     duration: float
     timestamps: tuple[TimestampResult, ...] = ()  # one per TSA asked after the seal
+    derived: tuple[DerivedResult, ...] = ()  # memory images converted after the seal
 
     @property
     def files(self) -> tuple[EvidenceFile, ...]:
@@ -191,6 +193,7 @@ class Acquirer(abc.ABC):
         exclude_roles: Sequence[str] = (),
         exclude: Sequence[str] = (),
         tsa: str | Sequence[str] = (),
+        memory_image: bool | str = True,
     ) -> AcquisitionResult:
         """Acquire the VM ``target`` into the new evidence directory ``out`` and seal it.
 
@@ -200,6 +203,9 @@ class Acquirer(abc.ABC):
         path under ``files/``; a match is recorded as an omission. ``tsa``: RFC 3161 time-stamping
         authority URL(s) asked for a token over the manifest after the seal; a TSA that fails is
         recorded in the ledger and never fails the sealed acquisition (``result.timestamps``).
+        ``memory_image``: after the seal, convert each saved memory state to a raw image under
+        derived/ (or "elf"/"lime"; False: none); a failure is recorded in the ledger, never raised
+        (``result.derived``; docs/memory.md).
         """
         target = os.fspath(target)
         if not isinstance(case, CaseInfo):
@@ -261,7 +267,8 @@ class Acquirer(abc.ABC):
         self._disconnect_quietly(session, transport)
         manifest = self._seal(session, key, algorithms)
         stamps = timestamp_after_seal(evidence.root, tsa_urls) if tsa_urls else ()
-        return AcquisitionResult(evidence.root, manifest, time.monotonic() - began, stamps)
+        derived = _memory_images(evidence.root, manifest, memory_image) if memory and memory_image else ()
+        return AcquisitionResult(evidence.root, manifest, time.monotonic() - began, stamps, derived)
 
     # --- the pieces of the template --------------------------------------------------------------
 
@@ -504,6 +511,17 @@ def check_out_of_source(out: str | os.PathLike[str], roots: Sequence[Path]) -> N
                 f"the source {names.printable(str(root))} is inside the evidence directory "
                 f"--out {names.printable(os.fspath(out))}; choose a directory outside the source"
             )
+
+
+def _memory_images(root: Path, manifest: Manifest, memory_image: bool | str) -> tuple[DerivedResult, ...]:
+    """Derived memory images after the seal; nothing here may lose the sealed acquisition."""
+    from vmforensics.memory.derive import derive_memory_images
+
+    try:
+        return derive_memory_images(root, manifest, "raw" if memory_image is True else str(memory_image))
+    except Exception as exc:  # the sealed acquisition stands whatever happens here
+        log.warning("no memory images derived from %s: %s", root, exc)
+        return ()
 
 
 def _plain(value: Any) -> Any:

@@ -14,13 +14,13 @@ or only hashes (:func:`digest`), which is how a derived artifact is re-derived b
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
 
 import attrs
 
+from vmforensics.custody.derived import Sink
 from vmforensics.errors import EvidenceError, UsageError
 from vmforensics.memory import elf_layout as efmt
 from vmforensics.memory import lime
@@ -48,35 +48,6 @@ class Conversion:
     segments: int
 
 
-class _Sink:
-    """Sequential output that hashes what it writes; holes are hashed as zeros (and seeked over)."""
-
-    def __init__(self, fd: int | None):
-        self.fd, self.position, self.hash = fd, 0, hashlib.sha256()
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.hash.update(data)
-        if self.fd is not None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
-        self.position += len(data)
-
-    def hole(self, length: int) -> None:
-        left = length
-        while left:
-            step = min(left, CHUNK)
-            self.hash.update(memoryview(ZERO_CHUNK)[:step])
-            left -= step
-        if self.fd is not None and length:
-            os.lseek(self.fd, length, os.SEEK_CUR)
-        self.position += length
-
-    def finish(self) -> None:
-        if self.fd is not None:
-            os.ftruncate(self.fd, self.position)
-
-
 def min_gap(memory: GuestMemory) -> int:
     """Zero stretches at least this long split ELF/LiME segments."""
     return max(PAGE, -(-memory.size // MAX_SEGMENTS) // PAGE * PAGE)
@@ -84,11 +55,12 @@ def min_gap(memory: GuestMemory) -> int:
 
 def _nonzero(data: bytes, address: int) -> Iterator[tuple[int, int, int]]:
     """(address, index, length) of the non-zero page runs in ``data`` (pages counted from ``address``)."""
-    if data == ZERO_CHUNK[: len(data)]:
+    if (data == ZERO_CHUNK) if len(data) == CHUNK else data.count(0) == len(data):
         return
     start = None
     for index in range(0, len(data), PAGE):
-        zero = data[index : index + PAGE] == ZERO_PAGE[: min(PAGE, len(data) - index)]
+        page = data[index : index + PAGE]
+        zero = (page == ZERO_PAGE) if len(page) == PAGE else page.count(0) == len(page)
         if zero and start is not None:
             yield address + start, start, index - start
             start = None
@@ -115,7 +87,7 @@ def plan(memory: GuestMemory, progress: Progress | None = None) -> list[tuple[in
     return [(start, end - start) for start, end, _ in segments]
 
 
-def _raw(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[int, int]:
+def _raw(memory: GuestMemory, sink: Sink, progress: Progress | None) -> tuple[int, int]:
     stored = stretches = 0
     for address, data in memory.chunks():
         view = memoryview(data)
@@ -131,7 +103,7 @@ def _raw(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[i
 
 
 def _segments_data(
-    memory: GuestMemory, segments: list[tuple[int, int]], sink: _Sink, progress: Progress | None, header
+    memory: GuestMemory, segments: list[tuple[int, int]], sink: Sink, progress: Progress | None, header
 ) -> None:
     for start, length in segments:
         if header is not None:
@@ -154,7 +126,7 @@ def machine_of(memory: GuestMemory) -> int:
     return efmt.EM_X86_64 if machine.startswith(("pc", "q35")) else 0
 
 
-def _elf(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[int, int]:
+def _elf(memory: GuestMemory, sink: Sink, progress: Progress | None) -> tuple[int, int]:
     segments = plan(memory, progress)
     data_at = -(-(efmt.EHDR.size + efmt.PHDR.size * len(segments)) // PAGE) * PAGE
     header = efmt.EHDR.pack(
@@ -175,7 +147,7 @@ def _elf(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[i
     return sum(length for _, length in segments), len(segments)
 
 
-def _lime(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[int, int]:
+def _lime(memory: GuestMemory, sink: Sink, progress: Progress | None) -> tuple[int, int]:
     segments = plan(memory, progress)
     _segments_data(memory, segments, sink, progress, lime.header)
     return sum(length for _, length in segments), len(segments)
@@ -184,12 +156,12 @@ def _lime(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[
 _WRITERS = {"raw": _raw, "elf": _elf, "lime": _lime}
 
 
-def _emit(memory: GuestMemory, format: str, sink: _Sink, progress: Progress | None) -> Conversion:
+def _emit(memory: GuestMemory, format: str, sink: Sink, progress: Progress | None) -> Conversion:
     if format not in _WRITERS:
         raise UsageError(f"unknown memory image format {format!r}: use one of {', '.join(FORMATS)}")
     stored, segments = _WRITERS[format](memory, sink, progress)
     sink.finish()
-    return Conversion(format, sink.position, sink.hash.hexdigest(), stored, segments)
+    return Conversion(format, sink.position, sink.sha256, stored, segments)
 
 
 def convert(
@@ -203,8 +175,7 @@ def convert(
     except FileExistsError:
         raise EvidenceError(f"{out} exists; a memory image is never written over an existing file") from None
     try:
-        result = _emit(memory, format, _Sink(fd), progress)
-        os.fsync(fd)
+        result = _emit(memory, format, Sink(fd), progress)
     except BaseException:
         os.close(fd)
         os.unlink(out)
@@ -214,6 +185,13 @@ def convert(
     return result
 
 
+def write(
+    memory: GuestMemory, sink: Sink, format: str = "raw", *, progress: Progress | None = None
+) -> Conversion:
+    """Stream the ``format`` image of ``memory`` into ``sink`` (a file, or only a hash)."""
+    return _emit(memory, format, sink, progress)
+
+
 def digest(memory: GuestMemory, format: str = "raw", *, progress: Progress | None = None) -> Conversion:
     """What :func:`convert` would write, hashed and measured but not written anywhere."""
-    return _emit(memory, format, _Sink(None), progress)
+    return _emit(memory, format, Sink(None), progress)
