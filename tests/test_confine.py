@@ -109,7 +109,8 @@ def test_a_fifo_is_refused_without_blocking(layout, resolution) -> None:
     os.mkfifo(layout["vm"] / "web01.vmss")
     result: list[object] = []
     worker = threading.Thread(
-        target=lambda: result.append(Confinement([layout["vm"]]).check("web01.vmss", layout["vm"])), daemon=True
+        target=lambda: result.append(Confinement([layout["vm"]]).check("web01.vmss", layout["vm"])),
+        daemon=True,
     )
     worker.start()
     worker.join(timeout=10)
@@ -200,7 +201,9 @@ def test_remote_posix_paths_are_checked_as_strings() -> None:
     refusal = policy.resolve("../../../../etc/shadow", "/vmfs/volumes/ds1/web01")
     assert isinstance(refusal, Refusal) and refusal.path == "/etc/shadow"
     assert isinstance(policy.resolve("//vmfs/volumes/ds1/web01/x", None), ConfinedPath)
-    assert isinstance(policy.resolve("/vmfs/volumes/ds1/web01-other/x", None), Refusal)  # a prefix, not a parent
+    assert isinstance(
+        policy.resolve("/vmfs/volumes/ds1/web01-other/x", None), Refusal
+    )  # a prefix, not a parent
 
 
 def test_remote_windows_paths_compare_without_case_and_strip_the_long_path_prefix() -> None:
