@@ -23,6 +23,7 @@ FORMAT_MODULES = {
     "qed": "vmforensics.images.qed",
     "parallels": "vmforensics.images.parallels",
     "qcow1": "vmforensics.images.qcow1",
+    "asif": "vmforensics.images.asif",
     "raw": "vmforensics.images.raw",
 }
 
