@@ -473,7 +473,7 @@ class Acquirer(abc.ABC):
             started=session.state["started"],
             finished=utc_now(),
         )
-        write_sealed_records(session.evidence.root, manifest, key)
+        manifest = write_sealed_records(session.evidence.root, manifest, key)
         make_read_only(session.evidence.root)
         return manifest
 

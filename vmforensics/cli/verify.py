@@ -31,7 +31,8 @@ def _run(args: argparse.Namespace) -> int:
     anchors = {name: value for name, value in (("ca", args.ca), ("tsa_ca", args.tsa_ca)) if value}
     report = verify(args.directory, args.key, **anchors)
     if args.json:
-        emit_json({"ok": report.ok, **attrs.asdict(report)})
+        verdict = getattr(report, "verdict", "VERIFIED" if report.ok else "FAILED")
+        emit_json({"ok": report.ok, "verdict": verdict, **attrs.asdict(report)})
     else:
         print(report)
     return 0 if report.ok else 1
