@@ -47,6 +47,15 @@ def add_acquire_options(parser: argparse.ArgumentParser, *, preserve: tuple[str,
     how.add_argument(
         "--remote-hash", action="store_true", help="also hash each file on the source side and compare"
     )
+    how.add_argument(
+        "--memory-image",
+        choices=("raw", "elf", "lime"),
+        default="raw",
+        help="format of the memory image converted from a saved memory state after the seal (default raw)",
+    )
+    how.add_argument(
+        "--no-memory-image", action="store_true", help="no memory image under derived/ after the seal"
+    )
     how.add_argument("--resume", action="store_true", help="continue an interrupted acquisition in --out")
     how.add_argument("--no-progress", action="store_true", help="no progress bars")
     how.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
@@ -179,6 +188,7 @@ def run_acquisition(acquirer: Any, target: str, args: argparse.Namespace, **extr
         "resume": args.resume,
         "remote_hash": args.remote_hash,
         "tsa": tuple(args.tsa),
+        "memory_image": False if args.no_memory_image else args.memory_image,
     }
     if hasattr(args, "no_memory"):
         options.update(memory=not args.no_memory, isolate=args.isolate, cleanup=not args.no_cleanup)

@@ -25,6 +25,7 @@ from vmforensics.errors import EvidenceError, UsageError
 from vmforensics.memory import elf_layout as efmt
 from vmforensics.memory import lime
 from vmforensics.memory.base import CHUNK, PAGE, GuestMemory
+from vmforensics.progress import Progress, ProgressOption
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ ZERO_CHUNK = bytes(CHUNK)
 ZERO_PAGE = bytes(PAGE)
 MAX_SEGMENTS = 32768
 
-Progress = Callable[[int], None]
+Advance = Callable[[int], None]
 
 
 @attrs.frozen
@@ -70,7 +71,7 @@ def _nonzero(data: bytes, address: int) -> Iterator[tuple[int, int, int]]:
         yield address + start, start, len(data) - start
 
 
-def plan(memory: GuestMemory, progress: Progress | None = None) -> list[tuple[int, int]]:
+def plan(memory: GuestMemory, progress: Advance | None = None) -> list[tuple[int, int]]:
     """(guest-physical start, length) of the segments an ELF or LiME output holds, ascending."""
     gap = min_gap(memory)
     ranges = memory.info().ranges
@@ -87,7 +88,7 @@ def plan(memory: GuestMemory, progress: Progress | None = None) -> list[tuple[in
     return [(start, end - start) for start, end, _ in segments]
 
 
-def _raw(memory: GuestMemory, sink: Sink, progress: Progress | None) -> tuple[int, int]:
+def _raw(memory: GuestMemory, sink: Sink, progress: Advance | None) -> tuple[int, int]:
     stored = stretches = 0
     for address, data in memory.chunks():
         view = memoryview(data)
@@ -103,7 +104,7 @@ def _raw(memory: GuestMemory, sink: Sink, progress: Progress | None) -> tuple[in
 
 
 def _segments_data(
-    memory: GuestMemory, segments: list[tuple[int, int]], sink: Sink, progress: Progress | None, header
+    memory: GuestMemory, segments: list[tuple[int, int]], sink: Sink, progress: Advance | None, header
 ) -> None:
     for start, length in segments:
         if header is not None:
@@ -126,7 +127,7 @@ def machine_of(memory: GuestMemory) -> int:
     return efmt.EM_X86_64 if machine.startswith(("pc", "q35")) else 0
 
 
-def _elf(memory: GuestMemory, sink: Sink, progress: Progress | None) -> tuple[int, int]:
+def _elf(memory: GuestMemory, sink: Sink, progress: Advance | None) -> tuple[int, int]:
     segments = plan(memory, progress)
     data_at = -(-(efmt.EHDR.size + efmt.PHDR.size * len(segments)) // PAGE) * PAGE
     header = efmt.EHDR.pack(
@@ -147,7 +148,7 @@ def _elf(memory: GuestMemory, sink: Sink, progress: Progress | None) -> tuple[in
     return sum(length for _, length in segments), len(segments)
 
 
-def _lime(memory: GuestMemory, sink: Sink, progress: Progress | None) -> tuple[int, int]:
+def _lime(memory: GuestMemory, sink: Sink, progress: Advance | None) -> tuple[int, int]:
     segments = plan(memory, progress)
     _segments_data(memory, segments, sink, progress, lime.header)
     return sum(length for _, length in segments), len(segments)
@@ -156,7 +157,7 @@ def _lime(memory: GuestMemory, sink: Sink, progress: Progress | None) -> tuple[i
 _WRITERS = {"raw": _raw, "elf": _elf, "lime": _lime}
 
 
-def _emit(memory: GuestMemory, format: str, sink: Sink, progress: Progress | None) -> Conversion:
+def _emit(memory: GuestMemory, format: str, sink: Sink, progress: Advance | None) -> Conversion:
     if format not in _WRITERS:
         raise UsageError(f"unknown memory image format {format!r}: use one of {', '.join(FORMATS)}")
     stored, segments = _WRITERS[format](memory, sink, progress)
@@ -165,33 +166,48 @@ def _emit(memory: GuestMemory, format: str, sink: Sink, progress: Progress | Non
 
 
 def convert(
-    memory: GuestMemory, out: str | os.PathLike[str], format: str = "raw", *, progress: Progress | None = None
+    memory: GuestMemory,
+    out: str | os.PathLike[str],
+    format: str = "raw",
+    *,
+    progress: ProgressOption = True,
 ) -> Conversion:
-    """Write ``memory`` to a new file ``out`` (never an existing one) in ``format``."""
+    """Write ``memory`` to a new file ``out`` (never an existing one) in ``format``.
+
+    ``progress``: True shows tqdm bars, a callable receives ProgressUpdate, False shows nothing.
+    """
     if format not in _WRITERS:
         raise UsageError(f"unknown memory image format {format!r}: use one of {', '.join(FORMATS)}")
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except FileExistsError:
         raise EvidenceError(f"{out} exists; a memory image is never written over an existing file") from None
+    bar = None
+    if progress:
+        passes = 1 if format == "raw" else 2  # ELF and LiME scan for zero pages first
+        bar = Progress(progress, total=memory.extents.stored * passes, description=f"convert to {format}")
+        bar.start_file(os.fspath(out), bar.total)
     try:
-        result = _emit(memory, format, Sink(fd), progress)
+        result = _emit(memory, format, Sink(fd), bar.advance if bar else None)
     except BaseException:
         os.close(fd)
         os.unlink(out)
         raise
+    finally:
+        if bar is not None:
+            bar.close()
     os.close(fd)
     log.info("wrote %s (%s, %d bytes, sha256 %s)", out, format, result.size, result.sha256)
     return result
 
 
 def write(
-    memory: GuestMemory, sink: Sink, format: str = "raw", *, progress: Progress | None = None
+    memory: GuestMemory, sink: Sink, format: str = "raw", *, progress: Advance | None = None
 ) -> Conversion:
     """Stream the ``format`` image of ``memory`` into ``sink`` (a file, or only a hash)."""
     return _emit(memory, format, sink, progress)
 
 
-def digest(memory: GuestMemory, format: str = "raw", *, progress: Progress | None = None) -> Conversion:
+def digest(memory: GuestMemory, format: str = "raw", *, progress: Advance | None = None) -> Conversion:
     """What :func:`convert` would write, hashed and measured but not written anywhere."""
     return _emit(memory, format, Sink(None), progress)
