@@ -216,3 +216,13 @@ def test_remote_windows_paths_compare_without_case_and_strip_the_long_path_prefi
     assert isinstance(confined, ConfinedPath)
     assert isinstance(policy.check_stat(confined, is_dir=False, is_symlink=True), Refusal)
     assert policy.check_stat(confined, is_dir=False, is_symlink=False) is confined
+
+
+def test_allowed_roots_must_be_absolute_paths_and_a_list() -> None:
+    from vmforensics.confine import check_allowed_roots
+
+    assert check_allowed_roots(["/mnt/ds2", "D:\\VMs"]) == ["/mnt/ds2", "D:\\VMs"]
+    with pytest.raises(UsageError, match="absolute"):
+        check_allowed_roots(["relative"])
+    with pytest.raises(UsageError, match="list"):
+        check_allowed_roots("/mnt/ds2")  # type: ignore[arg-type]
