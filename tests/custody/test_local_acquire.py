@@ -148,15 +148,21 @@ def test_too_many_drops_fail_with_the_partial_copy_kept_for_resume(tmp_path):
     payload = os.urandom(4 * 1024 * 1024)
     source.write_bytes(payload)
     evidence = EvidenceDirectory(tmp_path / "ev")
-    Ledger.create(tmp_path / "ev" / "custody.log.jsonl", {})
+    ledger = Ledger.create(tmp_path / "ev" / "custody.log.jsonl", {})
     with pytest.raises(ConnectionError_, match="resume"):
         copy_file(
-            DroppingTransport(every=1_000_000, drops=99), str(source), evidence, "f", retries=2, backoff=0
+            DroppingTransport(every=1_000_000, drops=99),
+            str(source),
+            evidence,
+            "f",
+            retries=2,
+            backoff=0,
+            ledger=ledger,
         )
     partial = evidence.local_path("f")
     assert partial.read_bytes() == payload[: partial.stat().st_size] and partial.stat().st_size == 3_000_000
     again = EvidenceDirectory(tmp_path / "ev", resume=True)
-    record = copy_file(LocalTransport(), str(source), again, "f", resume=True)
+    record = copy_file(LocalTransport(), str(source), again, "f", resume=True, ledger=ledger)
     assert record.hashes["sha256"] == hashlib.sha256(payload).hexdigest()
 
 
@@ -201,4 +207,5 @@ def test_interrupted_acquisition_is_recorded_and_resumes_to_a_verified_set(tmp_p
     assert flat.hashes["sha256"] == hashlib.sha256((vm_folder / "web01-flat.bin").read_bytes()).hexdigest()
     assert flat.resumed >= 1
     events = [json.loads(line)["action"] for line in (out / "custody.log.jsonl").read_text().splitlines()]
-    assert "resume" in events and "resume-skip-sealed" in events and events[-1] == "seal"
+    assert "resume" in events and "resume-proof" in events and events[-1] == "seal"
+    assert {r.outcome for r in result.manifest.resumed} == {"continued", "reused"}

@@ -144,6 +144,7 @@ class EvidenceFileWriter:
                 hasher.update(view[:got])
             offset += got
         self.size = self.resumed_from = offset
+        self.prefix_sha256 = self._hashers["sha256"].copy().hexdigest() if "sha256" in self._hashers else None
 
     def _hash_stage(self) -> None:
         while (item := self._work.get()) is not None:
