@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import plistlib
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from vmforensics.images import asif_layout as a
@@ -15,7 +16,7 @@ PiB = 1 << 50
 def build_asif(
     path: Path,
     size: int,
-    chunks: dict[int, bytes],
+    chunks: Mapping[int, bytes],
     *,
     chunk_size: int = 1 << 20,
     block_size: int = 512,
@@ -29,22 +30,23 @@ def build_asif(
     guid = guid or uuid.uuid4()
     g = a.Geometry.of(chunk_size, block_size, max_size)
     next_chunk = 3  # 0: header, 1 and 2: the directories
-    layout: list[tuple[int, bytes]] = []  # (file chunk, bytes)
+    metadata_chunk = max_size // chunk_size - 1 if metadata is not None else 0
+    f = path.open("wb")
 
     def allocate(payload: bytes) -> int:
+        """Write one chunk at the next free place (streamed: no image is held in memory)."""
         nonlocal next_chunk
-        layout.append((next_chunk, payload))
+        f.seek(next_chunk * chunk_size)
+        f.write(payload)
         next_chunk += 1
         return next_chunk - 1
 
-    metadata_chunk = max_size // chunk_size - 1 if metadata is not None else 0
-
-    def directory(mapping: dict[int, bytes], version: int, with_meta: bool) -> bytes:
+    def directory(mapping: Mapping[int, bytes], version: int, with_meta: bool) -> bytes:
         tables: dict[int, list[int]] = {}
-        for guest, payload in sorted(mapping.items()):
+        for guest in sorted(mapping):
             table_index, within = divmod(guest * chunk_size, g.bytes_per_table)
             entries = tables.setdefault(table_index, [0] * g.table_entries)
-            entries[g.data_index(within // chunk_size)] = allocate(payload.ljust(chunk_size, b"\0"))
+            entries[g.data_index(within // chunk_size)] = allocate(mapping[guest].ljust(chunk_size, b"\0"))
         if with_meta:
             body = plistlib.dumps(metadata)
             meta = a.META_HEADER.pack(a.META_MAGIC, 1, 512, len(body), 0).ljust(512, b"\0") + body
@@ -58,20 +60,18 @@ def build_asif(
             slots[table_index] = allocate(b"".join(e.to_bytes(8, "big") for e in entries))
         return version.to_bytes(8, "big") + b"".join(s.to_bytes(8, "big") for s in slots)
 
-    current = directory(chunks, 2, metadata is not None)
-    old = directory(stale or {}, 1, False)
-    header = a.HEADER.pack(
-        a.MAGIC, 1, 512, 0, 2 * chunk_size, 1 * chunk_size, guid.bytes, size // block_size,
-        max_size // block_size, chunk_size, block_size, 1, metadata_chunk, bytes(16), 0, 0, 0,
-    )  # fmt: skip
-    with path.open("wb") as f:
+    with f:
+        current = directory(chunks, 2, metadata is not None)
+        old = directory(stale or {}, 1, False)
+        header = a.HEADER.pack(
+            a.MAGIC, 1, 512, 0, 2 * chunk_size, 1 * chunk_size, guid.bytes, size // block_size,
+            max_size // block_size, chunk_size, block_size, 1, metadata_chunk, bytes(16), 0, 0, 0,
+        )  # fmt: skip
+        f.seek(0)
         f.write(header)
         f.seek(chunk_size)
         f.write(old)
         f.seek(2 * chunk_size)
         f.write(current)
-        for chunk, payload in layout:
-            f.seek(chunk * chunk_size)
-            f.write(payload)
         f.truncate(next_chunk * chunk_size)
     return guid

@@ -226,3 +226,13 @@ def test_parallels_image_in_use_warns(tmp_path: Path) -> None:
     image.write_bytes(bytes(blob))
     with open_image(image) as disk:
         assert any("not closed cleanly" in w for w in disk.info().warnings)
+
+
+def test_parallels_descriptor_declaring_an_unknown_encoding_is_read_as_utf8(
+    bundle: Path, base_raw: Path
+) -> None:
+    """Found by the fuzz suite: expat raised LookupError for encoding='TTF-8'."""
+    path = bundle / p.DESCRIPTOR_NAME
+    path.write_text(path.read_text().replace("encoding='UTF-8'", "encoding='TTF-8'"))
+    with open_image(path) as disk:
+        assert disk.read_at(0, 4096) == expected_bundle(bundle, base_raw)[:4096]

@@ -24,10 +24,14 @@ def parse(raw: bytes, *, path: str, what: str) -> ET.Element:
         raise ImageFormatError(f"{what} is not UTF-8 text", path=path)
     if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
         raise ImageFormatError(f"{what} declares a document type or entities, which are refused", path=path)
+    parser = ET.XMLParser(encoding="utf-8")  # whatever the declaration claims
     try:
-        return ET.fromstring(raw)
+        parser.feed(raw)
+        return parser.close()
     except ET.ParseError as exc:
         line, column = exc.position
         raise ImageFormatError(
             f"{what} is not well-formed XML (line {line}, column {column})", path=path
         ) from exc
+    except (LookupError, ValueError) as exc:
+        raise ImageFormatError(f"{what} cannot be parsed: {exc}", path=path) from exc
