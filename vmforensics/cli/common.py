@@ -48,6 +48,13 @@ def add_acquire_options(parser: argparse.ArgumentParser, *, preserve: tuple[str,
         "--remote-hash", action="store_true", help="also hash each file on the source side and compare"
     )
     how.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also read files the VM's own files name beneath DIR (a disk on another datastore); recorded",
+    )
+    how.add_argument(
         "--memory-image",
         choices=("raw", "elf", "lime"),
         default="raw",
@@ -189,6 +196,7 @@ def run_acquisition(acquirer: Any, target: str, args: argparse.Namespace, **extr
         "remote_hash": args.remote_hash,
         "tsa": tuple(args.tsa),
         "memory_image": False if args.no_memory_image else args.memory_image,
+        "allowed_roots": tuple(args.allow_root),
     }
     if hasattr(args, "no_memory"):
         options.update(memory=not args.no_memory, isolate=args.isolate, cleanup=not args.no_cleanup)
