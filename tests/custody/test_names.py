@@ -103,3 +103,13 @@ def test_escaping_is_reversible_and_always_storable(raw):
     assert names.unescape(stored) == name
     assert names.is_text(stored)
     assert "\n" not in names.printable(name) and "\x1b" not in names.printable(name)
+
+
+def test_planted_newline_name_omitted_is_escaped_in_the_acquire_summary(tmp_path, vm_folder, capsys):
+    (vm_folder / "x\nacquired 0 files").symlink_to(vm_folder / "web01.vmx")  # a symlink: an omission
+    argv = ["acquire", "local", str(vm_folder), "--out", str(tmp_path / "ev"), "--case", "N-3"]
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "x\\nacquired 0 files" in out and not any(
+        line.startswith("acquired 0") for line in out.splitlines()
+    )

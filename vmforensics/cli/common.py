@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from vmforensics.custody.models import CaseInfo, to_plain
+from vmforensics.custody.names import printable
 from vmforensics.custody.signing import Signer, SigningKey
 from vmforensics.errors import UsageError
 
@@ -224,7 +225,7 @@ def summary(result: Any) -> str:
     ]
     lines += [f"  - {o.source_path}: {o.reason}" for o in manifest.omissions]
     lines += [f"  {stamp}" for stamp in getattr(result, "timestamps", ())]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # names from the source cannot add lines
 
 
 def emit_json(value: Any) -> None:
