@@ -87,6 +87,9 @@ def test_docs_openssl_ts_recipe_verifies_the_token(tmp_path, vm_folder, pki, tsa
     monkeypatch.setenv("TSA_CERT", str(tsa.cert_path))
     done = _run(lang, body, result.path)
     assert done.returncode == 0 and "Verification: OK" in done.stdout, done.stderr
+    for recipe in ("ledger-python", "ledger-jq"):  # the chain recipes accept events after the seal
+        done = _run(*_recipes()[recipe], result.path)
+        assert done.returncode == 0 and "1 after the seal" in done.stdout, done.stdout + done.stderr
 
 
 def test_without_the_tsa_ca_a_token_is_unchecked_but_its_imprint_is(tmp_path, vm_folder, tsa):
