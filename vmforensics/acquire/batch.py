@@ -204,7 +204,7 @@ def _resume_state(path: Path, resume: bool) -> bool:
     if interrupted and not resume:
         raise UsageError(
             f"{path} holds an earlier, interrupted attempt (a worker lost mid-acquisition?); "
-            "run the batch again with resume=True (--resume) to continue it"
+            "run the batch again with --resume to continue it"
         )
     return interrupted
 
