@@ -231,3 +231,18 @@ def test_mutated_tokens_are_refused_with_a_reason_never_an_exception(tmp_path, v
             continue
         assert info == expected, "a changed token verified with other facts"
     assert refused > 300
+
+
+def test_verify_json_names_the_timestamp_anchor_and_the_verdict(tmp_path, vm_folder, pki, tsa, capsys):
+    result = acquire(vm_folder, tmp_path / "ev", tsa=tsa.url)
+    gen_time = result.timestamps[0].info.gen_time
+    assert main(["verify", str(result.path), "--tsa-ca", str(pki[0].pem), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (anchor,) = [a for a in report["anchors"] if a["kind"] == "timestamp"]
+    assert anchor == {
+        "kind": "timestamp",
+        "status": "VERIFIED",
+        "description": f"timestamp by {tsa.url} at {gen_time}",
+    }
+    # a timestamp proves when, not who: with the key from the directory the verdict stays "integrity only"
+    assert report["verdict"].startswith("VERIFIED (integrity only: key from the directory; timestamp by")
