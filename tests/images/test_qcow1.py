@@ -127,3 +127,20 @@ def test_qcow1_corrupt_compressed_cluster_is_refused_on_read(compressed_qcow1: P
     compressed_qcow1.write_bytes(bytes(blob))
     with open_image(compressed_qcow1) as disk, pytest.raises(ImageFormatError, match="compressed cluster"):
         disk.read_at(0, 4096)
+
+
+@pytest.mark.parametrize(
+    ("qemu_fmt", "ours"), [("qcow", "qcow1"), ("vdi", "vdi"), ("qed", "qed"), ("parallels", "parallels")]
+)
+def test_qcow2_over_a_backing_file_of_a_new_format_matches_qemu(
+    base_raw: Path, tmp_path: Path, qemu_fmt: str, ours: str
+) -> None:
+    base = tmp_path / f"base.{qemu_fmt}"
+    qemu_img("convert", "-f", "raw", "-O", qemu_fmt, base_raw, base)
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", base.name, "-F", qemu_fmt, top)
+    qemu_io(top, "write -P 0x77 5m 1m", fmt="qcow2")
+    oracle = oracle_raw(top, "qcow2", tmp_path / "top.raw")
+    with open_image(top) as disk:
+        assert [layer.format for layer in disk.info().chain] == ["qcow2", ours]
+        _check_spans(disk, oracle, seed=54)
