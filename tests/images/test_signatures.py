@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import json
 import logging
 import lzma
 import re
@@ -218,3 +219,25 @@ def test_the_formats_page_recipe_runs_as_written(tmp_path: Path) -> None:
     assert lines[0] == f"vdi dynamic {4 * MiB}"
     assert "('ewf'), which vmforensics recognises but does not read" in lines[1]
     assert lines[2].startswith("raw (") and "no known image signature" in lines[2]
+
+
+def cli(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmforensics", *map(str, argv)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_image_info_names_new_formats_refuses_containers_and_forces_raw(tmp_path: Path) -> None:
+    vdi = tmp_path / "disk.vdi"
+    qemu_img("create", "-f", "vdi", vdi, "4M")
+    done = cli("image", "info", "--json", vdi)
+    assert done.returncode == 0, done.stderr
+    assert (json.loads(done.stdout)["format"], json.loads(done.stdout)["subtype"]) == ("vdi", "dynamic")
+    refused = cli("image", "info", compressed(tmp_path, "gzip"))
+    assert refused.returncode == 1 and "'gzip'" in refused.stderr
+    plain = tmp_path / "disk.img"
+    plain.write_bytes(disk_bytes())
+    warned = json.loads(cli("image", "info", "--json", plain).stdout)
+    assert warned["format"] == "raw" and warned["warnings"] == [NO_SIGNATURE]
+    forced = json.loads(cli("image", "info", "--json", "--format", "raw", plain).stdout)
+    assert forced["warnings"] == []
