@@ -26,6 +26,7 @@ from tests.transport.sshd import SSHServer
 from vmforensics import CaseInfo, verify
 from vmforensics.errors import SourceError, UsageError
 from vmforensics.hypervisors.qemu.acquirer import QemuAcquirer
+from vmforensics.hypervisors.qemu.identify import MAX_DEPTH, layers_from_image, run_state
 from vmforensics.hypervisors.qemu.qmp import MESSAGE_LIMIT, QMPClient
 from vmforensics.memory.open import open_memory
 
@@ -238,6 +239,8 @@ def hostile_peer(*chunks: bytes) -> QMPClient:
         try:
             for chunk in chunks:
                 far.sendall(chunk)
+            while far.recv(65536):  # stay connected (and read the client's commands) until it closes
+                pass
         except OSError:
             pass
 
@@ -299,3 +302,18 @@ def test_cleanup_after_a_failure_commits_back_and_removes_what_was_created(sshd)
         assert guest.status() == "running"
         log = (root / "out" / "custody.log.jsonl").read_text()
         assert '"block-commit"' in log and '"failed"' in log
+
+
+def test_qmp_reply_of_the_wrong_type_is_refused():
+    greeting = b'{"QMP": {"version": {}, "capabilities": []}}\n{"return": {}, "id": "vmf-1"}\n'
+    qmp = hostile_peer(greeting + b'{"return": [1, 2], "id": "vmf-2"}\n')
+    with pytest.raises(SourceError, match="did not return a run state"):
+        run_state(qmp)
+
+
+def test_backing_chain_deeper_than_the_limit_is_cut_and_says_so():
+    image: dict | None = None
+    for number in range(MAX_DEPTH + 50):
+        image = {"filename": f"/d/{number}.qcow2", "format": "qcow2", "backing-image": image}
+    layers, cut = layers_from_image(image)
+    assert cut and len(layers) == MAX_DEPTH
