@@ -336,3 +336,53 @@ def test_fleet_page_command_line_recipe_runs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "VERIFIED: batch" in done.stdout
+
+
+def test_examiner_process_killed_before_the_record_resumes_from_the_batch_ledger(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    folders = make_vms(tmp_path / "ds", ["a01", "b01", "c01"], tmp_path / "staging")
+    with open(folders[1] / "b01.vmem", "wb") as f:
+        f.truncate(1 << 30)  # sparse: the examiner's process is killed while it streams
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"members": [{"name": f.name, "target": str(f)} for f in folders]}))
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "vmforensics",
+        "acquire-batch",
+        str(plan),
+        "--out",
+        str(out),
+        "--local",
+        "1",
+        "--case",
+        "2026-118",
+        "--examiner",
+        "A. Analyst",
+        "--no-progress",
+    ]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "b01" / "files").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.wait()
+    assert (out / "a01" / "manifest.json").is_file() and not (out / "b01" / "manifest.json").exists()
+    assert not (out / "batch.json").exists()
+    sealed_a = (out / "a01" / "manifest.json").read_bytes()
+
+    assert subprocess.run([*command, "--resume"], capture_output=True).returncode == 0
+    assert (out / "a01" / "manifest.json").read_bytes() == sealed_a
+    record = json.loads((out / "batch.json").read_bytes())
+    assert record["run"] == 2 and record["supersedes"] is None
+    assert [m["outcome"] for m in record["members"]] == ["sealed"] * 3
+    starts = [e for e in ledger_events_of(out / "batch.log.jsonl") if e["action"] == "batch-start"]
+    assert starts[1]["details"]["carried_over"] == ["a01"]
+    assert any(e["action"] == "resume" for e in ledger_events(out / "b01"))
+    check = verify(out)
+    assert check.ok, str(check)

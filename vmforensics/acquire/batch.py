@@ -170,6 +170,10 @@ def run_member(task: MemberTask) -> MemberOutcome:
     task.events.send({"event": "started", "index": task.index, "time": started, **who})
     path = Path(task.directory)
     reporter = _Reporter(task.events, task.index)
+    if task.resume and (path / MANIFEST_NAME).is_file():  # sealed by an earlier run, on this worker's disk
+        return MemberOutcome(
+            task.index, "sealed", None, sha256_file(path / MANIFEST_NAME), who, started, utc_now()
+        )
     try:
         resume = _resume_state(path, task.resume)
         if task.in_process is not None:
@@ -431,11 +435,11 @@ class _Batch:
         host = ExaminerHost.current()
         actor = {"examiner": case.examiner, "host": host.hostname, "user": host.user}
         self.previous: dict[str, Any] | None = None
-        if resume and (root / RECORD_NAME).is_file():
+        if resume and (root / BATCH_LEDGER).is_file():
             self._open_resumed(actor)
         else:
             if resume:
-                raise UsageError(f"{root} holds no batch record to resume")
+                raise UsageError(f"{root} holds no batch to resume (no {BATCH_LEDGER})")
             root.mkdir(parents=True, exist_ok=True)
             if any(root.iterdir()):
                 raise UsageError(f"{root} is not empty: a batch starts in a new or empty directory")
@@ -451,25 +455,44 @@ class _Batch:
             executor=type(executor).__name__,
             case=to_plain(case),
             command_line=list(host.command_line),
+            carried_over=[self.plans[i].name for i in sorted(self.carried)],
+            resumes_record=self.previous["sha256"] if self.previous else None,
         )
 
     def _open_resumed(self, actor: dict[str, Any]) -> None:
-        previous = read_record(self.root)
-        planned = [(m["name"], m["directory"]) for m in previous.get("members", [])]
-        if planned != list(zip([p.name for p in self.plans], self.directories, strict=True)):
-            raise UsageError("resume with the same plan: the members differ from the batch record's")
+        """Continue the batch: from its last record, or from its ledger alone when the examiner's
+        process died before writing one. Members sealed on disk are carried over, not rerun."""
         self.ledger = Ledger.reopen(self.root / BATCH_LEDGER, actor)
-        self.batch_id, self.run = previous["batch_id"], previous["run"] + 1
-        self.created = previous["created"]
-        for index, member in enumerate(previous["members"]):
-            manifest = self.root / member["directory"] / MANIFEST_NAME
-            if (
-                member["outcome"] == "sealed"
-                and manifest.is_file()
-                and sha256_file(manifest) == member["manifest_sha256"]
-            ):
+        starts = [e for e in self.ledger.events() if e.action == "batch-start"]
+        if not starts:
+            raise UsageError(f"{self.root / BATCH_LEDGER} records no batch start; nothing to resume")
+        self.batch_id, self.run, self.created = starts[0].details["batch_id"], len(starts) + 1, starts[0].time
+        earlier: dict[str, dict[str, Any]] = {}
+        if (self.root / RECORD_NAME).is_file():
+            previous = read_record(self.root)
+            if previous.get("batch_id") != self.batch_id:
+                raise UsageError("batch.json and the batch ledger name different batches")
+            earlier = {m["directory"]: m for m in previous.get("members", [])}
+            self.previous = {"sha256": sha256_file(self.root / RECORD_NAME), "run": previous["run"]}
+        for index, directory in enumerate(self.directories):
+            if earlier and earlier.get(directory, {}).get("name") != self.plans[index].name:
+                raise UsageError("resume with the same plan: the members differ from the batch record's")
+            manifest = self.root / directory / MANIFEST_NAME
+            if not manifest.is_file():
+                continue
+            digest = sha256_file(manifest)
+            member = earlier.get(directory, {})
+            if member.get("manifest_sha256") == digest:
                 self.carried[index] = member
-        self.previous = {"sha256": sha256_file(self.root / RECORD_NAME), "run": previous["run"]}
+            else:  # sealed by a run that did not live to write its record
+                self.carried[index] = {
+                    "outcome": "sealed",
+                    "reason": None,
+                    "manifest_sha256": digest,
+                    "worker": None,
+                    "attempts": 1,
+                    "run": self.run - 1,
+                }
 
     # -- events from workers (any thread) --
 
