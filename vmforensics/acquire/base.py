@@ -247,12 +247,13 @@ class Acquirer(abc.ABC):
         try:
             with self._phase(session, "connect"):
                 self.connect(session)
+                session.source = SourceInfo(**names.json_safe(_plain(session.source)))
                 connected = {"kind": session.source.kind, "host": session.source.host}
                 session.ledger.append("connected", source=connected)
                 if session.state["earlier"] is not None:
                     check_source(session.ledger, session.state["earlier"], connected)
             with self._phase(session, "identify"):
-                session.vm = self.identify(session, target)
+                session.vm = VMIdentity(**names.json_safe(_plain(self.identify(session, target))))
                 session.ledger.append("identified", vm=_vm_summary(session.vm), clock=_plain(session.clock))
                 if session.state["earlier"] is not None:
                     check_identity(session.ledger, session.state["earlier"], _vm_summary(session.vm))
