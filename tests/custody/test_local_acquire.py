@@ -60,7 +60,9 @@ def test_disk_outside_the_vm_folder_and_its_extent_are_found_through_the_vmx(tmp
     (folder / "vm.vmx").write_text(
         f'displayName = "vm"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "{other}/data.vmdk"\n'
     )
-    result = LocalAcquirer().acquire(str(folder / "vm.vmx"), tmp_path / "ev", case=CASE, progress=False)
+    result = LocalAcquirer().acquire(
+        str(folder / "vm.vmx"), tmp_path / "ev", case=CASE, progress=False, allowed_roots=[tmp_path / "ds2"]
+    )  # another datastore is read only when the examiner allows it (tests/acquire/test_hostile_sources.py)
     names = sorted(f.local_path for f in result.files)
     assert any(n.endswith("ds2/disks/data.vmdk") for n in names)
     assert any(n.endswith("ds2/disks/data-flat.vmdk") for n in names)
