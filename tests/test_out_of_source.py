@@ -69,3 +69,16 @@ def test_directory_source_without_recursive_names_the_cli_option(source, tmp_pat
     assert main([*argv, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--recursive" in err and "recursive=True" not in err
+
+
+def test_non_empty_out_is_a_usage_error_that_names_resume_only_for_an_interrupted_run(
+    source, tmp_path, capsys
+):
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["acquire", "files", source.as_uri(), "-r", "--out", str(out), "--case", "O-1", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--resume" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

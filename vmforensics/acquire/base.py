@@ -305,9 +305,7 @@ class Acquirer(abc.ABC):
         actor = {"examiner": case.examiner, "host": host.hostname, "user": host.user}
         ledger_path = evidence.root / LEDGER_NAME
         earlier = None
-        if resume and ledger_path.exists():
-            if (evidence.root / "manifest.json").exists():
-                raise EvidenceError(f"{evidence.root} is already sealed; nothing to resume")
+        if resume and ledger_path.exists():  # (a sealed directory was refused by EvidenceDirectory)
             ledger = Ledger.reopen(ledger_path, actor, repair=True)
             earlier = EarlierRun.from_events(ledger.events())
             ledger.append("resume", target=names.text(target), acquisition_id=earlier.acquisition_id)
