@@ -49,6 +49,7 @@ _EXPORTS = {
     "AcquisitionPlan": "vmforensics.acquire.batch_plan",
     "SecretRef": "vmforensics.acquire.batch_plan",
     "KeyRef": "vmforensics.acquire.batch_plan",
+    "TokenKeyRef": "vmforensics.acquire.batch_plan",
     "Limits": "vmforensics.acquire.batch",
     "verify_batch": "vmforensics.acquire.batch_record",
 }

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 from vmforensics.acquire.base import Acquirer, AcquisitionResult
-from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef
+from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef, SignerRef, TokenKeyRef
 from vmforensics.acquire.batch_progress import BatchCallback, BatchView
 from vmforensics.acquire.batch_record import (
     BATCH_LEDGER,
@@ -41,7 +41,7 @@ from vmforensics.acquire.batch_record import (
 from vmforensics.custody.ledger import Ledger
 from vmforensics.custody.models import CaseInfo, ExaminerHost, new_acquisition_id, to_plain, utc_now
 from vmforensics.custody.seal import MANIFEST_NAME
-from vmforensics.custody.signing import SigningKey
+from vmforensics.custody.signing import Signer, SigningKey
 from vmforensics.errors import UsageError
 from vmforensics.progress import ProgressUpdate
 
@@ -136,11 +136,11 @@ class MemberTask:
     plan: AcquisitionPlan
     directory: str
     case: CaseInfo
-    signer: KeyRef | None
+    signer: SignerRef | None
     options: dict[str, Any]
     resume: bool
     events: EventChannel
-    in_process: Any = attrs.field(default=None, eq=False)  # (factory, record, SigningKey): local pools only
+    in_process: Any = attrs.field(default=None, eq=False)  # (factory, record, key object): thread pools only
 
 
 @attrs.frozen
@@ -320,7 +320,7 @@ def run_batch(
     case: CaseInfo,
     executor: cf.Executor | None = None,
     limits: Limits | None = None,
-    signer: SigningKey | KeyRef | None = None,
+    signer: Signer | SignerRef | None = None,
     progress: bool | BatchCallback = True,
     resume: bool = False,
     worker_root: str | os.PathLike[str] | None = None,
@@ -331,8 +331,8 @@ def run_batch(
     """Acquire every plan into ``out_root/<name>`` and seal the batch record (see module docs).
 
     ``executor``: any concurrent.futures executor (default: a local thread pool of ``limits.total``
-    threads). ``signer``: a :class:`KeyRef` (loaded on each worker, and here for batch.json) or, for
-    thread pools only, a SigningKey. ``worker_root``: where workers write when it is not ``out_root``
+    threads). ``signer``: a :class:`KeyRef` or :class:`TokenKeyRef` (loaded on each worker, and here
+    for batch.json) or, for thread pools only, a key object (SigningKey, PKCS11Key). ``worker_root``: where workers write when it is not ``out_root``
     as they see it. ``resume``: rerun only the members the last record does not list as sealed.
     ``acquirer_factory(records[i])`` replaces plan ``i``'s acquirer (thread pools only).
     """
@@ -345,12 +345,13 @@ def run_batch(
     if own_pool:
         executor = cf.ThreadPoolExecutor(max_workers=limits.total or len(plans), thread_name_prefix="acquire")
     local = isinstance(executor, cf.ThreadPoolExecutor)
-    if not local and (isinstance(signer, SigningKey) or acquirer_factory is not None):
+    by_reference = isinstance(signer, (KeyRef, TokenKeyRef))
+    if not local and ((signer is not None and not by_reference) or acquirer_factory is not None):
         raise UsageError(
-            "a SigningKey object or an acquirer_factory cannot be sent to other processes: pass "
-            "signer=KeyRef(path, passphrase=SecretRef(env=...)) and AcquisitionPlans"
+            "a key object or an acquirer_factory cannot be sent to other processes: pass "
+            "signer=KeyRef(path, passphrase=SecretRef(env=...)) or TokenKeyRef(...) and AcquisitionPlans"
         )
-    batch_key = signer.load() if isinstance(signer, KeyRef) else signer or SigningKey.generate()
+    batch_key = signer.load() if by_reference else signer or SigningKey.generate()
     root = Path(out_root)
     began = time.monotonic()
     batch = _Batch(root, plans, case, limits, resume, batch_key, executor)
@@ -367,14 +368,14 @@ def run_batch(
             plan=plan,
             directory=str(place / batch.directories[index]),
             case=case,
-            signer=signer if isinstance(signer, KeyRef) else None,
+            signer=signer if by_reference else None,
             options=dict(acquire_options),
             resume=resume,
             events=channel,
             in_process=(
                 acquirer_factory,
                 records[index] if records is not None else None,
-                signer if isinstance(signer, SigningKey) else None,
+                None if by_reference else signer,
             )
             if local
             else None,
@@ -415,7 +416,7 @@ class _Batch:
         case: CaseInfo,
         limits: Limits,
         resume: bool,
-        key: SigningKey,
+        key: Signer,
         executor: cf.Executor,
     ):
         self.root = root

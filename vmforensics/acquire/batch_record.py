@@ -24,7 +24,7 @@ import attrs
 from vmforensics.custody.ledger import GENESIS, check_chain, line_hash
 from vmforensics.custody.models import canonical_json, utc_now
 from vmforensics.custody.seal import MANIFEST_NAME, signature_record, write_exclusive
-from vmforensics.custody.signing import SigningKey, VerifyKey
+from vmforensics.custody.signing import Signer, VerifyKey
 from vmforensics.errors import SigningKeyError, UsageError
 
 RECORD_NAME = "batch.json"
@@ -41,7 +41,7 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_record(root: Path, record: dict[str, Any], key: SigningKey) -> str:
+def write_record(root: Path, record: dict[str, Any], key: Signer) -> str:
     """Write batch.json, its signature and public key exclusively; return batch.json's SHA-256."""
     body = canonical_json(record)
     write_exclusive(root / RECORD_NAME, body)
