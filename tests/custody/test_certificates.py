@@ -175,3 +175,10 @@ def test_certificate_that_expired_after_the_seal_is_judged_at_the_seal(tmp_path,
     report = verify(result.path, ca=lab.pem)
     assert report.ok, str(report)
     assert f"valid at {result.manifest.finished[:19]}Z" in str(report).splitlines()[0]
+
+
+def test_verify_cli_with_an_unreadable_ca_file_is_a_usage_error(tmp_path, vm_folder, lab):
+    result = acquire(vm_folder, tmp_path / "ev", certified(lab))
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    assert main(["verify", str(result.path), "--ca", str(tmp_path / "missing.pem")]) == 2
+    assert main(["verify", str(result.path), "--tsa-ca", str(tmp_path / "junk.pem")]) == 2
