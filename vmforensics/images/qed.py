@@ -143,28 +143,49 @@ class QedImage(DiskImage):
         return self.source, self._check(entry, index) + within
 
     def _segments(self, offset: int, length: int) -> Iterator[Segment]:
+        """Clusters stored one after another in the file become one segment; the L2 table is
+        looked up once per table, not once per cluster."""
         cluster = self.cluster_size
         absent = Kind.PARENT if self.parent is not None else Kind.ZERO
         pending_kind: Kind | None = None
         pending = 0
+        run_at = run_length = 0  # a data run not yet emitted
         pos, end = offset, offset + length
         while pos < end:
             index, within = divmod(pos, cluster)
-            count = min(cluster - within, end - pos)
-            pos += count
-            entry = self._entry(index)
-            if entry not in (UNALLOCATED, ZERO_CLUSTER):
-                if pending:
-                    yield Segment(pending, pending_kind)  # type: ignore[arg-type]
-                    pending = 0
-                yield data(count, self.source, self._check(entry, index) + within)
-                continue
-            kind = Kind.ZERO if entry == ZERO_CLUSTER else absent
-            if pending and kind is not pending_kind:
-                yield Segment(pending, pending_kind)  # type: ignore[arg-type]
-                pending = 0
-            pending_kind = kind
-            pending += count
+            table = self._table(index // self.entries)
+            stop = min(end, (index // self.entries + 1) * self._span)
+            slot = index % self.entries
+            while pos < stop:
+                count = min(cluster - within, stop - pos)
+                entry = table[slot] if table is not None else UNALLOCATED
+                if entry not in (UNALLOCATED, ZERO_CLUSTER):
+                    at = self._check(entry, index) + within
+                    if pending:
+                        yield Segment(pending, pending_kind)  # type: ignore[arg-type]
+                        pending = 0
+                    if run_length and run_at + run_length == at:
+                        run_length += count
+                    else:
+                        if run_length:
+                            yield data(run_length, self.source, run_at)
+                        run_at, run_length = at, count
+                else:
+                    if run_length:
+                        yield data(run_length, self.source, run_at)
+                        run_length = 0
+                    kind = Kind.ZERO if entry == ZERO_CLUSTER else absent
+                    if pending and kind is not pending_kind:
+                        yield Segment(pending, pending_kind)  # type: ignore[arg-type]
+                        pending = 0
+                    pending_kind = kind
+                    pending += count
+                pos += count
+                index += 1
+                slot += 1
+                within = 0
+        if run_length:
+            yield data(run_length, self.source, run_at)
         if pending:
             yield Segment(pending, pending_kind)  # type: ignore[arg-type]
 
