@@ -181,3 +181,73 @@ def test_resume_into_a_folder_without_a_ledger_is_a_usage_error_and_writes_nothi
     err = capsys.readouterr().err
     assert "--resume" in err and "resume=True" not in err
     assert sorted(p.name for p in vm_folder.iterdir()) == before
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real OpenSSH sshd on loopback (tests/transport/sshd.py)."""
+    import shutil
+
+    from tests.transport.sshd import SSHD, SSHServer
+
+    if not shutil.which(SSHD) and not Path(SSHD).exists():
+        pytest.skip("needs OpenSSH sshd (tests/apt-packages.txt)")
+    with SSHServer(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+def _ssh(server, drop_after=None):
+    from vmforensics.transport.ssh import SSHTransport
+
+    class Dropping(SSHTransport):
+        def open_read(self, path, offset=0):
+            stream = super().open_read(path, offset)
+            return _Dropping(stream, drop_after) if drop_after is not None else stream
+
+    return Dropping(
+        server.host,
+        port=server.port,
+        user=server.user,
+        identity=server.client_key,
+        known_hosts=server.known_hosts,
+    )
+
+
+@pytest.mark.parametrize("tamper", [False, True], ids=["unchanged", "prefix-changed-size-and-mtime-kept"])
+def test_resume_over_ssh_rereads_the_prefix_from_the_server(sshd, tmp_path, tamper):
+    from vmforensics.acquire.copier import copy_file
+    from vmforensics.custody.evidence import EvidenceDirectory
+    from vmforensics.custody.ledger import Ledger
+
+    source = tmp_path / "disk.bin"
+    source.write_bytes(os.urandom(3_000_000))
+    evidence = EvidenceDirectory(tmp_path / "ev")
+    ledger = Ledger.create(tmp_path / "ev" / "custody.log.jsonl", {})
+    dropping = _ssh(sshd, drop_after=1_000_000)
+    with pytest.raises(ConnectionError_):
+        copy_file(dropping, str(source), evidence, "disk.bin", ledger=ledger, retries=0, backoff=0)
+    dropping.close()
+    partial = evidence.local_path("disk.bin")
+    kept = partial.read_bytes()
+    assert 0 < len(kept) < 3_000_000
+    if tamper:
+        info = source.stat()
+        data = bytearray(source.read_bytes())
+        data[len(kept) // 2] ^= 0x01
+        source.write_bytes(bytes(data))
+        os.utime(source, ns=(info.st_atime_ns, info.st_mtime_ns))
+    transport = _ssh(sshd)
+    again = EvidenceDirectory(tmp_path / "ev", resume=True)
+    try:
+        if tamper:
+            with pytest.raises(ResumeRefusedError, match="differ from the partial copy"):
+                copy_file(transport, str(source), again, "disk.bin", ledger=ledger, resume=True)
+            assert partial.read_bytes() == kept
+            return
+        record = copy_file(transport, str(source), again, "disk.bin", ledger=ledger, resume=True)
+    finally:
+        transport.close()
+    assert record.hashes["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert record.resumed == len(kept) and record.transport == "ssh"
+    proofs = [e for e in ledger.events() if e.action == "resume-proof"]
+    assert proofs[0].details["prefix_sha256"] == hashlib.sha256(kept).hexdigest()
