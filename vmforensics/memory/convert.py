@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import attrs
 
 from vmforensics.custody.derived import Sink
-from vmforensics.errors import EvidenceError, UsageError
+from vmforensics.errors import EvidenceError, MemoryFormatError, UsageError
 from vmforensics.memory import elf_layout as efmt
 from vmforensics.memory import lime
 from vmforensics.memory.base import CHUNK, PAGE, GuestMemory
@@ -88,7 +88,19 @@ def plan(memory: GuestMemory, progress: Advance | None = None) -> list[tuple[int
     return [(start, end - start) for start, end, _ in segments]
 
 
+def max_raw_size(memory: GuestMemory) -> int:
+    """A raw image may be mostly hole (the PCI hole, a BIOS just below 4 GiB), but not absurdly:
+    a state claiming RAM at 16 TiB for a small guest is refused rather than hashed for hours."""
+    return max(2 * memory.info().memory_size, 4 << 30) + (4 << 30)
+
+
 def _raw(memory: GuestMemory, sink: Sink, progress: Advance | None) -> tuple[int, int]:
+    if memory.size > max_raw_size(memory):
+        raise MemoryFormatError(
+            f"a raw image would be {memory.size} bytes for {memory.info().memory_size} bytes of memory "
+            "(the highest range lies far above the rest); convert to elf or lime instead",
+            path=str(memory.path),
+        )
     stored = stretches = 0
     for address, data in memory.chunks():
         view = memoryview(data)
