@@ -264,3 +264,20 @@ def test_vdi_block_beyond_the_end_of_the_file_is_refused_on_read(tmp_path: Path)
     patched(image, 512, "<I", 1000)  # block 0 now claims stored block 1000
     with open_image(image) as disk, pytest.raises(ImageFormatError, match="truncated"):
         disk.read_at(0, 4096)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="confine.Confinement.opener resolves a relative path against the image's folder, not the "
+    "working directory, so every relative image path in a sub-folder loses its parents (qcow2 too)",
+)
+def test_vdi_parent_is_found_when_the_image_is_named_by_a_relative_path(
+    vdi_parent: Path, base_raw: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vm = vdi_parent.parent
+    child = snapshot_layout(vdi_parent, "Disk One.vdi")
+    monkeypatch.chdir(vm.parent)
+    relative = Path(vm.name) / "Snapshots" / child.name
+    with open_image(relative, allowed_roots=[vm]) as disk:
+        assert disk.info().parent.path == f"{vm.name}/Disk One.vdi"
+        assert disk.read(disk.size) == expected_child(base_raw.read_bytes())

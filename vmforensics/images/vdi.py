@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import os
 import posixpath
 import sys
@@ -153,7 +154,7 @@ class VdiImage(DiskImage):
         return (
             self.header.block_extra == 0
             and len(self._map) >= blocks
-            and self._map[:blocks] == array("I", range(blocks))
+            and all(map(operator.eq, self._map, range(blocks)))  # no second table allocated
             and self._first + self.size <= self.source.size
         )
 
@@ -229,7 +230,7 @@ class VdiImage(DiskImage):
             if header.uuid_create != linkage:
                 continue
             self.parent_path = candidate.name
-            self.parent = resolver.open_parent(candidate.name, self.path)
+            self.parent = resolver.open_parent(name, self.path)  # the name as found, relative to this image
             if header.uuid_modify != self.header.uuid_parent_modify and self.header.uuid_parent_modify.int:
                 self.warn(
                     f"parent {candidate.name} was modified ({header.uuid_modify}) after this image was made "
