@@ -386,3 +386,25 @@ def test_examiner_process_killed_before_the_record_resumes_from_the_batch_ledger
     assert any(e["action"] == "resume" for e in ledger_events(out / "b01"))
     check = verify(out)
     assert check.ok, str(check)
+
+
+def test_hostile_batch_records_are_reported_not_followed(tmp_path: Path) -> None:
+    make_vms(tmp_path / "ds", ["web01"], tmp_path / "staging")
+    out = tmp_path / "out"
+    acquire_many(survey_local(tmp_path / "ds").select(), out, case=CASE, progress=False)
+    record = json.loads((out / "batch.json").read_bytes())
+    (tmp_path / "outside").mkdir()
+    (out / "link").symlink_to(tmp_path / "outside")
+    variants = {
+        "escape": {**record, "members": [{**record["members"][0], "directory": "../outside"}]},
+        "symlink": {**record, "members": [{**record["members"][0], "directory": "link"}]},
+        "not-a-list": {**record, "members": "web01"},
+        "history-escape": {**record, "supersedes": {"record": "../../etc/passwd", "sha256": "0" * 64}},
+        "nul": {**record, "members": [{**record["members"][0], "directory": "we\0b01"}]},
+    }
+    (out / "batch.json").chmod(0o644)
+    for label, variant in variants.items():
+        (out / "batch.json").write_bytes(rfc8785.dumps(variant))
+        check = verify(out)
+        assert not check.ok, label
+        assert all(m.status != "OK" for m in check.members if m.directory != "web01"), label
