@@ -408,3 +408,29 @@ def test_hostile_batch_records_are_reported_not_followed(tmp_path: Path) -> None
         check = verify(out)
         assert not check.ok, label
         assert all(m.status != "OK" for m in check.members if m.directory != "web01"), label
+
+
+def test_in_a_jupyter_kernel_the_batch_shows_a_live_member_table(tmp_path: Path) -> None:
+    """A real IPython kernel (nbclient): the table is displayed once and updated in place."""
+    nbformat = pytest.importorskip("nbformat", reason="nbclient/ipykernel (test extra)")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    code = (
+        "from vmforensics import CaseInfo, acquire_many, survey_local\n"
+        f"batch = acquire_many(survey_local({str(tmp_path / 'ds')!r}).select(), {str(tmp_path / 'out')!r},\n"
+        "                     case=CaseInfo(case_id='2026-118', examiner='A. Analyst'))\n"
+        "assert batch.ok"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    root = Path(__file__).resolve().parents[2]
+    nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+    ).execute()
+    tables = [
+        o["data"]["text/html"]
+        for o in notebook.cells[0].outputs
+        if "text/html" in o.get("data", {}) and "bytes done" in o["data"]["text/html"]
+    ]
+    assert len(tables) == 1  # one live display, updated in place (update_display_data)
+    assert tables[0].count(">sealed<") == 2 and "web01" in tables[0] and "db01" in tables[0]
