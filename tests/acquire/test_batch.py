@@ -434,3 +434,21 @@ def test_in_a_jupyter_kernel_the_batch_shows_a_live_member_table(tmp_path: Path)
     ]
     assert len(tables) == 1  # one live display, updated in place (update_display_data)
     assert tables[0].count(">sealed<") == 2 and "web01" in tables[0] and "db01" in tables[0]
+
+
+def test_members_written_on_a_workers_own_disk_verify_once_copied_beside_the_record(tmp_path: Path) -> None:
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    out, local_disk = tmp_path / "out", tmp_path / "worker-disk"
+    batch = acquire_many(
+        survey_local(tmp_path / "ds").select(), out, case=CASE, worker_root=local_disk, progress=False
+    )
+    assert batch.ok and (local_disk / "web01" / "manifest.json").is_file()
+    record = json.loads((out / "batch.json").read_bytes())
+    assert record["worker_root"] == str(local_disk) and all(m["worker"]["host"] for m in record["members"])
+    check = verify(out)
+    assert not check.ok and {m.status for m in check.members} == {"MISSING"}
+
+    for member in ("web01", "db01"):
+        shutil.copytree(local_disk / member, out / member)
+    check = verify(out)
+    assert check.ok, str(check)
