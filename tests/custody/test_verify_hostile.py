@@ -5,6 +5,7 @@ directory self-consistent in one place are caught by the cross-checks in another
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -225,3 +226,11 @@ def test_any_bytes_in_the_manifest_or_ledger_give_a_verdict_never_an_exception(p
     assert report.problems or any(f.status != "OK" for f in report.files)
     assert str(report).startswith("FAILED: ")
     assert not any("could not be completed" in p for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("record", ["custody.log.jsonl", "manifest.json", "SHA256SUMS", "manifest.json.sig"])
+def test_a_fifo_planted_as_a_record_is_failed_without_hanging(sealed, capsys, record):
+    make_writable(sealed.path)
+    (sealed.path / record).unlink()
+    os.mkfifo(sealed.path / record)  # a reader that opened it blocking would wait forever
+    _failed_with(sealed.path, "not a regular file", capsys)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,24 @@ def parse_event(line: bytes) -> CustodyEvent:
     return event
 
 
+MAX_LEDGER_BYTES = 256 * 1024 * 1024  # about a million events; a ledger is read whole
+
+
+def read_ledger(path: Path) -> bytes:
+    """The ledger's bytes: a regular file (not a symlink, FIFO or device) of bounded size."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise EvidenceError(f"{path.name} is not a regular file")
+        if info.st_size > MAX_LEDGER_BYTES:
+            raise EvidenceError(f"{path.name} is {info.st_size} bytes, more than a ledger can be")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(MAX_LEDGER_BYTES + 1)[:MAX_LEDGER_BYTES]
+    finally:
+        os.close(fd)
+
+
 TORN_ADVICE = (
     "a write was cut short (power loss or crash); acquire again into this directory with --resume "
     "to truncate it (recorded in the ledger) and continue"
@@ -81,9 +100,11 @@ def check_chain(path: Path) -> ChainCheck:
     prev = GENESIS
     count = 0
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return ChainCheck(False, GENESIS, 0, (f"cannot read the ledger: {exc.strerror or exc}",))
+        raw = read_ledger(path)
+    except (OSError, EvidenceError) as exc:
+        return ChainCheck(
+            False, GENESIS, 0, (f"cannot read the ledger: {getattr(exc, 'strerror', None) or exc}",)
+        )
     torn = None
     if raw and not raw.endswith(b"\n"):
         cut = raw.rfind(b"\n") + 1
@@ -170,4 +191,4 @@ class Ledger:
             return event
 
     def events(self) -> list[CustodyEvent]:
-        return [parse_event(line) for line in self.path.read_bytes().splitlines()]
+        return [parse_event(line) for line in read_ledger(self.path).splitlines()]

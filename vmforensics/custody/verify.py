@@ -25,7 +25,15 @@ import attrs
 
 from vmforensics.custody.certificates import CHAIN_NAME
 from vmforensics.custody.evidence import FILES_DIR, HASH_ALGORITHMS, READ_CHUNK, safe_relative_path
-from vmforensics.custody.ledger import GENESIS, LEDGER_NAME, CustodyEvent, check_chain, line_hash, parse_event
+from vmforensics.custody.ledger import (
+    GENESIS,
+    LEDGER_NAME,
+    CustodyEvent,
+    check_chain,
+    line_hash,
+    parse_event,
+    read_ledger,
+)
 from vmforensics.custody.models import EvidenceFile, Manifest, parse_json, utc_now
 from vmforensics.custody.names import printable, text
 from vmforensics.custody.postseal import PostSealCheck, checker_for
@@ -217,7 +225,7 @@ def _verify(root: Path, given: VerifyKey | None, options: dict[str, Any]) -> Ver
     else:
         ledger_status = "OK" if chain.ok else "BROKEN"
         problems += [f"ledger: {p}" for p in chain.problems]
-        lines = _read(root / LEDGER_NAME, None, problems).splitlines()[: chain.events]
+        lines = read_ledger(root / LEDGER_NAME).splitlines()[: chain.events] if chain.events else []
         if manifest is not None:
             signed = manifest.integrity.ledger_events
             prefix_head = line_hash(lines[signed - 1]) if 0 < signed <= len(lines) else GENESIS
@@ -296,25 +304,23 @@ def _exists(path: Path) -> bool:
     return True
 
 
-def _read(path: Path, what: str | None, problems: list[str], limit: int = MAX_RECORD_BYTES) -> bytes:
+def _read(path: Path, what: str, problems: list[str], limit: int = MAX_RECORD_BYTES) -> bytes:
     """A record's bytes (a regular file, not a symlink, bounded); b"" with a problem otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
-        if what:
-            problems.append(f"{what}: cannot be opened ({exc.strerror or exc})")
+        problems.append(f"{what}: cannot be opened ({exc.strerror or exc})")
         return b""
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            if what:
-                problems.append(f"{what}: not a regular file")
+            problems.append(f"{what}: not a regular file")
             return b""
-        if what and info.st_size > limit:
+        if info.st_size > limit:
             problems.append(f"{what}: {info.st_size} bytes, more than a record of this kind can be")
             return b""
         with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read()
+            return f.read(limit + 1)[:limit]
     finally:
         os.close(fd)
 
