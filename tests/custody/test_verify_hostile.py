@@ -96,7 +96,14 @@ def test_manifest_resigned_with_another_key_and_pub_swapped_fails_on_the_ledgers
         (lambda m: m.update(files="nope"), "manifest:"),
         (lambda m: m["integrity"].update(ledger_events=-1), "manifest:"),
     ],
-    ids=["path-under-a-file", "path-over-the-limit", "unknown-hash", "size-not-int", "files-not-list", "negative"],
+    ids=[
+        "path-under-a-file",
+        "path-over-the-limit",
+        "unknown-hash",
+        "size-not-int",
+        "files-not-list",
+        "negative",
+    ],
 )
 def test_malformed_but_resigned_manifest_is_failed_with_the_reason(sealed, capsys, edit, reason):
     make_writable(sealed.path)
@@ -173,9 +180,11 @@ def pristine(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("hostile")
     vm = build_demo_vm(base / "ds").parent
-    return LocalAcquirer().acquire(
-        str(vm), base / "ev", case=CaseInfo(case_id="H-1", examiner="Fuzzer"), progress=False
-    ).path
+    return (
+        LocalAcquirer()
+        .acquire(str(vm), base / "ev", case=CaseInfo(case_id="H-1", examiner="Fuzzer"), progress=False)
+        .path
+    )
 
 
 def _copy(pristine: Path, target: Path) -> Path:
@@ -190,7 +199,9 @@ def _copy(pristine: Path, target: Path) -> Path:
 def _mutations() -> st.SearchStrategy[bytes]:
     json_values = st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+        lambda children: (
+            st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        ),
         max_leaves=20,
     )
     return st.one_of(
@@ -201,7 +212,9 @@ def _mutations() -> st.SearchStrategy[bytes]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=_mutations(), where=st.sampled_from(["manifest", "ledger-line", "signature", "manifest-field"]))
-def test_any_bytes_in_the_manifest_or_ledger_give_a_verdict_never_an_exception(pristine, tmp_path, data, where):
+def test_any_bytes_in_the_manifest_or_ledger_give_a_verdict_never_an_exception(
+    pristine, tmp_path, data, where
+):
     root = _copy(pristine, tmp_path / "case")
     if where == "manifest":
         _resign(root, data, SigningKey.generate())
