@@ -140,7 +140,11 @@ def test_dropped_reads_resume_from_the_durable_offset_and_are_logged(tmp_path):
     ledger = Ledger.create(tmp_path / "ev" / "custody.log.jsonl", {})
     transport = DroppingTransport(every=3_000_001, drops=3)
     record = copy_file(transport, str(source), evidence, "big.bin", ledger=ledger, backoff=0)
-    assert record.hashes["sha256"] == hashlib.sha256(payload).hexdigest() and record.reconnections == 3 and record.resumed == 0
+    assert (
+        record.hashes["sha256"] == hashlib.sha256(payload).hexdigest()
+        and record.reconnections == 3
+        and record.resumed == 0
+    )
     assert transport.reconnects == 3
     assert [e.action for e in ledger.events()].count("transfer-interrupted") == 3
 
