@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import rfc8785
 
+from tests.custody.test_pkcs11 import token  # noqa: F401 (the SoftHSM2 fixture)
 from tests.survey.estate import add_vm
 from vmforensics import CaseInfo, SigningKey, verify
 from vmforensics.acquire.batch import Limits, limit_keys
-from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef, SecretRef, plans_from_file
+from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef, SecretRef, TokenKeyRef, plans_from_file
 from vmforensics.acquire.batch_record import BatchVerificationReport
 from vmforensics.cli import main
 from vmforensics.errors import UsageError
@@ -452,3 +453,26 @@ def test_members_written_on_a_workers_own_disk_verify_once_copied_beside_the_rec
         shutil.copytree(local_disk / member, out / member)
     check = verify(out)
     assert check.ok, str(check)
+
+
+@pytest.mark.usefixtures("token")
+def test_acquire_batch_command_signs_on_a_pkcs11_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.custody.test_pkcs11 import MODULE, PIN, TOKEN
+    from vmforensics.custody.pkcs11 import PKCS11Key
+
+    if not Path(MODULE).exists():
+        pytest.skip("needs softhsm2")
+    monkeypatch.setenv("VMFORENSICS_PKCS11_PIN", PIN)
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(survey_local(tmp_path / "ds").to_json())
+    code = main(["acquire-batch", str(plan), "--out", str(tmp_path / "out"), "--local", "2", "--case", "c1",
+                 "--examiner", "A. Analyst", "--no-progress", "--pkcs11-module", MODULE, "--pkcs11-token", TOKEN,
+                 "--pkcs11-key", "p256"])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    key = TokenKeyRef(MODULE, TOKEN, "p256").load()  # the session this process opened for the batch
+    assert isinstance(key, PKCS11Key)
+    assert json.loads((tmp_path / "out" / "batch.json").read_bytes())["signer_key_id"] == key.key_id
+    assert verify(tmp_path / "out", key.public_key()).ok

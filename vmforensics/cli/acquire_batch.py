@@ -33,7 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--per-host", type=int, metavar="N", help="at most N at once per hypervisor host")
     limits.add_argument("--per-datastore", type=int, metavar="N", help="at most N at once per datastore")
     add_case_options(parser.add_argument_group("case"))
-    add_signing_options(parser.add_argument_group("signing"))
+    signing = parser.add_argument_group("signing")
+    add_signing_options(signing)
+    signing.add_argument("--pkcs11-module", metavar="SO", help="sign on a PKCS#11 token: the module library")
+    signing.add_argument("--pkcs11-token", metavar="LABEL", help="the token's label (with --pkcs11-module)")
+    signing.add_argument("--pkcs11-key", metavar="LABEL", help="the key's label (with --pkcs11-module)")
     how = parser.add_argument_group("acquisition")
     how.add_argument("--preserve", help="how to freeze each VM first (the acquirer's modes; default none)")
     how.add_argument("--hash", action="append", default=[], metavar="ALGO", help="extra hash besides sha256")
@@ -98,10 +102,17 @@ def _client(address: str) -> Any:
 
 
 def _key_ref(args: argparse.Namespace) -> Any:
-    """The key as workers load it: the PEM path, and the passphrase's variable if it is encrypted."""
-    from vmforensics.acquire.batch_plan import KeyRef, SecretRef
+    """The key as workers load it: the PEM path (and the passphrase's variable if it is encrypted),
+    or the token's module and labels (the PIN from $VMFORENSICS_PKCS11_PIN on every worker)."""
+    from vmforensics.acquire.batch_plan import KeyRef, SecretRef, TokenKeyRef
+    from vmforensics.cli.common import PKCS11_PIN_ENV
     from vmforensics.custody.signing import SigningKey
 
+    if args.pkcs11_module:
+        if args.key or not args.pkcs11_token or not args.pkcs11_key:
+            raise UsageError("--pkcs11-module needs --pkcs11-token and --pkcs11-key (and no --key)")
+        pin = SecretRef(env=PKCS11_PIN_ENV)
+        return TokenKeyRef(args.pkcs11_module, args.pkcs11_token, args.pkcs11_key, pin=pin)
     if not args.key:
         return None
     try:
