@@ -179,3 +179,56 @@ def test_arbitrary_text_in_a_descriptor_position_raises_only_image_format_errors
     path = folder / "DiskDescriptor.xml"
     path.write_text(f"<?xml version='1.0'?><Parallels_disk_image>{text}</Parallels_disk_image>")
     exercise(path)
+
+
+def _qed_shared(tmp_path: Path) -> Path:
+    image = tmp_path / "shared.qed"
+    qemu_img("create", "-f", "qed", image, "64G")  # 64 KiB clusters, L2 tables of 2 GiB each
+    qemu_io(image, "write -P 0x41 0 8k", fmt="qed")
+    blob = bytearray(image.read_bytes())
+    l1 = _u64(blob, 40)
+    first = _u64(blob, l1)
+    for i in range(32):
+        struct.pack_into("<Q", blob, l1 + 8 * i, first)
+    image.write_bytes(bytes(blob))
+    return image
+
+
+def _qcow1_shared(tmp_path: Path) -> Path:
+    image = tmp_path / "shared.qcow"
+    qemu_img("create", "-f", "qcow", image, "1G")
+    qemu_io(image, "write -P 0x41 0 8k", fmt="qcow")
+    blob = bytearray(image.read_bytes())
+    l1 = _u64(blob, 40, ">Q")
+    first = _u64(blob, l1, ">Q")
+    for i in range(512):  # 2 MiB per L2 table: 512 entries cover 1 GiB
+        struct.pack_into(">Q", blob, l1 + 8 * i, first)
+    image.write_bytes(bytes(blob))
+    return image
+
+
+def _asif_shared(tmp_path: Path) -> Path:
+    image = tmp_path / "shared.asif"
+    chunk = 32 << 10
+    build_asif(image, 1 << 30, {0: b"A" * 8192}, chunk_size=chunk, max_size=1 << 30)
+    blob = bytearray(image.read_bytes())
+    directory = 2 * chunk + 8  # the current directory's entries follow its version
+    first = _u64(blob, directory, ">Q")
+    for i in range(16):  # 64 MiB per table: 16 entries cover 1 GiB
+        struct.pack_into(">Q", blob, directory + 8 * i, first)
+    image.write_bytes(bytes(blob))
+    return image
+
+
+@pytest.mark.parametrize("build", [_qed_shared, _qcow1_shared, _asif_shared])
+def test_a_table_named_by_every_entry_is_counted_once_and_reported(tmp_path: Path, build) -> None:
+    """Crafted (or corrupt) maps that point every entry at one table: reads follow them as qemu
+    does, but allocation is counted once, so the work stays bounded by the file."""
+    image = build(tmp_path)
+    with open_image(image) as disk:
+        info = disk.info()
+        assert disk.read_at(0, 4) == b"AAAA"
+        assert info.allocated is not None and info.allocated <= 64 * 1024  # one table's clusters, once
+        assert sum(1 for w in info.warnings if "reuses" in w) == 1
+    with open_image(image, strict=True) as disk, pytest.raises(ImageFormatError, match="reuses"):
+        disk.info()

@@ -72,6 +72,7 @@ class AsifImage(DiskImage):
         self._tables: BoundedCache[int, array[int]] = BoundedCache(
             max(2, TABLE_CACHE_BYTES // (geometry.table_entries * 8))
         )
+        self._reported_shared = False  # a table named twice is reported once
         self.metadata: dict[str, Any] = {}
         if header.metadata_chunk:
             self._read_metadata()
@@ -182,9 +183,21 @@ class AsifImage(DiskImage):
         g = self.geometry
         start = stop = -1
         tables = min(len(self.directory), -(-self.size // g.bytes_per_table))
+        seen: set[int] = set()
         for table_index in range(tables):
+            chunk = self.directory[table_index] & ENTRY_CHUNK_MASK
+            if chunk in seen:  # corrupt or crafted: counted once, so work stays bounded by the file
+                if not self._reported_shared:
+                    self._reported_shared = True
+                    self.warn(
+                        f"directory entry {table_index} reuses a table: its chunks are not counted again"
+                    )
+                continue
             table = self._table(table_index)
             if table is None:
+                continue
+            seen.add(chunk)
+            if not any(table):
                 continue
             base = table_index * g.bytes_per_table
             for i in range(g.data_per_table):

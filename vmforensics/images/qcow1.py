@@ -90,6 +90,7 @@ class Qcow1Image(DiskImage):
         self._clusters: BoundedCache[int, bytes] = BoundedCache(
             max(2, CLUSTER_CACHE_BYTES >> self.cluster_bits)
         )
+        self._reported_shared = False  # an L2 table named twice is reported once
         self.backing_name: str | None = None
         if header.backing_file_offset:
             self._open_backing(resolver)
@@ -165,13 +166,22 @@ class Qcow1Image(DiskImage):
     def _allocated(self) -> Iterable[tuple[int, int]]:
         start = stop = -1
         span = 1 << self._span_bits
+        seen: set[int] = set()
         for l1_index, l2_offset in enumerate(self.l1):
             if not l2_offset:
                 continue
+            if l2_offset in seen:  # corrupt or crafted: counted once, so work stays bounded by the file
+                if not self._reported_shared:
+                    self._reported_shared = True
+                    self.warn(f"L1 entry {l1_index} reuses an L2 table: its clusters are not counted again")
+                continue
+            seen.add(l2_offset)
             base = l1_index * span
             table = self._l2.get(
                 l2_offset, lambda at: _u64_table(self.source.read_at(at, self.l2_entries * 8))
             )
+            if not any(table):
+                continue
             for i, entry in enumerate(table):
                 if not entry:
                     continue

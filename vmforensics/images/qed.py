@@ -89,6 +89,7 @@ class QedImage(DiskImage):
             self.warn("image is marked as needing a consistency check (not closed cleanly)", offset=16)
         self.l1 = _u64_table(source.read_at(header.l1_table_offset, self.table_bytes))
         self._l2: BoundedCache[int, array[int]] = BoundedCache(max(1, L2_CACHE_BYTES // self.table_bytes))
+        self._reported_shared = False  # a table named twice is reported once
         self.backing_name: str | None = None
         if header.features & F_BACKING_FILE:
             self._open_backing(resolver)
@@ -190,14 +191,25 @@ class QedImage(DiskImage):
             yield Segment(pending, pending_kind)  # type: ignore[arg-type]
 
     def _allocated(self) -> Iterable[tuple[int, int]]:
+        """Stored clusters. Work is bounded by the file: an L2 table named by several L1 entries
+        (corrupt or crafted) counts once and is reported."""
         start = stop = -1
         cluster = self.cluster_size
+        seen: set[int] = set()
         for l1_index in range(len(self.l1)):
             base = l1_index * self._span
             if base >= self.size:
                 break
+            if self.l1[l1_index] in seen:
+                if not self._reported_shared:
+                    self._reported_shared = True
+                    self.warn(f"L1 entry {l1_index} reuses an L2 table: its clusters are not counted again")
+                continue
             table = self._table(l1_index)
             if table is None:
+                continue
+            seen.add(self.l1[l1_index])
+            if not any(table):
                 continue
             for i, entry in enumerate(table):
                 if entry in (UNALLOCATED, ZERO_CLUSTER):
