@@ -279,3 +279,27 @@ def test_workers_sign_with_the_examiners_pkcs11_token_pin_never_in_a_payload(
         json.loads((tmp_path / "out" / n / "manifest.json").read_bytes())["integrity"]["signer_key_id"]
         for n in ("web01", "db01")
     } == {public.key_id}
+
+
+def test_acquire_batch_command_with_scheduler_runs_on_the_dask_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vmforensics.cli import main
+    from vmforensics.survey.local import survey_local
+
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(survey_local(tmp_path / "ds").to_json())
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        code = main(["acquire-batch", str(plan), "--out", str(tmp_path / "out"), "--scheduler",
+                     cluster.scheduler_address, "--per-datastore", "1", "--case", "2026-119", "--no-progress"])  # fmt: skip
+        workers = set(cluster.scheduler.workers)
+    assert code == 0, capsys.readouterr()
+    record = json.loads((tmp_path / "out" / "batch.json").read_bytes())
+    assert (
+        record["executor"] == "ClientExecutor"
+        and {m["worker"]["worker"] for m in record["members"]} <= workers
+    )
+    assert main(["verify", str(tmp_path / "out")]) == 0
