@@ -236,3 +236,14 @@ def test_parallels_descriptor_declaring_an_unknown_encoding_is_read_as_utf8(
     path.write_text(path.read_text().replace("encoding='UTF-8'", "encoding='TTF-8'"))
     with open_image(path) as disk:
         assert disk.read_at(0, 4096) == expected_bundle(bundle, base_raw)[:4096]
+
+
+def test_parallels_descriptor_naming_too_many_files_is_refused_before_opening_them(tmp_path: Path) -> None:
+    hdd = tmp_path / "big.hdd"
+    hdd.mkdir()
+    guids = [f"{{{i:08x}-0000-4000-8000-000000000000}}" for i in range(100)]
+    shots = [(g, guids[i - 1] if i else NULL) for i, g in enumerate(guids)]
+    storages = [(i * 8, (i + 1) * 8, [(g, "Compressed", f"p{i}.{g}.hds") for g in guids]) for i in range(50)]
+    (hdd / p.DESCRIPTOR_NAME).write_text(descriptor(storages, shots, top=guids[-1]))
+    with pytest.raises(ImageFormatError, match="5000 files, more than the 4096"):
+        open_image(hdd / p.DESCRIPTOR_NAME)

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 MAX_CLUSTER_SIZE = 256 << 20
 #: A descriptor splitting the disk into more parts than this is refused.
 MAX_STORAGES = 4096
+#: A bundle whose snapshot chain and storages name more files than this is refused (open files).
+MAX_PARTS = 4096
 
 
 class Expanding:
@@ -363,6 +365,12 @@ def _open_bundle(source: ImageSource, resolver: Resolver) -> ParallelsImage:
     path = source.name
     storages, shots, top, disk_sectors = parse_descriptor(source.read_at(0, source.size), path)
     chain = _chain(shots, top, path)
+    if len(chain) * len(storages) > MAX_PARTS:
+        raise ImageFormatError(
+            f"descriptor needs {len(chain)} snapshots x {len(storages)} storages = "
+            f"{len(chain) * len(storages)} files, more than the {MAX_PARTS} read",
+            path=path,
+        )
     size = storages[-1].end * SECTOR
     notes: list[tuple[str, int | None]] = []
     if disk_sectors is not None and disk_sectors * SECTOR != size:
