@@ -16,7 +16,7 @@ import logging
 import sys
 import uuid
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 from xml.etree.ElementTree import Element
 
@@ -123,7 +123,7 @@ class ParallelsImage(DiskImage):
         parent: DiskImage | None = None,
         snapshot: str | None = None,
         subtype: str = "expanding",
-        notes: list[tuple[str, int | None]] = (),  # type: ignore[assignment]
+        notes: Sequence[tuple[str, int | None]] = (),
     ):
         super().__init__(size, path=path, sources=sources, parent=parent, strict=resolver.strict)
         self.pieces = pieces
