@@ -77,8 +77,11 @@ class QMP:
                 raise RuntimeError(f"{command}: {reply['error']}")
             return reply["return"]
 
-    def hmp(self, line: str) -> str:
-        return self.execute("human-monitor-command", **{"command-line": line})
+    def hmp(self, line: str) -> None:
+        """A monitor command that prints nothing when it works (qemu-io writes); else raise."""
+        said = self.execute("human-monitor-command", **{"command-line": line})
+        if said.strip():
+            raise RuntimeError(f"{line}: {said.strip()}")
 
     def close(self) -> None:
         self.file.close()
@@ -106,8 +109,10 @@ class Guest:
         raw: Path | None = None,
         extra_drives: tuple[tuple[str, str, str], ...] = (),
         lab: Path | None = None,
+        blockdev: bool = False,
     ):
         self.root = root
+        self.blockdev = blockdev  # the qcow2 disk as -blockdev nodes (no drive id), as libvirt and PVE 9 do
         self.lab = lab or root  # the banner and pid file (not beside the disks of a Proxmox node)
         self.name = name
         self.uuid = uuid
@@ -160,6 +165,14 @@ class Guest:
             "-pidfile", str(self.pid_file),
             "-daemonize",
         ]  # fmt: skip
+        if self.blockdev:
+            ident, path, fmt = drives.pop(0)
+            argv += [
+                "-blockdev", f"driver=file,filename={path},node-name=file-{ident}",
+                "-blockdev", f"driver={fmt},file=file-{ident},node-name={ident}",
+                "-device", "virtio-scsi-pci,id=scsihw0",
+                "-device", f"scsi-hd,bus=scsihw0.0,drive={ident},id=hd-{ident}",
+            ]  # fmt: skip
         for ident, path, fmt in drives:
             argv += [
                 "-drive",
@@ -169,9 +182,16 @@ class Guest:
             ]
         subprocess.run(argv, check=True, capture_output=True, timeout=60)
         self.pid = int(self.pid_file.read_text())
-        with self.qmp() as qmp:
-            qmp.hmp('qemu-io drive-scsi0 "write -P 0x41 0 64k"')  # written while running
+        self.write("drive-scsi0", "write -P 0x41 0 64k")  # written while running
         return self
+
+    def write(self, drive: str, command: str) -> None:
+        """A qemu-io command on a drive of the running guest (-d: by guest device for -blockdev)."""
+        with self.qmp() as qmp:
+            if self.blockdev and drive == "drive-scsi0":
+                qmp.hmp(f'qemu-io -d hd-{drive} "{command}"')
+            else:
+                qmp.hmp(f'qemu-io {drive} "{command}"')
 
     def qmp(self) -> QMP:
         return QMP(self.qmp_path)
@@ -181,8 +201,13 @@ class Guest:
             return qmp.execute("query-status")["status"]
 
     def tops(self) -> dict[str, str]:
+        """Each drive's active image, by drive id (by the guest device for -blockdev drives)."""
         with self.qmp() as qmp:
-            return {b["device"]: b["inserted"]["file"] for b in qmp.execute("query-block") if "inserted" in b}
+            return {
+                b["device"] or b["qdev"]: b["inserted"]["file"]
+                for b in qmp.execute("query-block")
+                if "inserted" in b
+            }
 
     def node_files(self) -> list[str]:
         with self.qmp() as qmp:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.acquire import qemu_lab
-from tests.acquire.qemu_lab import BANNER_ADDRESS, Guest, convert_to_raw, short_root
+from tests.acquire.qemu_lab import BANNER_ADDRESS, Guest, convert_to_raw, qemu_img, short_root
 from tests.interop.vmware_state import BANNER
 from tests.test_docs import RECIPE
 from tests.transport.sshd import SSHServer
@@ -62,9 +62,8 @@ class FrozenProbe(QemuAcquirer):
             "drive-scsi0": convert_to_raw(guest.disk, guest.root / "frozen0.raw", fmt="qcow2"),
             "drive-scsi1": convert_to_raw(guest.raw, guest.root / "frozen1.raw", fmt="raw"),
         }
-        with guest.qmp() as qmp:
-            qmp.hmp('qemu-io drive-scsi0 "write -P 0x42 128k 64k"')
-            qmp.hmp('qemu-io drive-scsi1 "write -P 0x43 0 4k"')
+        guest.write("drive-scsi0", "write -P 0x42 128k 64k")
+        guest.write("drive-scsi1", "write -P 0x43 0 4k")
         return super().enumerate(session)
 
 
@@ -317,3 +316,66 @@ def test_backing_chain_deeper_than_the_limit_is_cut_and_says_so():
         image = {"filename": f"/d/{number}.qcow2", "format": "qcow2", "backing-image": image}
     layers, cut = layers_from_image(image)
     assert cut and len(layers) == MAX_DEPTH
+
+
+def test_blockdev_drives_without_a_drive_id_are_snapshotted_and_committed_back(sshd):
+    """-blockdev node graphs (libvirt, Proxmox VE 9) have no drive id: nodes are addressed by name."""
+    root = short_root("qn")
+    with Guest(root, name="bd01", blockdev=True) as guest:
+        before = guest.tops()
+        result = acquirer(sshd).acquire(
+            str(guest.qmp_path), root / "out", case=CASE, preserve="pause", memory=False, progress=False
+        )
+        qcow2 = evidence(result, "disk0.qcow2")
+        assert convert_to_raw(qcow2, root / "got.raw", fmt="qcow2")[:65536] == b"A" * 65536
+        assert guest.tops() == before and str(guest.disk) in before.values()
+        assert set(guest.node_files()) == {str(guest.disk), str(guest.raw)}
+        assert not list(root.glob("*.vmf*.qcow2"))
+
+
+def test_backing_files_outside_the_drive_folders_need_an_allowed_root(sshd):
+    """A backing file name is written in the image header (source content): confined like any other."""
+    root = short_root("qc")
+    elsewhere = short_root("qe")  # not beneath the drive's folder
+    qemu_img("create", "-q", "-f", "qcow2", str(elsewhere / "base.qcow2"), "16M")
+    qemu_img(
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        str(elsewhere / "base.qcow2"),
+        "-F",
+        "qcow2",
+        str(root / "disk0.qcow2"),
+    )
+    with Guest(root, name="cf01") as guest:
+        refused = acquirer(sshd).acquire(str(guest.qmp_path), root / "out1", case=CASE, progress=False)
+        allowed = acquirer(sshd).acquire(
+            str(guest.qmp_path), root / "out2", case=CASE, progress=False, allowed_roots=[str(elsewhere)]
+        )
+    reasons = {o.source_path: o.reason for o in refused.omissions}
+    assert "outside the acquisition roots" in reasons[str(elsewhere / "base.qcow2")]
+    assert not any(f.local_path.endswith("base.qcow2") for f in refused.files)
+    assert any(f.local_path.endswith("disks/drive-scsi0/base.qcow2") for f in allowed.files)
+
+
+def test_backing_file_that_is_a_symbolic_link_is_omitted(sshd):
+    root = short_root("qy")
+    qemu_img("create", "-q", "-f", "qcow2", str(root / "real-base.qcow2"), "16M")
+    (root / "base.qcow2").symlink_to(root / "real-base.qcow2")
+    qemu_img(
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        str(root / "base.qcow2"),
+        "-F",
+        "qcow2",
+        str(root / "disk0.qcow2"),
+    )
+    with Guest(root, name="sy01") as guest:
+        result = acquirer(sshd).acquire(str(guest.qmp_path), root / "out", case=CASE, progress=False)
+    reasons = {o.source_path: o.reason for o in result.omissions}
+    assert "symbolic link" in reasons[str(root / "base.qcow2")]

@@ -37,6 +37,7 @@ from vmforensics.hypervisors.qemu.proxmox import (
     parse_storage_config,
     parse_vm_config,
     resolve_volume,
+    storage_folder,
 )
 from vmforensics.transport.base import Transport
 
@@ -225,7 +226,7 @@ class QemuAcquirer(Acquirer):
     # -- enumerate -------------------------------------------------------------------------------
 
     def enumerate(self, session: Session) -> list[PlannedFile]:
-        plan = Plan(session, self._run)
+        plan = Plan(session, self._run, self._roots(session))
         self._plan_extra(session, plan)
         chains = self._plan_disks(session, plan)
         created = session.state.get("qemu_created", {})
@@ -240,6 +241,14 @@ class QemuAcquirer(Acquirer):
         session.ledger.append("disk-chains", chains=chains)
         self._transport = BlockDeviceTransport(self._run, plan.devices)
         return plan.files
+
+    def _roots(self, session: Session) -> list[str]:
+        """Where backing files may live: the folders of the images the drives have open (+ workdir)."""
+        devices: tuple[BlockDevice, ...] = session.state.get("qemu_devices", ())
+        tops = [d.layers[0].filename for d in devices if d.layers and d.layers[0].on_host]
+        return sorted(
+            {posixpath.dirname(p) for p in tops} | ({self.host_workdir} if self.host_workdir else set())
+        )
 
     def _plan_extra(self, session: Session, plan: Plan) -> None:
         """Vendor files planned first (the Proxmox config)."""
@@ -413,6 +422,14 @@ class ProxmoxAcquirer(QemuAcquirer):
         if len(data) > CONFIG_LIMIT:
             raise SourceError(f"{path} grew past {CONFIG_LIMIT} bytes while read")
         return data.decode("utf-8", "replace")
+
+    def _roots(self, session: Session) -> list[str]:
+        """The drives' folders and every storage of storage.cfg that has a folder (linked clones' bases)."""
+        roots = set(super()._roots(session))
+        for storage in session.state["proxmox_storages"].values():
+            if folder := storage_folder(storage):
+                roots.add(folder)
+        return sorted(roots)
 
     def _plan_extra(self, session: Session, plan: Plan) -> None:
         config: VMConfig = session.state["proxmox_config"]

@@ -7,7 +7,11 @@ Evidence layout (under ``files/``)::
     memory/…  config/…  logs/…
 
 A path is planned only after the host confirms it is a file (or a block device, which is then
-read at ``blockdev --getsize64``); anything else becomes an omission with the reason.
+read at ``blockdev --getsize64``); anything else becomes an omission with the reason. The images
+a drive has open are named by QEMU; the backing files below them are named inside image headers
+(source content), so they go through :class:`~vmforensics.confine.RemoteConfinement`: beneath the
+folders of the drives' images, the Proxmox storages and the examiner's ``allowed_roots``, and not
+a symbolic link or a directory as the host reports it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import posixpath
 from typing import Any
 
 from vmforensics.acquire.base import PlannedFile, Session
+from vmforensics.confine import Refusal, RemoteConfinement
 from vmforensics.errors import SourceError
 from vmforensics.hypervisors.qemu.host import QemuHost
 from vmforensics.hypervisors.qemu.identify import Layer
@@ -30,21 +35,38 @@ def safe_name(name: str) -> str:
 class Plan:
     """Planned files with unique evidence names; block devices measured; the rest omitted with reasons."""
 
-    def __init__(self, session: Session, host: QemuHost):
+    def __init__(self, session: Session, host: QemuHost, roots: list[str]):
         self.session = session
         self.host = host
+        allowed = session.options.get("allowed_roots") or ()
+        self.confinement = RemoteConfinement(roots, allowed) if roots or allowed else None
         self.files: list[PlannedFile] = []
         self.devices: dict[str, int] = {}
         self._by_source: dict[str, str] = {}
         self._taken: set[str] = set()
 
-    def add(self, path: str, dest: str, role: str, label: str | None = None) -> str | None:
-        """Plan ``path`` (a file or block device on the host) as ``dest``; None when omitted."""
+    def add(
+        self, path: str, dest: str, role: str, label: str | None = None, *, confined: bool = False
+    ) -> str | None:
+        """Plan ``path`` (a file or block device on the host) as ``dest``; None when omitted.
+
+        ``confined``: the path comes from source content and must pass the confinement.
+        """
         if path in self._by_source:
             return self._by_source[path]
         if not path.startswith("/") or "\0" in path:
             self.session.omit(path, role, "not a path on the host (a network or virtual image)")
             return None
+        if confined:
+            if self.confinement is None:
+                self.session.omit(
+                    path, role, "named by an image, and the acquisition has no root to confine it to"
+                )
+                return None
+            resolved = self.confinement.resolve(path)
+            if isinstance(resolved, Refusal):
+                self.session.omit(path, role, str(resolved))
+                return None
         size: int | None
         if path.startswith("/dev/"):
             try:
@@ -62,6 +84,13 @@ class Plan:
             if info.is_dir:
                 self.session.omit(path, role, "a directory where a file was expected")
                 return None
+            if confined and self.confinement is not None:
+                checked = self.confinement.check_stat(
+                    resolved, is_dir=info.is_dir, is_symlink=info.is_symlink
+                )
+                if isinstance(checked, Refusal):
+                    self.session.omit(path, role, str(checked))
+                    return None
             size = info.size
         dest = self._unique(dest)
         self.files.append(PlannedFile(path, dest, role, size, label or path))
@@ -72,11 +101,12 @@ class Plan:
     def chain(self, drive: str, layers: tuple[Layer, ...], cut: bool) -> dict[str, Any]:
         """Plan every layer of one drive's chain; describe what went where."""
         planned = []
-        for layer in layers:
+        for depth, layer in enumerate(layers):
             dest = self.add(
                 layer.filename,
                 f"disks/{safe_name(drive)}/{safe_name(posixpath.basename(layer.filename))}",
                 "disk",
+                confined=depth > 0,  # backing files are named by the image above them
             )
             planned.append(
                 {

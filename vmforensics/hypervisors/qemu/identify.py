@@ -60,6 +60,11 @@ class BlockDevice:
         return self.device or self.node_name or self.qdev or "disk"
 
     @property
+    def key(self) -> str:
+        """What stays the same across snapshots and commits: the drive id, else the guest device."""
+        return self.device or self.qdev or self.node_name or "disk"
+
+    @property
     def snapshottable(self) -> bool:
         """Writable, not removable media, with a top image that is a path on the host."""
         return not self.removable and not self.read_only and bool(self.layers) and self.layers[0].on_host

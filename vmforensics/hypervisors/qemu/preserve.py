@@ -84,7 +84,7 @@ class QemuControl:
                 self.created["stopped"] = True
             if memory_file:
                 self._dump(qmp, memory_file)
-            self._snapshot(qmp, devices, overlays)
+            self._snapshot(qmp, devices, overlays, tag)
             if state_file:
                 self._save(qmp, state_file)
             if was_running and keep_running:
@@ -112,16 +112,20 @@ class QemuControl:
             if not isinstance(result, dict) or result.get("status") != "completed":
                 raise SourceError(f"dump-guest-memory did not complete: {result}")
 
-    def _snapshot(self, qmp: QMPClient, devices: list[BlockDevice], overlays: dict[str, str]) -> None:
+    def _snapshot(
+        self, qmp: QMPClient, devices: list[BlockDevice], overlays: dict[str, str], tag: str
+    ) -> None:
         if not devices:
             self.session.ledger.append("warning", message="the VM has no writable disk to snapshot")
             return
+        nodes = {d.name: f"{tag}-{number}" for number, d in enumerate(devices)}  # our overlays' node names
         actions = [
             {
                 "type": "blockdev-snapshot-sync",
                 "data": {
                     **({"device": d.device} if d.device else {"node-name": d.node_name}),
                     "snapshot-file": overlays[d.name],
+                    "snapshot-node-name": nodes[d.name],
                     "format": "qcow2",
                     "mode": "absolute-paths",
                 },
@@ -134,11 +138,16 @@ class QemuControl:
                 "overlays": dict(overlays),
                 "devices": {d.name: d.describe() for d in devices},
                 "bases": {d.name: d.layers[0].filename for d in devices},
-                "ids": {d.name: {"device": d.device, "node_name": d.node_name} for d in devices},
+                "ids": {
+                    d.name: {"device": d.device, "key": d.key, "overlay_node": nodes[d.name]} for d in devices
+                },
             }
             qmp.execute("transaction", actions=actions)
-            now = {d.name: d for d in block_devices(qmp.execute("query-block"))}
-            details["tops_now"] = {name: now[name].layers[0].filename for name in overlays if name in now}
+            now = {d.key: d for d in block_devices(qmp.execute("query-block"))}
+            keys = {d.name: d.key for d in devices}
+            details["tops_now"] = {
+                name: now[keys[name]].layers[0].filename for name in overlays if keys[name] in now
+            }
             for name, overlay in overlays.items():
                 if details["tops_now"].get(name) != overlay:
                     raise SourceError(f"after the snapshot {name} is not on its overlay {overlay}")
@@ -203,7 +212,7 @@ class QemuControl:
         self, qmp: QMPClient, name: str, overlay: str, base: str, ids: dict[str, Any], number: int
     ) -> None:
         job = f"vmforensics-commit-{number}"
-        target = {"device": ids["device"]} if ids["device"] else {"device": ids["node_name"]}
+        target = {"device": ids["device"] or ids["overlay_node"]}  # -blockdev drives: the root node
         with self.session.action(
             "block-commit", disk=name, active=True, overlay=overlay, base=base, job_id=job
         ) as details:
@@ -220,8 +229,9 @@ class QemuControl:
             details.update(seconds=round(time.monotonic() - began, 3), bytes=data.get("offset"))
             if done["event"] != "BLOCK_JOB_COMPLETED" or data.get("error"):
                 raise SourceError(f"commit of {name} failed: {data.get('error') or done['event']}")
-            now = {d.name: d for d in block_devices(qmp.execute("query-block"))}
-            top = now[name].layers[0].filename if name in now and now[name].layers else None
+            now = {d.key: d for d in block_devices(qmp.execute("query-block"))}
+            drive = now.get(ids["key"])
+            top = drive.layers[0].filename if drive and drive.layers else None
             still = [
                 n["node_name"]
                 for n in node_files(qmp.execute("query-named-block-nodes", flat=True))

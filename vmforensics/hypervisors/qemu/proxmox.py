@@ -249,6 +249,14 @@ _DIR_TYPES = {
 }
 
 
+def storage_folder(storage: Storage) -> str | None:
+    """The folder of a file storage (``dir``, NFS, CIFS...), None for block and network storages."""
+    if storage.type not in _DIR_TYPES:
+        return None
+    root = storage.settings.get("path") or (_DIR_TYPES[storage.type] or "").format(id=storage.id)
+    return posixpath.normpath(root) if root.startswith("/") else None
+
+
 def resolve_volume(volume: str, storages: dict[str, Storage]) -> Volume:
     """The host path of a volume id such as ``local:100/vm-100-disk-0.qcow2`` or ``local-lvm:vm-100-disk-0``."""
     if volume == "none":
@@ -265,10 +273,9 @@ def resolve_volume(volume: str, storages: dict[str, Storage]) -> Volume:
         return Volume(volume, storage_id, "unknown", reason=f"storage {storage_id!r} is not in storage.cfg")
     settings = storage.settings
     if storage.type in _DIR_TYPES:
-        root = settings.get("path") or (_DIR_TYPES[storage.type] or "").format(id=storage_id)
-        if not root.startswith("/"):
+        root = storage_folder(storage)
+        if root is None:
             return Volume(volume, storage_id, "unknown", reason=f"storage {storage_id} has no absolute path")
-        root = posixpath.normpath(root)
         if match := _DIR_IMAGE.match(name):
             path = posixpath.join(root, "images", match["vmid"], match["name"])
         elif match := _DIR_ISO.match(name):
