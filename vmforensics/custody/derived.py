@@ -37,6 +37,7 @@ DERIVED_DIR = "derived"
 #: Derivation kind -> "module:function" producing it.
 PRODUCERS: dict[str, str] = {
     "memory-image": "vmforensics.memory.derive:produce",
+    "e01": "vmforensics.custody.ewf:produce",
 }
 _ZEROS = bytes(1 << 20)
 
