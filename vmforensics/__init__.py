@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LocalAcquirer": "vmforensics.acquire.local",
-    "VMwareAcquirer": "vmforensics.acquire.vmware",
-    "HyperVAcquirer": "vmforensics.acquire.hyperv",
-    "LibvirtAcquirer": "vmforensics.acquire.libvirt",
+    "LocalAcquirer": "vmforensics.hypervisors.local.acquirer",
+    "VMwareAcquirer": "vmforensics.hypervisors.vmware.acquirer",
+    "HyperVAcquirer": "vmforensics.hypervisors.hyperv.acquirer",
+    "LibvirtAcquirer": "vmforensics.hypervisors.libvirt.acquirer",
     "AcquisitionResult": "vmforensics.acquire.base",
     "CaseInfo": "vmforensics.custody.models",
     "Manifest": "vmforensics.custody.models",
@@ -33,10 +33,10 @@ _EXPORTS = {
     "HTTPSDatastoreTransport": "vmforensics.transport.https",
     "open_url": "vmforensics.transport.urls",
     "SurveyReport": "vmforensics.survey.models",
-    "survey_local": "vmforensics.survey.local",
-    "survey_vmware": "vmforensics.survey.vmware",
-    "survey_libvirt": "vmforensics.survey.libvirt",
-    "survey_hyperv": "vmforensics.survey.hyperv",
+    "survey_local": "vmforensics.hypervisors.local.survey",
+    "survey_vmware": "vmforensics.hypervisors.vmware.survey",
+    "survey_libvirt": "vmforensics.hypervisors.libvirt.survey",
+    "survey_hyperv": "vmforensics.hypervisors.hyperv.survey",
     "seal_report": "vmforensics.survey.seal",
     "acquire_many": "vmforensics.survey.acquire_many",
 }

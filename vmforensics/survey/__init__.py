@@ -12,10 +12,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "survey_local": "vmforensics.survey.local",
-    "survey_vmware": "vmforensics.survey.vmware",
-    "survey_libvirt": "vmforensics.survey.libvirt",
-    "survey_hyperv": "vmforensics.survey.hyperv",
+    "survey_local": "vmforensics.hypervisors.local.survey",
+    "survey_vmware": "vmforensics.hypervisors.vmware.survey",
+    "survey_libvirt": "vmforensics.hypervisors.libvirt.survey",
+    "survey_hyperv": "vmforensics.hypervisors.hyperv.survey",
     "SurveyReport": "vmforensics.survey.models",
     "VMRecord": "vmforensics.survey.models",
     "Finding": "vmforensics.survey.models",

@@ -186,9 +186,9 @@ def acquire_many(
 
 
 def _local_acquirer(record: VMRecord) -> Acquirer:
-    from vmforensics.acquire.local import LocalAcquirer
+    from vmforensics.hypervisors import get, load
 
-    return LocalAcquirer()
+    return load(get("local").acquirer)()
 
 
 def _directories(records: list[VMRecord], root: Path) -> list[Path]:
