@@ -4,6 +4,10 @@ the hypervisor registry agrees with the packages it names."""
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
+import os
+import re
 import subprocess
 import sys
 import warnings
@@ -12,11 +16,13 @@ from pathlib import Path
 import pytest
 
 import vmforensics
-from vmforensics import hypervisors
+from vmforensics import hypervisors, verify
+from vmforensics.cli import main
 from vmforensics.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "vmforensics"
+SKELETON = re.compile(r"<!-- test: (\w+) -->\n```python\n(.*?)```", re.DOTALL)
 
 
 def _module_name(path: Path) -> str:
@@ -178,3 +184,64 @@ def test_old_import_path_warns_and_is_the_moved_module(old: str, name: str, new:
     ]
     assert old_module is sys.modules[new]
     assert getattr(old_module, name) is getattr(sys.modules[new], name)
+
+
+@pytest.fixture
+def example_package(tmp_path, monkeypatch):
+    """docs/writing-a-hypervisor.md's skeleton, written out as vmforensics.hypervisors.example."""
+    blocks = dict(SKELETON.findall((ROOT / "docs" / "writing-a-hypervisor.md").read_text()))
+    assert set(blocks) == {"init", "acquirer", "cli"}
+    package = tmp_path / "plugins" / "example"
+    package.mkdir(parents=True)
+    for module, block in (("__init__", "init"), ("acquirer", "acquirer"), ("cli", "cli")):
+        (package / f"{module}.py").write_text(blocks[block])
+    monkeypatch.setattr(hypervisors, "__path__", [*hypervisors.__path__, str(package.parent)])
+    monkeypatch.setattr(hypervisors, "PACKAGES", (*hypervisors.PACKAGES, "example"))
+    yield
+    for name in [m for m in sys.modules if m.startswith("vmforensics.hypervisors.example")]:
+        del sys.modules[name]
+
+
+def test_writing_a_hypervisor_skeleton_registers_and_acquires_through_the_cli(
+    example_package, tmp_path, capsys
+) -> None:
+    folder = tmp_path / "vm01"
+    folder.mkdir()
+    (folder / "vm01.img").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    (folder / "notes.txt").write_bytes(b"example notes\n")
+    (folder / "passwd").symlink_to("/etc/passwd")  # not a regular file of the folder: left out
+    assert hypervisors.get("example").title == "Example (one folder)"
+
+    with pytest.raises(SystemExit):
+        main(["acquire", "--help"])
+    assert "every regular file of one folder" in capsys.readouterr().out
+
+    out = tmp_path / "evidence"
+    assert (
+        main(
+            [
+                "acquire",
+                "example",
+                str(folder),
+                "--out",
+                str(out),
+                "--case",
+                "C-17",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["source"]["kind"] == "example"
+    expected = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (folder / "vm01.img", folder / "notes.txt")
+    }
+    assert {f["source_path"].rsplit("/", 1)[-1]: f["hashes"]["sha256"] for f in manifest["files"]} == expected
+    assert {f["source_path"].rsplit("/", 1)[-1]: f["role"] for f in manifest["files"]} == {
+        "vm01.img": "disk",
+        "notes.txt": "other",
+    }
+    assert verify(out).ok
