@@ -3,7 +3,8 @@
 ``survey_local(path)``, ``survey_vmware(host, ...)``, ``survey_libvirt(host, ...)`` and
 ``survey_hyperv(host, ...)`` return a :class:`SurveyReport`;
 ``seal_report`` documents it as signed evidence; ``acquire_many`` acquires a selection of it.
-Names load lazily so that pyVmomi is only imported for a VMware survey.
+Each hypervisor's survey source lives in its package under :mod:`vmforensics.hypervisors`;
+names load lazily so that pyVmomi is only imported for a VMware survey.
 """
 
 from __future__ import annotations
