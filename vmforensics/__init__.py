@@ -21,9 +21,13 @@ _EXPORTS = {
     "Manifest": "vmforensics.custody.models",
     "SigningKey": "vmforensics.custody.signing",
     "VerifyKey": "vmforensics.custody.signing",
+    "PKCS11Key": "vmforensics.custody.pkcs11",
+    "timestamp": "vmforensics.custody.timestamps",
     "verify": "vmforensics.custody.verify",
     "VerificationReport": "vmforensics.custody.verify",
     "open_image": "vmforensics.images.open",
+    "open_memory": "vmforensics.memory.open",
+    "GuestMemory": "vmforensics.memory.base",
     "DiskImage": "vmforensics.images.base",
     "ImageInfo": "vmforensics.images.base",
     "FilesAcquirer": "vmforensics.acquire.files",
@@ -52,8 +56,10 @@ _ERRORS = (
     "EvidenceError",
     "UnsafePathError",
     "SigningKeyError",
+    "TimestampError",
     "VerificationError",
     "ImageFormatError",
+    "MemoryFormatError",
 )
 _EXPORTS.update({name: "vmforensics.errors" for name in _ERRORS})
 

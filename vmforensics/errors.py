@@ -6,6 +6,11 @@ went wrong and, where there is one, what to do about it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmforensics.confine import Refusal
+
 
 class VMForensicsError(Exception):
     """Base class of every error vmforensics raises on purpose."""
@@ -40,6 +45,15 @@ class VMNotFoundError(SourceError):
     """No VM matches the name, UUID or reference given."""
 
 
+class RefusedPathError(SourceError):
+    """A path taken from source content is outside the acquisition roots, is reached through a
+    symbolic link, or is not a regular file (vmforensics.confine); ``refusal`` says which."""
+
+    def __init__(self, refusal: Refusal):
+        self.refusal = refusal
+        super().__init__(str(refusal))
+
+
 class SourceChangedError(SourceError):
     """A source file changed (size or modification time) while it was being acquired."""
 
@@ -54,6 +68,10 @@ class UnsafePathError(EvidenceError):
 
 class SigningKeyError(VMForensicsError):
     """A signing key cannot be loaded, saved or used (wrong passphrase, unsupported algorithm)."""
+
+
+class TimestampError(VMForensicsError):
+    """An RFC 3161 time-stamping authority could not be reached, refused, or gave a bad token."""
 
 
 class VerificationError(VMForensicsError):
@@ -76,3 +94,11 @@ class ImageFormatError(VMForensicsError):
         if offset is not None:
             where.append(f"offset {offset} (0x{offset:x})")
         super().__init__(f"{': '.join([', '.join(where), reason]) if where else reason}")
+
+
+class MemoryFormatError(ImageFormatError):
+    """A saved memory state (VMware .vmss/.vmsn, QEMU/libvirt save, ELF core, LiME, Hyper-V .vmrs)
+    is malformed or uses a feature that is not understood; nothing is guessed.
+
+    ``offset`` is the byte offset in ``path`` where the problem was found, when there is one.
+    """

@@ -91,6 +91,7 @@ def test_resume_rehashes_what_a_crashed_run_left_and_continues(tmp_path):
     writer.write(payload[:2_000_003])
     writer.flush()
     writer.close()  # the process "dies" here: no seal
+    (tmp_path / "ev" / "custody.log.jsonl").touch()  # an interrupted run always leaves its ledger
     resumed = EvidenceDirectory(tmp_path / "ev", resume=True).open_file(
         "disk.bin", ("sha256", "md5"), resume=True
     )

@@ -138,7 +138,7 @@ def test_dropped_reads_resume_from_the_durable_offset_and_are_logged(tmp_path):
     ledger = Ledger.create(tmp_path / "ev" / "custody.log.jsonl", {})
     transport = DroppingTransport(every=3_000_001, drops=3)
     record = copy_file(transport, str(source), evidence, "big.bin", ledger=ledger, backoff=0)
-    assert record.hashes["sha256"] == hashlib.sha256(payload).hexdigest() and record.resumed == 3
+    assert record.hashes["sha256"] == hashlib.sha256(payload).hexdigest() and record.reconnections == 3 and record.resumed == 0
     assert transport.reconnects == 3
     assert [e.action for e in ledger.events()].count("transfer-interrupted") == 3
 
@@ -148,6 +148,7 @@ def test_too_many_drops_fail_with_the_partial_copy_kept_for_resume(tmp_path):
     payload = os.urandom(4 * 1024 * 1024)
     source.write_bytes(payload)
     evidence = EvidenceDirectory(tmp_path / "ev")
+    Ledger.create(tmp_path / "ev" / "custody.log.jsonl", {})
     with pytest.raises(ConnectionError_, match="resume"):
         copy_file(
             DroppingTransport(every=1_000_000, drops=99), str(source), evidence, "f", retries=2, backoff=0

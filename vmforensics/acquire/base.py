@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import fnmatch
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from vmforensics.acquire.copier import copy_file
+from vmforensics.custody import names
 from vmforensics.custody.evidence import FILES_DIR, EvidenceDirectory, check_hashes
 from vmforensics.custody.ledger import LEDGER_NAME, Ledger
 from vmforensics.custody.models import (
@@ -38,7 +40,8 @@ from vmforensics.custody.models import (
     utc_now,
 )
 from vmforensics.custody.seal import make_read_only, write_sealed_records
-from vmforensics.custody.signing import SigningKey
+from vmforensics.custody.signing import Signer, SigningKey
+from vmforensics.custody.timestamps import TimestampResult, check_tsa_urls, timestamp_after_seal
 from vmforensics.errors import EvidenceError, SourceError, UsageError, VMForensicsError
 from vmforensics.progress import Progress, ProgressOption
 from vmforensics.transport.base import Transport
@@ -57,6 +60,8 @@ class PlannedFile:
     role: str
     size_reported: int | None = None
     label: str | None = None  # the hypervisor's own name for it, e.g. "[ds1] web01/web01.vmx"
+    name_escaped: bool = False  # dest_name is the escaped form of the source's name (custody/names)
+    source_b64: str | None = None  # the source path's exact bytes when they are not UTF-8
 
 
 @attrs.frozen
@@ -66,6 +71,7 @@ class AcquisitionResult:
     path: Path
     manifest: Manifest
     duration: float
+    timestamps: tuple[TimestampResult, ...] = ()  # one per TSA asked after the seal
 
     @property
     def files(self) -> tuple[EvidenceFile, ...]:
@@ -106,8 +112,9 @@ class Session:
 
     def omit(self, source_path: str, role: str, reason: str) -> None:
         """Record a file the source has that will not be in the evidence, and why."""
-        self.omissions.append(Omission(source_path, role, reason))
-        self.ledger.append("omit", source=source_path, role=role, reason=reason)
+        shown, raw = names.text(source_path), names.original_b64(source_path)
+        self.omissions.append(Omission(shown, role, names.text(reason), raw))
+        self.ledger.append("omit", source=shown, role=role, reason=names.text(reason), source_b64=raw)
 
     @contextlib.contextmanager
     def action(self, name: str, **parameters: Any) -> Iterator[dict[str, Any]]:
@@ -159,6 +166,11 @@ class Acquirer(abc.ABC):
     def disconnect(self, session: Session) -> None:  # noqa: B027
         """Close the API connection."""
 
+    def source_roots(self, target: str) -> list[Path]:
+        """Local folders and files this acquisition reads (none for a remote source): the evidence
+        directory may be neither inside one of them nor hold one of them."""
+        return []
+
     # --- the template --------------------------------------------------------------------------
 
     def acquire(
@@ -170,27 +182,36 @@ class Acquirer(abc.ABC):
         preserve: str = "none",
         memory: bool = True,
         isolate: bool = False,
-        signer: SigningKey | None = None,
+        signer: Signer | None = None,
         hashes: Sequence[str] = ("sha256",),
         cleanup: bool = True,
         progress: ProgressOption = True,
         resume: bool = False,
         remote_hash: bool = False,
         exclude_roles: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        tsa: str | Sequence[str] = (),
     ) -> AcquisitionResult:
         """Acquire the VM ``target`` into the new evidence directory ``out`` and seal it.
 
         ``signer`` signs the manifest; without one a single-use key is generated and only its
-        public half is kept (the signature then proves integrity, not who signed).
+        public half is kept (the signature then proves integrity, not who signed). ``exclude``:
+        glob patterns (``*.vswp``, ``web01/*.log``) matched against each file's base name and its
+        path under ``files/``; a match is recorded as an omission. ``tsa``: RFC 3161 time-stamping
+        authority URL(s) asked for a token over the manifest after the seal; a TSA that fails is
+        recorded in the ledger and never fails the sealed acquisition (``result.timestamps``).
         """
         target = os.fspath(target)
         if not isinstance(case, CaseInfo):
             raise UsageError("case must be a vmforensics.CaseInfo(case_id=..., examiner=...)")
         if preserve not in self.preserve_modes:
             raise UsageError(
-                f"preserve={preserve!r} is not available here (choose from {self.preserve_modes})"
+                f"--preserve {preserve} is not available for this source (choose from "
+                f"{', '.join(self.preserve_modes)})"
             )
         algorithms = check_hashes(hashes)
+        tsa_urls = check_tsa_urls(tsa)
+        check_out_of_source(out, self.source_roots(target))
         key = signer or SigningKey.generate()
         began = time.monotonic()
         evidence = EvidenceDirectory(out, resume=resume)
@@ -198,7 +219,10 @@ class Acquirer(abc.ABC):
             evidence, case, resume, signer is None, target, preserve, memory, isolate
         )
         session.options.update(
-            hashes=list(algorithms), remote_hash=remote_hash, exclude_roles=list(exclude_roles)
+            hashes=list(algorithms),
+            remote_hash=remote_hash,
+            exclude_roles=list(exclude_roles),
+            exclude=list(exclude),
         )
         preserved = False
         transport: Transport | None = None
@@ -213,7 +237,8 @@ class Acquirer(abc.ABC):
                 preserved = preserve != "none" or isolate
                 self.preserve(session, preserve, memory=memory, isolate=isolate)
             with self._phase(session, "enumerate"):
-                planned = self._exclude(session, self.enumerate(session), exclude_roles)
+                planned = self._store_names(session, self.enumerate(session))
+                planned = self._exclude(session, planned, exclude_roles, exclude)
                 session.ledger.append("enumerated", files=[p.label or p.source_path for p in planned])
             with self._phase(session, "stream"):
                 transport = self.transport(session)
@@ -235,7 +260,8 @@ class Acquirer(abc.ABC):
                 self.cleanup(session)
         self._disconnect_quietly(session, transport)
         manifest = self._seal(session, key, algorithms)
-        return AcquisitionResult(evidence.root, manifest, time.monotonic() - began)
+        stamps = timestamp_after_seal(evidence.root, tsa_urls) if tsa_urls else ()
+        return AcquisitionResult(evidence.root, manifest, time.monotonic() - began, stamps)
 
     # --- the pieces of the template --------------------------------------------------------------
 
@@ -257,7 +283,7 @@ class Acquirer(abc.ABC):
             if (evidence.root / "manifest.json").exists():
                 raise EvidenceError(f"{evidence.root} is already sealed; nothing to resume")
             ledger = Ledger.reopen(ledger_path, actor)
-            ledger.append("resume", target=target)
+            ledger.append("resume", target=names.text(target))
         else:
             ledger = Ledger.create(ledger_path, actor)
         options = {
@@ -274,7 +300,7 @@ class Acquirer(abc.ABC):
             "start",
             acquisition_id=session.state["acquisition_id"],
             acquirer=self.kind,
-            target=target,
+            target=names.text(target),
             case=_plain(case),
             options=options,
             command_line=list(host.command_line),
@@ -294,8 +320,41 @@ class Acquirer(abc.ABC):
         session.ledger.append("phase-end", phase=name)
 
     @staticmethod
-    def _exclude(session: Session, planned: list[PlannedFile], roles: Sequence[str]) -> list[PlannedFile]:
-        """Drop exact duplicates; record excluded roles and name clashes as omissions."""
+    def _store_names(session: Session, planned: list[PlannedFile]) -> list[PlannedFile]:
+        """Every planned file gets a name that can be stored and shown: the source's name escaped
+        where it must be (the original bytes recorded), or an omission when even that cannot be."""
+        stored: list[PlannedFile] = []
+        for item in planned:
+            label = item.label or item.source_path
+            try:
+                dest = names.escape_relative(item.dest_name)
+            except EvidenceError as exc:
+                session.omit(label, item.role, f"name cannot be stored: {exc}")
+                continue
+            escaped = item.name_escaped or dest != item.dest_name
+            if escaped:
+                session.ledger.append(
+                    "name-escaped",
+                    source=names.text(label),
+                    local=f"{FILES_DIR}/{dest}",
+                    source_b64=names.original_b64(label),
+                )
+            stored.append(
+                attrs.evolve(
+                    item,
+                    dest_name=dest,
+                    label=names.text(label),
+                    name_escaped=escaped,
+                    source_b64=item.source_b64 or names.original_b64(label),
+                )
+            )
+        return stored
+
+    @staticmethod
+    def _exclude(
+        session: Session, planned: list[PlannedFile], roles: Sequence[str], patterns: Sequence[str] = ()
+    ) -> list[PlannedFile]:
+        """Drop exact duplicates; record excluded roles and globs and name clashes as omissions."""
         kept: list[PlannedFile] = []
         by_name: dict[str, PlannedFile] = {}
         for item in planned:
@@ -308,8 +367,19 @@ class Acquirer(abc.ABC):
                     )
                 continue
             by_name[item.dest_name] = item
+            base = label.replace("\\", "/").rsplit("/", 1)[-1]
+            matched = next(
+                (
+                    g
+                    for g in patterns
+                    if fnmatch.fnmatchcase(base, g) or fnmatch.fnmatchcase(item.dest_name, g)
+                ),
+                None,
+            )
             if item.role in roles:
                 session.omit(label, item.role, "excluded by the examiner")
+            elif matched is not None:
+                session.omit(label, item.role, f"excluded by the examiner (--exclude {matched})")
             else:
                 kept.append(item)
         return kept
@@ -351,6 +421,8 @@ class Acquirer(abc.ABC):
                     session.files.append(self._already_sealed(session, item, algorithms, transport))
                     continue
                 raise
+            if item.name_escaped or item.source_b64:
+                record = attrs.evolve(record, name_escaped=item.name_escaped, source_path_b64=item.source_b64)
             session.files.append(record)
 
     @staticmethod
@@ -371,9 +443,11 @@ class Acquirer(abc.ABC):
             size_reported=item.size_reported,
             transport=transport.scheme,
             notes=("acquired by an earlier, interrupted run of this acquisition",),
+            source_path_b64=item.source_b64,
+            name_escaped=item.name_escaped,
         )
 
-    def _seal(self, session: Session, key: SigningKey, algorithms: tuple[str, ...]) -> Manifest:
+    def _seal(self, session: Session, key: Signer, algorithms: tuple[str, ...]) -> Manifest:
         session.ledger.append(
             "seal", files=len(session.files), omissions=len(session.omissions), signer_key_id=key.key_id
         )
@@ -413,6 +487,25 @@ class Acquirer(abc.ABC):
                 log.warning("closing the connection failed: %s", exc)
 
 
+def check_out_of_source(out: str | os.PathLike[str], roots: Sequence[Path]) -> None:
+    """Refuse (before anything is written) an evidence directory equal to, inside or holding a
+    source root: the tool never writes into the source, nor acquires its own evidence."""
+    evidence = Path(os.path.realpath(out))
+    for root in roots:
+        source = Path(os.path.realpath(root))
+        if evidence == source or evidence.is_relative_to(source):
+            raise UsageError(
+                f"--out {names.printable(os.fspath(out))} is inside the source {names.printable(str(root))}: "
+                "evidence is never written into the source; choose a directory outside it "
+                "(were the source and --out swapped?)"
+            )
+        if source.is_relative_to(evidence):
+            raise UsageError(
+                f"the source {names.printable(str(root))} is inside the evidence directory "
+                f"--out {names.printable(os.fspath(out))}; choose a directory outside the source"
+            )
+
+
 def _plain(value: Any) -> Any:
     from vmforensics.custody.models import to_plain
 
@@ -424,4 +517,4 @@ def _vm_summary(vm: VMIdentity) -> dict[str, Any]:
 
 
 def _resume_hint() -> str:
-    return "files already sealed are kept; acquire again into the same directory with resume=True (--resume)"
+    return "files already sealed are kept; acquire again into the same directory with --resume"

@@ -62,7 +62,7 @@ def copy_file(
             ledger.append("resume-file", source=label, local=dest_name, offset=writer.resumed_from)
         if progress is not None:
             progress.start_file(dest_name, before.size, writer.size)
-        resumed = _stream(transport, remote_path, label, writer, ledger, progress, retries, backoff)
+        reconnections = _stream(transport, remote_path, label, writer, ledger, progress, retries, backoff)
         digests = writer.seal()
     finally:
         writer.close()
@@ -89,7 +89,8 @@ def copy_file(
         transport=transport.scheme,
         started=started,
         finished=utc_now(),
-        resumed=resumed + (1 if writer.resumed_from else 0),
+        resumed=writer.resumed_from,
+        reconnections=reconnections,
         changed_during_acquisition=changed,
         remote_hash=check,
         notes=tuple(notes),

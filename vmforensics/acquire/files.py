@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Sequence
+from pathlib import Path
 
 from vmforensics.acquire.base import Acquirer, PlannedFile, Session
 from vmforensics.acquire.clock import measure_clock
@@ -12,6 +13,7 @@ from vmforensics.acquire.filesets import guess_vendor, role_for
 from vmforensics.custody.models import SourceInfo, VMIdentity
 from vmforensics.errors import SourceError, UsageError
 from vmforensics.transport.base import RemoteStat, Transport
+from vmforensics.transport.local import LocalTransport
 
 
 class FilesAcquirer(Acquirer):
@@ -43,7 +45,7 @@ class FilesAcquirer(Acquirer):
             entry = self._transport.stat(path)
             if entry.is_dir and not entry.is_symlink:
                 if not self._recursive:
-                    raise UsageError(f"{path} is a directory: pass recursive=True (--recursive)")
+                    raise UsageError(f"{path} is a directory: add --recursive to acquire what is below it")
                 found.extend(self._transport.walk(path))
             else:
                 found.append(entry)
@@ -73,6 +75,9 @@ class FilesAcquirer(Acquirer):
 
     def disconnect(self, session: Session) -> None:
         self._transport.close()
+
+    def source_roots(self, target: str) -> list[Path]:
+        return [Path(p) for p in self._paths] if isinstance(self._transport, LocalTransport) else []
 
 
 def _dest_name(host: str, path: str) -> str:

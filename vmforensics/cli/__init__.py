@@ -13,7 +13,7 @@ from vmforensics.cli.config import apply_config
 from vmforensics.errors import UsageError, VMForensicsError
 
 #: Modules under vmforensics.cli that each provide ``register(subparsers)``.
-COMMAND_MODULES = ("demo", "acquire", "survey", "verify", "keygen", "image", "export")
+COMMAND_MODULES = ("demo", "acquire", "acquire_batch", "survey", "verify", "timestamp", "keygen", "image", "export")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  vmforensics demo\n"
-            "  vmforensics acquire local /vmfs/volumes/ds1/web01 --out /cases/2026-117/web01\n"
+            "  vmforensics acquire local /vmfs/volumes/ds1/web01 --out /cases/2026-117/web01 --case 2026-117\n"
             "  vmforensics verify /cases/2026-117/web01\n"
             "  vmforensics image ls /cases/2026-117/web01/files/web01/web01.vmdk /\n"
             "\nexit status: 0 success, 1 acquisition or verification failed, 2 usage error"

@@ -33,6 +33,13 @@ def register(sources: argparse._SubParsersAction) -> None:
         "--cookie-env", default="VMFORENSICS_COOKIE", help="variable holding the vSphere session cookie"
     )
     add_acquire_options(parser)
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out files whose name or path under files/ matches (repeatable; recorded as omissions)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -59,4 +66,4 @@ def _run(args: argparse.Namespace) -> int:
 
     transport, first = open_url(args.url, **_options(args.url, args))
     acquirer = FilesAcquirer(transport, [first, *args.paths], recursive=args.recursive)
-    return run_acquisition(acquirer, args.label, args)
+    return run_acquisition(acquirer, args.label, args, exclude=tuple(args.exclude))

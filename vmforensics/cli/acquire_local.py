@@ -13,10 +13,17 @@ def register(sources: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("source", help="the VM folder or its .vmx file")
     add_acquire_options(parser)
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out files whose name or path under files/ matches (repeatable; recorded as omissions)",
+    )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from vmforensics.hypervisors.local.acquirer import LocalAcquirer
 
-    return run_acquisition(LocalAcquirer(), args.source, args)
+    return run_acquisition(LocalAcquirer(), args.source, args, exclude=tuple(args.exclude))

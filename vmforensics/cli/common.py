@@ -11,11 +11,12 @@ import sys
 from typing import Any
 
 from vmforensics.custody.models import CaseInfo, to_plain
-from vmforensics.custody.signing import SigningKey
+from vmforensics.custody.signing import Signer, SigningKey
 from vmforensics.errors import UsageError
 
 PASSWORD_ENV = "VMFORENSICS_PASSWORD"
 KEY_PASSPHRASE_ENV = "VMFORENSICS_KEY_PASSPHRASE"
+PKCS11_PIN_ENV = "VMFORENSICS_PKCS11_PIN"
 KEYRING_SERVICE_PREFIX = "vmforensics:"
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,9 @@ def add_acquire_options(parser: argparse.ArgumentParser, *, preserve: tuple[str,
     """--out, case facts, signing key, hashes, preservation and output options."""
     parser.add_argument("--out", required=True, help="new evidence directory (must not exist or be empty)")
     add_case_options(parser.add_argument_group("case"))
-    add_signing_options(parser.add_argument_group("signing"))
+    signing = parser.add_argument_group("signing")
+    add_signing_options(signing)
+    add_anchor_options(signing)
     how = parser.add_argument_group("acquisition")
     how.add_argument("--preserve", choices=preserve, default=preserve[0], help="how to freeze the VM first")
     if preserve != ("none",):
@@ -68,6 +71,30 @@ def add_signing_options(group: argparse._ArgumentGroup) -> None:
         default=KEY_PASSPHRASE_ENV,
         metavar="VAR",
         help=f"environment variable holding the key's passphrase (default {KEY_PASSPHRASE_ENV}; prompts if unset)",
+    )
+
+
+def add_anchor_options(group: argparse._ArgumentGroup) -> None:
+    """--cert, --pkcs11-module/-token/-key and --tsa: read by :func:`signer_from_args` and
+    :func:`run_acquisition`."""
+    group.add_argument(
+        "--cert", metavar="PEM", help="the examiner's certificate chain (leaf first) for the key"
+    )
+    group.add_argument(
+        "--pkcs11-module",
+        metavar="SO",
+        help=f"sign on a PKCS#11 token: the module library (PIN from {PKCS11_PIN_ENV} or a prompt)",
+    )
+    group.add_argument("--pkcs11-token", metavar="LABEL", help="the token's label (with --pkcs11-module)")
+    group.add_argument(
+        "--pkcs11-key", metavar="LABEL", help="the key's label on the token (with --pkcs11-module)"
+    )
+    group.add_argument(
+        "--tsa",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="RFC 3161 time-stamping authority asked for a token over the sealed manifest (repeatable)",
     )
 
 
@@ -117,14 +144,28 @@ def case_from_args(args: argparse.Namespace) -> CaseInfo:
     )
 
 
-def signer_from_args(args: argparse.Namespace) -> SigningKey | None:
+def signer_from_args(args: argparse.Namespace) -> Signer | None:
+    """The key of --key (a PEM file) or --pkcs11-* (a token), carrying --cert's chain if given."""
+    module, cert = getattr(args, "pkcs11_module", None), getattr(args, "cert", None)
+    if module:
+        if args.key:
+            raise UsageError("give --key or --pkcs11-module, not both")
+        if not args.pkcs11_token or not args.pkcs11_key:
+            raise UsageError("--pkcs11-module needs --pkcs11-token LABEL and --pkcs11-key LABEL")
+        from vmforensics.custody.pkcs11 import PKCS11Key
+
+        pin = password_from_env_or_prompt(f"PIN for token {args.pkcs11_token}: ", PKCS11_PIN_ENV)
+        return PKCS11Key(module, args.pkcs11_token, args.pkcs11_key, pin, certificates=cert or ())
     if not args.key:
+        if cert:
+            raise UsageError("--cert certifies a key: give --key PEM or --pkcs11-module too")
         return None
     try:
-        return SigningKey.load(args.key)
+        key = SigningKey.load(args.key)
     except Exception:
         passphrase = password_from_env_or_prompt(f"passphrase for {args.key}: ", args.key_passphrase_env)
-        return SigningKey.load(args.key, passphrase)
+        key = SigningKey.load(args.key, passphrase)
+    return key.with_certificates(cert) if cert else key
 
 
 def run_acquisition(acquirer: Any, target: str, args: argparse.Namespace, **extra: Any) -> int:
@@ -137,6 +178,7 @@ def run_acquisition(acquirer: Any, target: str, args: argparse.Namespace, **extr
         "progress": not args.no_progress,
         "resume": args.resume,
         "remote_hash": args.remote_hash,
+        "tsa": tuple(args.tsa),
     }
     if hasattr(args, "no_memory"):
         options.update(memory=not args.no_memory, isolate=args.isolate, cleanup=not args.no_cleanup)
@@ -159,6 +201,7 @@ def summary(result: Any) -> str:
         f"  ledger head {manifest.integrity.ledger_head} ({manifest.integrity.ledger_events} events)",
     ]
     lines += [f"  - {o.source_path}: {o.reason}" for o in manifest.omissions]
+    lines += [f"  {stamp}" for stamp in getattr(result, "timestamps", ())]
     return "\n".join(lines)
 
 

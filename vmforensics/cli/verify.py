@@ -11,10 +11,16 @@ from vmforensics.cli.common import emit_json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("verify", help="re-hash every file and check signature and ledger")
-    parser.add_argument("directory", help="the evidence directory")
+    parser.add_argument("directory", help="the evidence directory, or a batch directory (batch.json)")
     parser.add_argument(
         "--key", help="the public key you trust (PEM); default: the one stored beside the manifest"
     )
+    parser.add_argument(
+        "--ca",
+        metavar="PEM",
+        help="the lab's CA: prove the signer's stored certificate through it (no --key needed)",
+    )
+    parser.add_argument("--tsa-ca", metavar="PEM", help="the TSA's CA: prove the stored RFC 3161 timestamps")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_run)
 
@@ -22,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from vmforensics.custody.verify import verify
 
-    report = verify(args.directory, args.key)
+    anchors = {name: value for name, value in (("ca", args.ca), ("tsa_ca", args.tsa_ca)) if value}
+    report = verify(args.directory, args.key, **anchors)
     if args.json:
         emit_json({"ok": report.ok, **attrs.asdict(report)})
     else:

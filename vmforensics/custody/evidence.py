@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from vmforensics.custody.ledger import LEDGER_NAME
 from vmforensics.errors import EvidenceError, UnsafePathError, UsageError
 
 FILES_DIR = "files"
@@ -253,10 +254,20 @@ class EvidenceDirectory:
         if self.root.exists():
             if not self.root.is_dir():
                 raise EvidenceError(f"{self.root} exists and is not a directory")
-            if any(self.root.iterdir()) and not resume:
-                raise EvidenceError(
-                    f"{self.root} is not empty; choose a new directory (or resume=True to continue "
-                    "an interrupted acquisition there)"
+            interrupted = (self.root / LEDGER_NAME).is_file() and not (self.root / "manifest.json").exists()
+            if any(self.root.iterdir()) and not (resume and interrupted):
+                if not resume:
+                    hint = (
+                        "; it holds an interrupted acquisition: add --resume to continue it"
+                        if interrupted
+                        else ""
+                    )
+                    raise EvidenceError(f"{self.root} is not empty; choose a new directory{hint}")
+                if (self.root / "manifest.json").exists():
+                    raise EvidenceError(f"{self.root} is already sealed; nothing to resume")
+                raise UsageError(
+                    f"--resume: {self.root} holds no interrupted acquisition (no {LEDGER_NAME}); "
+                    "nothing was written. Is --out the evidence directory of the interrupted run?"
                 )
         else:
             try:

@@ -47,6 +47,43 @@ def canonical_json(value: Any) -> bytes:
     return rfc8785.dumps(to_plain(value))
 
 
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Strict JSON for untrusted records: no NaN/Infinity, integers within +-(2^53 - 1) (the
+    range RFC 8785 can represent), no duplicate keys, no nesting deep enough to exhaust the
+    stack; ValueError otherwise."""
+    import json
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    def integer(digits: str) -> int:
+        value = int(digits)
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise ValueError(f"integer {digits[:24]} is outside +-(2^53 - 1)")
+        return value
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            raise ValueError("duplicate key in an object")
+        return result
+
+    if isinstance(data, bytes | bytearray | memoryview):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8 at byte {exc.start}") from None
+    try:
+        value = json.loads(data, parse_constant=constant, parse_int=integer, object_pairs_hook=unique)
+        rfc8785.dumps(value)  # lone surrogates, floats JCS cannot represent: ValueError here
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    return value
+
+
 def converter_for(cls: type[T]) -> Callable[[Any], T]:
     def convert(value: Any) -> T:
         if isinstance(value, cls):
@@ -210,10 +247,13 @@ class EvidenceFile:
     transport: str = "file"
     started: str | None = None
     finished: str | None = None
-    resumed: int = 0
+    resumed: int = 0  # bytes taken from an interrupted earlier run (proven; see Manifest.resumed)
+    reconnections: int = 0  # connection losses this run recovered from
     changed_during_acquisition: bool = False
     remote_hash: RemoteHashCheck | None = attrs.field(converter=optional_of(RemoteHashCheck), default=None)
     notes: tuple[str, ...] = attrs.field(converter=string_tuple, factory=tuple)
+    source_path_b64: str | None = None  # the source path's exact bytes when they are not UTF-8
+    name_escaped: bool = False  # local_path is the escaped form of the source's name (custody/names)
 
 
 @attrs.frozen
@@ -223,6 +263,17 @@ class Omission:
     source_path: str
     role: str
     reason: str
+    source_path_b64: str | None = None
+
+
+@attrs.frozen
+class ResumedFile:
+    """What a resumed run did with one file an interrupted run had started, and the proof used."""
+
+    local_path: str
+    outcome: str  # "continued" (partial copy extended) or "reused" (sealed by the earlier run)
+    offset: int  # bytes taken from the earlier run
+    proof: str
 
 
 @attrs.frozen
@@ -231,6 +282,7 @@ class Integrity:
     ledger_events: int
     signer_key_id: str | None
     signature_algorithm: str | None
+    sums_sha256: str | None = None  # SHA-256 of SHA256SUMS, which lists the files/ entries
 
 
 @attrs.frozen
@@ -252,17 +304,19 @@ class Manifest:
     options: dict[str, Any] = attrs.field(converter=plain_dict, factory=dict)
     started: str | None = None
     finished: str | None = None
+    resumed: tuple[ResumedFile, ...] = attrs.field(converter=tuple_of(ResumedFile), factory=tuple)
 
     def to_json(self) -> bytes:
         return canonical_json(self)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Manifest:
-        import json
-
         try:
-            return cls(**json.loads(data))
-        except (TypeError, ValueError) as exc:
+            value = parse_json(data)
+            if not isinstance(value, Mapping):
+                raise TypeError("the top level is not an object")
+            return cls(**value)
+        except (TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"not a valid vmforensics manifest: {exc}") from exc
 
     @property

@@ -13,10 +13,11 @@ import os
 import stat
 from pathlib import Path
 
+from vmforensics.custody.certificates import CHAIN_NAME, chain_pem
 from vmforensics.custody.evidence import FILES_DIR
 from vmforensics.custody.ledger import LEDGER_NAME
 from vmforensics.custody.models import Manifest
-from vmforensics.custody.signing import SigningKey
+from vmforensics.custody.signing import Signer
 from vmforensics.errors import EvidenceError
 
 MANIFEST_NAME = "manifest.json"
@@ -25,11 +26,11 @@ PUBLIC_KEY_NAME = "manifest.json.pub"
 SUMS_NAME = "SHA256SUMS"
 
 
-def signature_record(manifest_bytes: bytes, key: SigningKey) -> bytes:
+def signature_record(manifest_bytes: bytes, key: Signer, *, signed_file: str = MANIFEST_NAME) -> bytes:
     record = {
         "algorithm": key.algorithm,
         "key_id": key.key_id,
-        "signed_file": MANIFEST_NAME,
+        "signed_file": signed_file,
         "signature": base64.b64encode(key.sign(manifest_bytes)).decode("ascii"),
     }
     return json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
@@ -56,7 +57,7 @@ def write_exclusive(path: Path, content: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_sealed_records(root: Path, manifest: Manifest, key: SigningKey) -> None:
+def write_sealed_records(root: Path, manifest: Manifest, key: Signer) -> None:
     import hashlib
 
     for f in manifest.files:
@@ -67,6 +68,8 @@ def write_sealed_records(root: Path, manifest: Manifest, key: SigningKey) -> Non
     write_exclusive(root / MANIFEST_NAME, body)
     write_exclusive(root / SIGNATURE_NAME, signature_record(body, key))
     write_exclusive(root / PUBLIC_KEY_NAME, key.public_key().to_pem())
+    if key.certificates:  # the examiner's chain, leaf first (custody/certificates)
+        write_exclusive(root / CHAIN_NAME, chain_pem(key.certificates))
     write_exclusive(root / SUMS_NAME, sums_file(manifest, body, ledger_sha256))
     dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:

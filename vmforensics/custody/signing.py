@@ -1,5 +1,8 @@
 """Examiner signing keys: Ed25519 by default, ECDSA P-256 and RSA-PSS (>= 3072 bits) accepted.
 
+Any :class:`Signer` seals: a :class:`SigningKey` (a PEM file) or a ``PKCS11Key`` (a hardware
+token). Either may carry the examiner's X.509 chain (leaf first), stored beside the manifest.
+
 A key's id is ``sha256:`` + the hex SHA-256 of its public key in DER SubjectPublicKeyInfo form, so
 anyone can recompute it with ``openssl pkey -pubin -outform DER | sha256sum``. Signatures are
 detached, over the exact canonical bytes of manifest.json.
@@ -9,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -97,12 +102,61 @@ class VerifyKey:
         return f"<VerifyKey {self.algorithm} {self.key_id}>"
 
 
+class Signer(Protocol):
+    """What sealing needs of a key: its algorithm, id, public half, chain, and a detached signature."""
+
+    algorithm: str
+    certificates: tuple[x509.Certificate, ...]
+
+    @property
+    def key_id(self) -> str: ...
+
+    def public_key(self) -> VerifyKey: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+CertificateSource = str | os.PathLike[str] | bytes | Sequence[x509.Certificate]
+
+
+def certificate_chain(public: VerifyKey, chain: CertificateSource) -> tuple[x509.Certificate, ...]:
+    """The chain (a PEM file, PEM bytes or certificates; leaf first) after checking that its leaf
+    certifies ``public``."""
+    from vmforensics.custody.certificates import load_certificates, subject_of
+
+    certificates = (
+        load_certificates(chain, what="certificate")
+        if isinstance(chain, (str, bytes, os.PathLike))
+        else list(chain)
+    )
+    if not certificates:
+        raise SigningKeyError("the certificate chain is empty")
+    leaf = certificates[0]
+    try:
+        leaf_id = VerifyKey(leaf.public_key()).key_id  # type: ignore[arg-type]
+    except SigningKeyError as exc:
+        raise SigningKeyError(f'certificate "{subject_of(leaf)}": {exc}') from exc
+    if leaf_id != public.key_id:
+        raise SigningKeyError(
+            f'certificate "{subject_of(leaf)}" is for key {leaf_id}, not the signing key {public.key_id}; '
+            "give the certificate issued for this key (leaf first)"
+        )
+    return tuple(certificates)
+
+
 class SigningKey:
     """The examiner's private key; signs the canonical manifest bytes."""
 
-    def __init__(self, key: PrivateKey):
+    def __init__(self, key: PrivateKey, certificates: CertificateSource = ()):
         self._key = key
         self.algorithm = _algorithm_of(key.public_key())
+        self.certificates: tuple[x509.Certificate, ...] = (
+            certificate_chain(self.public_key(), certificates) if certificates else ()
+        )
+
+    def with_certificates(self, chain: CertificateSource) -> SigningKey:
+        """This key carrying the examiner's certificate chain (leaf first; the leaf must match)."""
+        return SigningKey(self._key, chain)
 
     @classmethod
     def generate(cls, algorithm: Algorithm = "ed25519") -> SigningKey:
@@ -158,7 +212,8 @@ class SigningKey:
         return target
 
     def __repr__(self) -> str:
-        return f"<SigningKey {self.algorithm} {self.key_id}>"
+        subject = f" {self.certificates[0].subject.rfc4514_string()!r}" if self.certificates else ""
+        return f"<SigningKey {self.algorithm} {self.key_id}{subject}>"
 
 
 def _bytes(value: str | bytes) -> bytes:

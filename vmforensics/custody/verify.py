@@ -16,17 +16,20 @@ import stat
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from vmforensics.custody.evidence import FILES_DIR, READ_CHUNK, safe_relative_path
-from vmforensics.custody.ledger import LEDGER_NAME, check_chain
+from vmforensics.custody.ledger import GENESIS, LEDGER_NAME, CustodyEvent, check_chain, line_hash
 from vmforensics.custody.models import EvidenceFile, Manifest, utc_now
+from vmforensics.custody.names import printable
+from vmforensics.custody.postseal import PostSealCheck, checker_for
 from vmforensics.custody.seal import MANIFEST_NAME, PUBLIC_KEY_NAME, SIGNATURE_NAME, SUMS_NAME
 from vmforensics.custody.signing import VerifyKey
 from vmforensics.errors import SigningKeyError, UnsafePathError, UsageError, VerificationError
 
-KNOWN_RECORDS = {MANIFEST_NAME, SIGNATURE_NAME, PUBLIC_KEY_NAME, SUMS_NAME, LEDGER_NAME, "manifest.json.tsr"}
+KNOWN_RECORDS = {MANIFEST_NAME, SIGNATURE_NAME, PUBLIC_KEY_NAME, SUMS_NAME, LEDGER_NAME}
 
 
 def hash_file(path: Path, algorithms: Iterable[str]) -> dict[str, str]:
@@ -70,6 +73,7 @@ class VerificationReport:
     key_source: str | None = None  # "given" or "stored beside the manifest"
     acquisition_id: str | None = None
     ledger_events: int = 0
+    post_seal: tuple[PostSealCheck, ...] = ()  # events added after the seal (timestamps, derived artifacts)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +82,7 @@ class VerificationReport:
             and self.signature_status == "VALID"
             and self.ledger_status == "OK"
             and all(f.status == "OK" for f in self.files)
+            and all(check.ok for check in self.post_seal)
             and not self.problems
         )
 
@@ -103,8 +108,10 @@ class VerificationReport:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(self.counts().items())) or "none"
         lines.append(f"files: {counts}")
         lines += [f"{f.status} {f.path}: {f.detail}" for f in self.files if f.status != "OK"]
+        lines += [f"after the seal: {c.action} {c.status}: {c.summary}" for c in self.post_seal]
+        lines += [problem for c in self.post_seal for problem in c.problems]
         lines += self.problems
-        return lines
+        return [printable(line) for line in lines]  # planted names cannot add or fake lines
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{status}={n}" for status, n in sorted(self.counts().items()))
@@ -123,14 +130,23 @@ class VerificationReport:
 
 
 def verify(
-    directory: str | os.PathLike[str], public_key: VerifyKey | str | os.PathLike[str] | None = None
+    directory: str | os.PathLike[str],
+    public_key: VerifyKey | str | os.PathLike[str] | None = None,
+    **options: Any,
 ) -> VerificationReport:
     """Re-prove an evidence directory. ``public_key``: the key you trust (object or PEM path);
-    without it the key stored beside the manifest is used, and the report says so."""
+    without it the key stored beside the manifest is used, and the report says so. ``options``
+    go to the checkers of events added after the seal (e.g. a TSA's CA for timestamps). A batch
+    directory (batch.json) gets a BatchVerificationReport over its record and every member."""
     root = Path(directory)
     if not root.is_dir():
         raise UsageError(f"{root} is not an evidence directory")
+    if (root / "batch.json").is_file() and not (root / MANIFEST_NAME).exists():
+        from vmforensics.acquire.batch_record import verify_batch  # a batch: the record and every member
+
+        return verify_batch(root, public_key, **options)  # type: ignore[return-value]
     problems: list[str] = []
+    post_seal: tuple[PostSealCheck, ...] = ()
     manifest_bytes, manifest, manifest_status = _load_manifest(root, problems)
     key, key_source = _choose_key(root, public_key, problems)
     signature_status = _check_signature(root, manifest_bytes, manifest, key, problems)
@@ -141,18 +157,23 @@ def verify(
     else:
         ledger_status = "OK" if chain.ok else "BROKEN"
         problems += [f"ledger: {p}" for p in chain.problems]
-        if manifest is not None and (
-            manifest.integrity.ledger_head != chain.head or manifest.integrity.ledger_events != chain.events
-        ):
-            ledger_status = "BROKEN"
-            problems.append(
-                f"ledger: head {chain.head[:16]}… / {chain.events} events on disk, but the manifest "
-                f"signed {manifest.integrity.ledger_head[:16]}… / {manifest.integrity.ledger_events} events"
-            )
+        if manifest is not None:
+            lines = (root / LEDGER_NAME).read_bytes().splitlines()
+            signed = manifest.integrity.ledger_events
+            prefix_head = line_hash(lines[signed - 1]) if 0 < signed <= len(lines) else GENESIS
+            if signed > len(lines) or prefix_head != manifest.integrity.ledger_head:
+                ledger_status = "BROKEN"
+                problems.append(
+                    f"ledger: {len(lines)} events on disk do not begin with the {signed} events the manifest "
+                    f"signed (head {manifest.integrity.ledger_head[:16]}…)"
+                )
+            else:
+                post_seal = _check_post_seal(root, lines[signed:], manifest, options)
         if manifest is None and chain.events:
             last = json.loads((root / LEDGER_NAME).read_bytes().splitlines()[-1])
             problems.append(f"acquisition not sealed: the ledger ends with {last.get('action')!r}")
-    files = _check_files(root, manifest) if manifest is not None else ()
+    vouched = {path for check in post_seal for path in check.files}
+    files = _check_files(root, manifest, vouched) if manifest is not None else ()
     return VerificationReport(
         path=str(root),
         verified_at=utc_now(),
@@ -165,7 +186,30 @@ def verify(
         key_source=key_source,
         acquisition_id=manifest.acquisition_id if manifest else None,
         ledger_events=chain.events if chain else 0,
+        post_seal=post_seal,
     )
+
+
+def _check_post_seal(
+    root: Path, lines: list[bytes], manifest: Manifest, options: dict[str, Any]
+) -> tuple[PostSealCheck, ...]:
+    """Hand each event added after the seal to the checker registered for its action."""
+    checks: list[PostSealCheck] = []
+    for line in lines:
+        try:
+            event = CustodyEvent(**json.loads(line))
+        except (TypeError, ValueError):
+            continue  # already reported by the chain check
+        checker = checker_for(event.action)
+        if checker is None:
+            checks.append(
+                PostSealCheck(
+                    event.action, "FAILED", f"event {event.seq} is not an action allowed after the seal"
+                )
+            )
+            continue
+        checks.append(checker(root, event, manifest, options))
+    return tuple(checks)
 
 
 def _load_manifest(root: Path, problems: list[str]) -> tuple[bytes | None, Manifest | None, str]:
@@ -229,7 +273,7 @@ def _check_signature(
     return "VALID"
 
 
-def _check_files(root: Path, manifest: Manifest) -> list[FileCheck]:
+def _check_files(root: Path, manifest: Manifest, vouched: set[str]) -> list[FileCheck]:
     listed: dict[str, EvidenceFile] = {}
     checks: list[FileCheck] = []
     for entry in manifest.files:
@@ -244,7 +288,7 @@ def _check_files(root: Path, manifest: Manifest) -> list[FileCheck]:
         listed[entry.local_path] = entry
     with ThreadPoolExecutor(max_workers=2) as pool:
         checks += pool.map(lambda e: _check_one(root, e), listed.values())
-    checks += _extras(root, set(listed))
+    checks += _extras(root, set(listed) | vouched)
     return checks
 
 

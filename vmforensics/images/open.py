@@ -8,6 +8,8 @@ from typing import BinaryIO
 
 from vmforensics.errors import ImageFormatError
 from vmforensics.images.base import DiskImage, ImageSource, Opener, Resolver
+from vmforensics.images.raw import RawImage
+from vmforensics.images.signatures import identify
 
 #: Format name -> module under vmforensics.images that provides ``open_layer(source, resolver)``.
 FORMAT_MODULES = {
@@ -18,38 +20,43 @@ FORMAT_MODULES = {
     "raw": "vmforensics.images.raw",
 }
 
-_SESPARSE_MAGIC = (0x00000000CAFEBABE).to_bytes(8, "little")
-
 
 def detect_format(source: ImageSource) -> str:
-    """Name the format of ``source`` from its leading (and, for fixed VHD, trailing) bytes."""
-    head = source.read_at(0, min(source.size, 1024))
-    if head[:4] in (b"KDMV", b"COWD") or head[:8] == _SESPARSE_MAGIC:
-        return "vmdk"
-    text_head = head.lstrip()
-    if text_head.startswith(b"# Disk DescriptorFile") or (b"createType" in head and b"\0" not in head):
-        return "vmdk"
-    if head[:8] == b"vhdxfile":
-        return "vhdx"
-    if head[:4] == b"QFI\xfb":
-        return "qcow2"
-    if head[:8] == b"conectix":
-        return "vhd"
-    if source.size >= 512 and source.read_at(source.size - 512, 8) == b"conectix":
-        return "vhd"
-    if source.size >= 511 and source.read_at(source.size - 511, 8) == b"conectix":
-        return "vhd"  # pre-Virtual-PC-2004 images have a 511-byte footer
-    return "raw"
+    """Name what ``source`` is from its bytes (see :mod:`vmforensics.images.signatures`).
+
+    The name is a key of :data:`FORMAT_MODULES` when the package reads the format, another name
+    (``"dmg"``, ``"ewf"``...) when it only recognises it, and ``"raw"`` when no signature matched.
+    """
+    signature = identify(source)
+    return "raw" if signature is None else signature.format
 
 
 def open_source_image(source: ImageSource, *, resolver: Resolver, format: str | None = None) -> DiskImage:
-    """Open an already opened file as a disk image, resolving parents and extents via ``resolver``."""
-    name = format or detect_format(source)
-    if name not in FORMAT_MODULES:
-        raise ImageFormatError(f"unknown image format {name!r} (known: {', '.join(FORMAT_MODULES)})")
-    module = importlib.import_module(FORMAT_MODULES[name])
+    """Open an already opened file as a disk image, resolving parents and extents via ``resolver``.
+
+    Without ``format`` the file's signature decides; a recognised format that is not read is
+    refused by name, and a file with no known signature opens as raw with a warning saying so.
+    """
     try:
-        return module.open_layer(source, resolver)
+        if format is not None:
+            if format not in FORMAT_MODULES:
+                raise ImageFormatError(
+                    f"unknown image format {format!r} (known: {', '.join(FORMAT_MODULES)})", path=source.name
+                )
+            return importlib.import_module(FORMAT_MODULES[format]).open_layer(source, resolver)
+        signature = identify(source)
+        if signature is None:
+            return RawImage.unrecognised(source, strict=resolver.strict)
+        if signature.reader not in FORMAT_MODULES:
+            advice = f"; {signature.advice}" if signature.advice else ""
+            raise ImageFormatError(
+                f"this is a {signature.description} ({signature.format!r}), which vmforensics recognises "
+                f"but does not read{advice}",
+                path=source.name,
+            )
+        if signature.reader == "raw":
+            return RawImage(source, strict=resolver.strict, subtype=signature.format)
+        return importlib.import_module(FORMAT_MODULES[signature.reader]).open_layer(source, resolver)
     except BaseException:
         source.close()
         raise

@@ -1,0 +1,281 @@
+"""Batch acquisition on the local thread pool: the signed batch record and ledger, limits per host
+held (read back from each member's own custody ledger), resume reruns only what is not sealed,
+and the ``acquire-batch`` command. Real local VM folders; batch.json's signature is checked with
+openssl and its member hashes with hashlib, not with the code that wrote them."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import rfc8785
+
+from tests.survey.estate import add_vm
+from vmforensics import CaseInfo, SigningKey, verify
+from vmforensics.acquire.batch import Limits, limit_keys
+from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef, SecretRef, plans_from_file
+from vmforensics.acquire.batch_record import BatchVerificationReport
+from vmforensics.cli import main
+from vmforensics.errors import UsageError
+from vmforensics.survey.acquire_many import acquire_many
+from vmforensics.hypervisors.local.survey import survey_local
+
+CASE = CaseInfo(case_id="2026-118", examiner="A. Analyst")
+
+
+def make_vms(datastore: Path, names: list[str], staging: Path, *, memory_bytes: int = 0) -> list[Path]:
+    """Demo VM folders; ``memory_bytes`` adds a sparse .vmem so that each takes a while to stream."""
+    folders = []
+    for index, name in enumerate(names):
+        folder = add_vm(
+            datastore, name, mac=f"00:50:56:b0:{index // 256:02x}:{index % 256:02x}", staging=staging
+        )
+        if memory_bytes:
+            with open(folder / f"{name}.vmem", "wb") as f:
+                f.truncate(memory_bytes)
+        folders.append(folder)
+    return folders
+
+
+def ledger_events(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / "custody.log.jsonl").read_bytes().splitlines()]
+
+
+def busy_interval(directory: Path) -> tuple[dt.datetime, dt.datetime]:
+    """From the member's own ledger: preserve's phase-start to stream's phase-end."""
+    events = ledger_events(directory)
+    start = next(
+        e["time"] for e in events if e["action"] == "phase-start" and e["details"]["phase"] == "preserve"
+    )
+    end = next(e["time"] for e in events if e["action"] == "phase-end" and e["details"]["phase"] == "stream")
+    return dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)
+
+
+def overlapping(intervals: list[tuple[dt.datetime, dt.datetime]]) -> int:
+    """The largest number of intervals open at one moment."""
+    edges = sorted(
+        [(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1])
+    )
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def openssl_verifies(body: bytes, signature_file: Path, public_pem: Path, tmp: Path) -> bool:
+    """Ed25519 signature check by openssl (an oracle independent of our signing code)."""
+    (tmp / "body").write_bytes(body)
+    (tmp / "sig").write_bytes(base64.b64decode(json.loads(signature_file.read_bytes())["signature"]))
+    done = subprocess.run(
+        [
+            "openssl",
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            str(public_pem),
+            "-rawin",
+            "-in",
+            str(tmp / "body"),
+            "-sigfile",
+            str(tmp / "sig"),
+        ],
+        capture_output=True,
+    )
+    return done.returncode == 0
+
+
+def test_batch_record_lists_every_member_with_its_manifest_hash_signed_by_the_examiner(
+    tmp_path: Path,
+) -> None:
+    make_vms(tmp_path / "ds", ["web01", "db01", "app01"], tmp_path / "staging")
+    report = survey_local(tmp_path / "ds")
+    shutil.rmtree(tmp_path / "ds" / "app01")  # vanishes after the survey
+    key = SigningKey.generate()
+
+    batch = acquire_many(report.select(), tmp_path / "out", case=CASE, signer=key, progress=False)
+
+    out = tmp_path / "out"
+    body = (out / "batch.json").read_bytes()
+    record = json.loads(body)
+    assert rfc8785.dumps(record) == body
+    assert openssl_verifies(body, out / "batch.json.sig", out / "batch.json.pub", tmp_path)
+    assert record["signer_key_id"] == key.key_id
+    members = {m["name"]: m for m in record["members"]}
+    assert set(members) == {"web01", "db01", "app01"}
+    for name in ("web01", "db01"):
+        assert members[name]["outcome"] == "sealed"
+        manifest = out / members[name]["directory"] / "manifest.json"
+        assert members[name]["manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert members["app01"]["outcome"] == "failed" and "VMNotFoundError" in members["app01"]["reason"]
+    actions = [e["action"] for e in ledger_events_of(out / "batch.log.jsonl")]
+    assert actions[0] == "batch-start" and actions[-1] == "batch-end"
+    assert actions.count("submitted") == actions.count("started") == actions.count("finished") == 3
+    assert record["ledger"]["events"] == len(actions)
+    assert batch.record_sha256 == hashlib.sha256(body).hexdigest() and not batch.ok
+
+    check = verify(out, key.public_key())
+    assert isinstance(check, BatchVerificationReport)
+    assert check.record_status == "OK" and check.signature_status == "VALID" and check.ledger_status == "OK"
+    assert {m.name: m.status for m in check.members} == {"web01": "OK", "db01": "OK", "app01": "NOT SEALED"}
+    assert not check.ok  # a batch with a member not sealed is not a complete batch
+
+
+def ledger_events_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_tampered_member_record_or_batch_ledger_fails_batch_verification(tmp_path: Path) -> None:
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    out = tmp_path / "out"
+    acquire_many(survey_local(tmp_path / "ds").select(), out, case=CASE, progress=False)
+    assert verify(out).ok
+
+    vmx = next((out / "db01" / "files").rglob("*.vmx"))
+    vmx.chmod(0o644)
+    vmx.write_bytes(vmx.read_bytes() + b"#")
+    check = verify(out)
+    assert not check.ok and {m.name: m.status for m in check.members}["db01"] == "FAILED"
+
+    ledger = out / "batch.log.jsonl"
+    ledger.chmod(0o644)
+    ledger.write_bytes(b"".join(ledger.read_bytes().splitlines(keepends=True)[:-1]))
+    assert verify(out).ledger_status == "BROKEN"
+
+    record = out / "batch.json"
+    record.chmod(0o644)
+    record.write_bytes(record.read_bytes().replace(b'"sealed"', b'"failed"', 1))
+    check = verify(out)
+    assert check.signature_status == "INVALID" and not check.ok
+
+
+def test_per_host_limit_holds_in_every_members_ledger_and_without_it_they_overlap(tmp_path: Path) -> None:
+    names = [f"vm{i}" for i in range(6)]
+    folders = make_vms(tmp_path / "ds", names, tmp_path / "staging", memory_bytes=96 << 20)
+    plans = [
+        AcquisitionPlan(n, str(f), host="esx-a" if i < 4 else "esx-b")
+        for i, (n, f) in enumerate(zip(names, folders, strict=True))
+    ]
+
+    acquire_many(plans, tmp_path / "limited", case=CASE, limits=Limits(total=4, per_host=1), progress=False)
+    acquire_many(plans, tmp_path / "free", case=CASE, limits=Limits(total=4), progress=False)
+
+    limited = {n: busy_interval(tmp_path / "limited" / n) for n in names}
+    free = {n: busy_interval(tmp_path / "free" / n) for n in names}
+    assert overlapping([limited[n] for n in names[:4]]) == 1
+    assert overlapping([limited[n] for n in names[4:]]) == 1
+    assert overlapping([free[n] for n in names[:4]]) > 1  # the measure would see a broken limit
+    assert overlapping(list(limited.values())) == 2  # one per host, both hosts busy at once
+    assert verify(tmp_path / "limited").ok
+
+
+def test_limit_keys_name_overall_host_and_each_datastore() -> None:
+    plan = AcquisitionPlan(
+        "web01",
+        "vm-42",
+        kind="vmware",
+        settings={"host": "vc01", "user": "ir"},
+        host="esx01",
+        datastores=("ds2", "ds1", "ds1"),
+    )
+    assert limit_keys(plan) == ("total", "host:esx01", "datastore:ds1", "datastore:ds2")
+    assert limit_keys(AcquisitionPlan("a", "/x")) == ("total", "host:local")
+    with pytest.raises(UsageError):
+        Limits(per_host=0)
+
+
+def test_plan_refuses_a_secret_in_its_settings_and_names_it_by_reference() -> None:
+    with pytest.raises(UsageError, match="look like secrets"):
+        AcquisitionPlan("web01", "vm-42", kind="vmware", settings={"host": "vc01", "password": "hunter2"})
+    plan = AcquisitionPlan(
+        "web01",
+        "vm-42",
+        kind="vmware",
+        settings={"host": "vc01"},
+        secrets={"password": {"env": "VMF_PW_VC01"}},
+    )
+    assert plan.secrets["password"] == SecretRef(env="VMF_PW_VC01")
+    assert plan.to_plain()["secrets"] == {"password": {"env": "VMF_PW_VC01"}}
+    with pytest.raises(UsageError, match="not set"):
+        SecretRef(env="VMF_SURELY_UNSET_VARIABLE").resolve()
+
+
+def test_thread_pool_only_for_in_process_keys(tmp_path: Path) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1) as pool, pytest.raises(UsageError, match="cannot be sent"):
+        acquire_many(["/nowhere"], tmp_path / "out", case=CASE, executor=pool, signer=SigningKey.generate())
+
+
+def test_resume_reruns_only_the_member_not_sealed_and_keeps_the_earlier_record(tmp_path: Path) -> None:
+    make_vms(tmp_path / "ds", ["web01", "db01", "app01"], tmp_path / "staging")
+    plans = [AcquisitionPlan(vm.name, vm.target) for vm in survey_local(tmp_path / "ds").select()]
+    shutil.move(tmp_path / "ds" / "db01", tmp_path / "away")  # unreachable during the first run
+    out = tmp_path / "out"
+    key_path = tmp_path / "examiner.pem"
+    SigningKey.generate().save(key_path, passphrase="correct horse")
+    os.environ["VMF_TEST_KEY_PASS"] = "correct horse"
+    signer = KeyRef(key_path, SecretRef(env="VMF_TEST_KEY_PASS"))
+    try:
+        first = acquire_many(plans, out, case=CASE, signer=signer, progress=False)
+        assert [i.vm for i in first.failed] == ["db01"]
+        sealed_before = {n: (out / n / "manifest.json").stat().st_mtime_ns for n in ("web01", "app01")}
+        first_record = (out / "batch.json").read_bytes()
+        shutil.move(tmp_path / "away", tmp_path / "ds" / "db01")
+
+        again = acquire_many(plans, out, case=CASE, signer=signer, progress=False, resume=True)
+    finally:
+        del os.environ["VMF_TEST_KEY_PASS"]
+
+    assert again.ok
+    assert {n: (out / n / "manifest.json").stat().st_mtime_ns for n in sealed_before} == sealed_before
+    record = json.loads((out / "batch.json").read_bytes())
+    assert record["run"] == 2 and record["supersedes"]["sha256"] == hashlib.sha256(first_record).hexdigest()
+    assert (out / record["supersedes"]["record"]).read_bytes() == first_record
+    second_run = ledger_events_of(out / "batch.log.jsonl")[json.loads(first_record)["ledger"]["events"] :]
+    assert [e["details"]["member"] for e in second_run if e["action"] == "submitted"] == ["db01"]
+    assert any(e["action"] == "resume" for e in ledger_events(out / "db01"))  # the member itself resumed
+    check = verify(out, SigningKey.load(key_path, "correct horse").public_key())
+    assert check.ok, str(check)
+
+
+def test_acquire_batch_command_on_a_local_survey_then_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(survey_local(tmp_path / "ds").to_json())
+    assert sorted(p.name for p in plans_from_file(plan)) == ["db01", "web01"]
+
+    code = main(
+        [
+            "acquire-batch",
+            str(plan),
+            "--out",
+            str(tmp_path / "out"),
+            "--local",
+            "2",
+            "--per-host",
+            "1",
+            "--case",
+            "2026-118",
+            "--examiner",
+            "A. Analyst",
+            "--no-progress",
+        ]
+    )
+    assert code == 0, capsys.readouterr()
+    assert "2/2 sealed" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "out")]) == 0
+    assert "VERIFIED: batch" in capsys.readouterr().out
+    assert (
+        main(["acquire-batch", str(plan), "--out", str(tmp_path / "x"), "--case", "c"]) == 2
+    )  # neither mode

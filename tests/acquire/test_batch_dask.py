@@ -1,0 +1,217 @@
+"""Batch acquisition on a real Dask cluster: ``distributed.LocalCluster(processes=True)``, a
+scheduler and worker processes talking TCP on loopback. Secrets are absent from every task payload
+the scheduler holds (captured by a scheduler plugin) while the workers log in with them to a real
+OpenSSH sshd; the per-host limit holds across workers (read from the members' ledgers); a worker
+killed mid-acquisition leaves its member resumable, the record says so, and resuming finishes it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.acquire.test_batch import busy_interval, ledger_events, ledger_events_of, make_vms, overlapping
+from tests.transport.sshd import SSHServer
+from vmforensics import CaseInfo, SigningKey, verify
+from vmforensics.acquire.batch import Limits
+from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef, SecretRef
+from vmforensics.survey.acquire_many import acquire_many
+
+distributed = pytest.importorskip("distributed", reason="Dask distributed (the dask extra)")
+cloudpickle = pytest.importorskip("cloudpickle")
+
+CASE = CaseInfo(case_id="2026-119", examiner="A. Analyst")
+SSH_PASSWORD = "planted-ssh-secret-7f3a91"
+KEY_PASSPHRASE = "planted-key-passphrase-c2d04e"
+
+
+class CapturePayloads(distributed.diagnostics.plugin.SchedulerPlugin):
+    """Keeps the pickled run_spec of every task the scheduler is given (what workers receive)."""
+
+    name = "vmf-capture"
+
+    def __init__(self) -> None:
+        self.payloads: dict[str, bytes] = {}
+
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        task = self.scheduler.tasks.get(key)
+        if task is not None and task.run_spec is not None and str(key) not in self.payloads:
+            self.payloads[str(key)] = cloudpickle.dumps(task.run_spec)
+
+
+@contextlib.contextmanager
+def dask_cluster(workers: int) -> Iterator[Any]:
+    with (
+        distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+def secrets_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secrets live in the environment the worker processes inherit, nowhere else."""
+    monkeypatch.setenv("VMF_TEST_SSH_PW", SSH_PASSWORD)
+    monkeypatch.setenv("VMF_TEST_KEY_PASS", KEY_PASSPHRASE)
+
+
+def test_secrets_never_travel_in_task_payloads_while_workers_log_in_with_them(
+    tmp_path: Path, secrets_env: None
+) -> None:
+    folders = make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    shared = Path(tempfile.mkdtemp(prefix="vmf-batch-ssh-"))  # readable by the SSH test user
+    try:
+        shared.chmod(0o755)
+        (shared / "auth.log").write_bytes(b"Dec  1 23:00:01 web sshd[1]: Accepted password\n" * 1000)
+        (shared / "auth.log").chmod(0o644)
+        key_path = tmp_path / "examiner.pem"
+        key = SigningKey.generate()
+        key.save(key_path, passphrase=KEY_PASSPHRASE)
+        with SSHServer(tmp_path / "sshd", password_user=("vmfbatch", SSH_PASSWORD)) as server:
+            plans = [AcquisitionPlan(f.name, str(f)) for f in folders] + [
+                AcquisitionPlan(
+                    "web-logs",
+                    "web-logs",
+                    kind="ssh-files",
+                    settings={
+                        "host": server.host,
+                        "port": server.port,
+                        "user": "vmfbatch",
+                        "known_hosts": str(server.known_hosts),
+                        "paths": [str(shared / "auth.log")],
+                    },
+                    secrets={"password": SecretRef(env="VMF_TEST_SSH_PW")},
+                )
+            ]
+            with dask_cluster(2) as client:
+                client.register_plugin(CapturePayloads())
+                batch = acquire_many(
+                    plans,
+                    tmp_path / "out",
+                    case=CASE,
+                    executor=client.get_executor(),
+                    limits=Limits(total=3),
+                    signer=KeyRef(key_path, SecretRef(env="VMF_TEST_KEY_PASS")),
+                    progress=False,
+                )
+                payloads = client.run_on_scheduler(
+                    lambda dask_scheduler: dask_scheduler.plugins["vmf-capture"].payloads
+                )
+                events = client.run_on_scheduler(
+                    lambda dask_scheduler: cloudpickle.dumps(dict(dask_scheduler.get_events()))
+                )
+            sshd_log = server.log.read_text()
+    finally:
+        shutil.rmtree(shared)
+
+    assert batch.ok, [item.error for item in batch.failed]
+    assert len(payloads) == 3
+    for payload in payloads.values():
+        assert b"VMF_TEST_KEY_PASS" in payload  # the capture sees the plans: the references are there
+        assert SSH_PASSWORD.encode() not in payload and KEY_PASSPHRASE.encode() not in payload
+    assert any(b"VMF_TEST_SSH_PW" in p for p in payloads.values())
+    assert SSH_PASSWORD.encode() not in events and KEY_PASSPHRASE.encode() not in events
+    assert "Accepted password for vmfbatch" in sshd_log  # the worker really logged in with it
+    logs = tmp_path / "out" / "web-logs"
+    assert (logs / "files").is_dir() and verify(logs, key.public_key()).ok
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert SSH_PASSWORD.encode() not in content and KEY_PASSPHRASE.encode() not in content, path
+    check = verify(tmp_path / "out", key.public_key())
+    assert check.ok, str(check)
+
+
+def test_per_host_limit_holds_across_dask_workers(tmp_path: Path) -> None:
+    names = [f"vm{i}" for i in range(6)]
+    folders = make_vms(tmp_path / "ds", names, tmp_path / "staging", memory_bytes=96 << 20)
+    plans = [
+        AcquisitionPlan(n, str(f), host="esx-a" if i < 3 else "esx-b")
+        for i, (n, f) in enumerate(zip(names, folders, strict=True))
+    ]
+    with dask_cluster(3) as client:
+        batch = acquire_many(
+            plans,
+            tmp_path / "out",
+            case=CASE,
+            executor=client.get_executor(),
+            limits=Limits(per_host=1),
+            progress=False,
+        )
+        addresses = set(client.run(os.getpid))
+
+    assert batch.ok
+    intervals = {n: busy_interval(tmp_path / "out" / n) for n in names}
+    assert overlapping([intervals[n] for n in names[:3]]) == 1
+    assert overlapping([intervals[n] for n in names[3:]]) == 1
+    started = [
+        e["details"]
+        for e in ledger_events_of(tmp_path / "out" / "batch.log.jsonl")
+        if e["action"] == "started"
+    ]
+    assert (
+        len(started) == 6
+        and {s["worker"] for s in started} <= addresses
+        and len({s["worker"] for s in started}) >= 2
+    )
+    assert {item.worker for item in batch.items} <= addresses
+
+
+def test_worker_killed_mid_acquisition_leaves_member_resumable_and_resume_seals_it(tmp_path: Path) -> None:
+    folders = make_vms(tmp_path / "ds", ["web01", "db01", "big01"], tmp_path / "staging")
+    with open(folders[2] / "big01.vmem", "wb") as f:
+        f.truncate(3 << 30)  # sparse: reads fast, takes seconds to write and hash
+    plans = [AcquisitionPlan(f.name, str(f)) for f in folders]
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_on_first_progress(vm: str, update: Any) -> None:
+        if vm != "big01" or killed:
+            return
+        started = [e for e in ledger_events_of(out / "batch.log.jsonl") if e["action"] == "started"]
+        pid = next(e["details"]["pid"] for e in started if e["details"]["member"] == "big01")
+        killed.append(pid)
+        os.kill(pid, signal.SIGKILL)
+
+    with dask_cluster(2) as client:
+        first = acquire_many(
+            plans,
+            out,
+            case=CASE,
+            executor=client.get_executor(),
+            limits=Limits(total=3),
+            progress=kill_on_first_progress,
+        )
+        assert killed and [item.vm for item in first.failed] == ["big01"]
+        record = json.loads((out / "batch.json").read_bytes())
+        big = next(m for m in record["members"] if m["name"] == "big01")
+        assert big["outcome"] == "failed" and big["manifest_sha256"] is None
+        assert "interrupted" in big["reason"] or "KilledWorker" in big["reason"], big["reason"]
+        assert not (out / "big01" / "manifest.json").exists()
+        assert ledger_events(out / "big01")[-1]["action"] != "seal"  # the member stopped mid-acquisition
+        sealed_before = {n: (out / n / "manifest.json").read_bytes() for n in ("web01", "db01")}
+
+        again = acquire_many(
+            plans, out, case=CASE, executor=client.get_executor(), progress=False, resume=True
+        )
+
+    assert again.ok, [item.error for item in again.failed]
+    assert {n: (out / n / "manifest.json").read_bytes() for n in sealed_before} == sealed_before
+    rerun = ledger_events_of(out / "batch.log.jsonl")[record["ledger"]["events"] :]
+    assert [e["details"]["member"] for e in rerun if e["action"] == "submitted"] == ["big01"]
+    assert any(e["action"] == "resume" for e in ledger_events(out / "big01"))
+    check = verify(out)
+    assert check.ok, str(check)

@@ -1,0 +1,256 @@
+"""QemuAcquirer against a real QEMU (TCG) guest with a QMP unix socket, reached through a real sshd.
+
+The library reaches QMP through ``socat`` on an SSH exec channel; the tests look at the guest
+through their own QMP connection and use ``qemu-img convert`` as the oracle for disk contents and
+Volatility 3 for the ELF memory image. Writes made by the test after the snapshot point (through
+QMP ``human-monitor-command`` qemu-io, the guest runs no OS) must land in the overlay, stay out of
+the evidence, and be in the original image after cleanup's block-commit.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.acquire import qemu_lab
+from tests.acquire.qemu_lab import BANNER_ADDRESS, Guest, convert_to_raw, short_root
+from tests.interop.vmware_state import BANNER
+from tests.transport.sshd import SSHServer
+from vmforensics import CaseInfo, verify
+from vmforensics.errors import SourceError, UsageError
+from vmforensics.hypervisors.qemu.acquirer import QemuAcquirer
+from vmforensics.hypervisors.qemu.qmp import MESSAGE_LIMIT, QMPClient
+
+pytestmark = pytest.mark.skipif(qemu_lab.available() is not None, reason=str(qemu_lab.available()))
+
+CASE = CaseInfo(case_id="2026-17", examiner="A. Analyst")
+VOL = "import sys; from volatility3.cli import main; sys.argv[0] = 'vol'; main()"
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    with SSHServer(tmp_path_factory.mktemp("sshd-qemu")) as server:
+        yield server
+
+
+def acquirer(sshd: SSHServer, cls=QemuAcquirer, **options) -> QemuAcquirer:
+    return cls(
+        sshd.host,
+        user=sshd.user,
+        port=sshd.port,
+        identity=sshd.client_key,
+        known_hosts=sshd.known_hosts,
+        **options,
+    )
+
+
+class FrozenProbe(QemuAcquirer):
+    """Between preserve and stream: convert the frozen originals (the oracle), then write more."""
+
+    def enumerate(self, session):
+        guest: Guest = self.guest
+        self.frozen = {
+            "drive-scsi0": convert_to_raw(guest.disk, guest.root / "frozen0.raw", fmt="qcow2"),
+            "drive-scsi1": convert_to_raw(guest.raw, guest.root / "frozen1.raw", fmt="raw"),
+        }
+        with guest.qmp() as qmp:
+            qmp.hmp('qemu-io drive-scsi0 "write -P 0x42 128k 64k"')
+            qmp.hmp('qemu-io drive-scsi1 "write -P 0x43 0 4k"')
+        return super().enumerate(session)
+
+
+@pytest.fixture(scope="module")
+def paused(sshd):
+    root = short_root("qp")
+    with Guest(root) as guest:
+        acq = acquirer(sshd, FrozenProbe)
+        acq.guest = guest
+        result = acq.acquire(str(guest.qmp_path), root / "out", case=CASE, preserve="pause", progress=False)
+        yield guest, acq, result
+
+
+def evidence(result, suffix: str) -> Path:
+    return next(result.path / f.local_path for f in result.files if f.local_path.endswith(suffix))
+
+
+def test_pause_acquires_the_chain_as_frozen_at_the_snapshot(paused):
+    guest, acq, result = paused
+    qcow2, raw = evidence(result, "disk0.qcow2"), evidence(result, "disk1.raw")
+
+    assert convert_to_raw(qcow2, guest.root / "got0.raw", fmt="qcow2") == acq.frozen["drive-scsi0"]
+    assert raw.read_bytes() == acq.frozen["drive-scsi1"]
+    assert acq.frozen["drive-scsi0"][:65536] == b"A" * 65536  # written while running, before the snapshot
+    assert b"B" * 65536 not in acq.frozen["drive-scsi0"]
+    assert verify(result.path).ok
+
+
+def test_cleanup_commits_the_later_writes_back_and_leaves_no_overlay(paused):
+    guest, _acq, result = paused
+    now = convert_to_raw(guest.disk, guest.root / "now0.raw", fmt="qcow2")
+
+    assert now[128 << 10 : 192 << 10] == b"B" * 65536
+    assert guest.raw.read_bytes()[:4096] == b"C" * 4096
+    assert guest.tops() == {"drive-scsi0": str(guest.disk), "drive-scsi1": str(guest.raw)}
+    assert set(guest.node_files()) == {str(guest.disk), str(guest.raw)}
+    assert not list(guest.root.glob("*.vmf*.qcow2"))
+    assert not list(guest.root.glob("vmforensics-*"))  # the memory image was removed from the host
+    assert guest.status() == "running"
+    actions = [a.action for a in result.manifest.actions]
+    assert actions == [
+        "stop",
+        "memory-dump",
+        "snapshot",
+        "cont",
+        "block-commit",
+        "delete-overlay",
+        "block-commit",
+        "delete-overlay",
+        "delete-memory-dump",
+    ]
+    assert all(a.outcome == "ok" for a in result.manifest.actions)
+
+
+def test_identity_comes_from_qmp_and_the_clock_is_measured(paused, sshd):
+    guest, _acq, result = paused
+    vm = result.manifest.source.vm
+
+    assert (vm.name, vm.uuid, vm.mac_addresses) == (guest.name, guest.uuid, (guest.mac,))
+    assert vm.power_state_before == "running" and vm.power_state_after == "running"
+    assert result.manifest.source.product["version"].startswith("7.")
+    assert result.manifest.clock.skew_seconds is not None and abs(result.manifest.clock.skew_seconds) < 5
+    assert result.manifest.source.connection["host_key_fingerprint"] == sshd.host_key_fingerprint
+    omitted = {o.source_path for o in result.omissions}
+    assert any(".vmf" in path and path.endswith(".qcow2") for path in omitted)
+
+
+def test_elf_memory_image_opens_in_volatility_with_the_planted_banner(paused):
+    _guest, _acq, result = paused
+    elf = evidence(result, ".elf")
+    assert {f.role for f in result.files if f.local_path.endswith(".elf")} == {"memory"}
+    done = subprocess.run(
+        [sys.executable, "-c", VOL, "-q", "-r", "json", "-f", str(elf), "banners.Banners"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout[done.stdout.index("[") :])
+    assert any(r["Banner"].startswith(BANNER.decode()) and r["Offset"] == BANNER_ADDRESS for r in rows), rows
+
+
+def test_save_writes_a_migration_stream_and_the_vm_runs_on(sshd):
+    root = short_root("qs")
+    with Guest(root, name="db01") as guest:
+        result = acquirer(sshd).acquire(
+            str(guest.qmp_path), root / "out", case=CASE, preserve="save", progress=False
+        )
+        state = evidence(result, ".qevm")
+
+        assert state.read_bytes()[:4] == b"QEVM"
+        assert {f.role for f in result.files if f.local_path.endswith(".qevm")} == {"memory-state"}
+        assert guest.status() == "running"
+        assert guest.tops() == {"drive-scsi0": str(guest.disk), "drive-scsi1": str(guest.raw)}
+        assert not list(root.glob("*.vmf*.qcow2")) and not list(root.glob("vmforensics-*"))
+
+
+def test_keep_running_false_leaves_the_vm_paused_on_its_original_images(sshd):
+    root = short_root("qk")
+    with Guest(root, name="kp01") as guest:
+        acq = acquirer(sshd, keep_running=False)
+        result = acq.acquire(
+            str(guest.qmp_path), root / "out", case=CASE, preserve="pause", memory=False, progress=False
+        )
+
+        assert guest.status() == "paused"
+        assert result.manifest.source.vm.power_state_after == "paused"
+        assert guest.tops() == {"drive-scsi0": str(guest.disk), "drive-scsi1": str(guest.raw)}
+        assert "cont" not in [a.action for a in result.manifest.actions]
+        assert not any(f.role == "memory" for f in result.files)
+
+
+def test_save_while_kept_paused_is_refused_before_any_change(sshd):
+    root = short_root("qr")
+    with Guest(root, name="rf01") as guest:
+        with pytest.raises(UsageError, match="keep_running"):
+            acquirer(sshd, keep_running=False).acquire(
+                str(guest.qmp_path), root / "out", case=CASE, preserve="save", progress=False
+            )
+        assert guest.status() == "running"
+        assert guest.tops() == {"drive-scsi0": str(guest.disk), "drive-scsi1": str(guest.raw)}
+
+
+def test_a_path_without_a_qmp_socket_is_a_clear_error(sshd, tmp_path):
+    with pytest.raises(SourceError, match="no unix socket"):
+        acquirer(sshd).acquire(str(tmp_path / "nothing.qmp"), tmp_path / "out", case=CASE, progress=False)
+
+
+def test_on_the_host_itself_without_ssh(tmp_path):
+    root = short_root("ql")
+    with Guest(root, name="lo01") as guest:
+        result = QemuAcquirer(None).acquire(
+            str(guest.qmp_path), root / "out", case=CASE, preserve="pause", progress=False
+        )
+        assert verify(result.path).ok
+        assert result.manifest.source.connection["transport"] == "file"
+        assert guest.tops()["drive-scsi0"] == str(guest.disk)
+
+
+def test_block_device_disk_is_read_at_its_size(sshd):
+    """A loop device stands in for an LVM-thin volume: planned with blockdev --getsize64, read by dd."""
+    root = short_root("qb")
+    backing = root / "lv.img"
+    backing.write_bytes(bytes(range(256)) * (3 << 12))  # 3 MiB, not a power of two of blocks
+    attach = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
+    if attach.returncode != 0:
+        pytest.skip(f"no loop device here: {attach.stderr.strip()}")
+    device = attach.stdout.strip()
+    try:
+        with Guest(root, name="lv01", extra_drives=(("drive-scsi2", device, "raw"),)) as guest:
+            result = acquirer(sshd, host_workdir=str(root)).acquire(
+                str(guest.qmp_path), root / "out", case=CASE, preserve="pause", memory=False, progress=False
+            )
+            got = evidence(result, Path(device).name)
+            assert got.read_bytes() == backing.read_bytes()
+            assert guest.tops()["drive-scsi2"] == device
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+# -- a hostile QMP peer ---------------------------------------------------------------------------
+
+
+def hostile_peer(*chunks: bytes) -> QMPClient:
+    """A socketpair whose far end sends ``chunks`` (a fake QMP server written for these tests:
+    no real QEMU misbehaves on purpose), then the client built on the near end."""
+    near, far = socket.socketpair()
+
+    def serve() -> None:
+        try:
+            for chunk in chunks:
+                far.sendall(chunk)
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return QMPClient(near, where="hostile peer", timeout=5)
+
+
+def test_qmp_peer_sending_an_endless_line_is_cut_off():
+    with pytest.raises(SourceError, match="longer than"):
+        hostile_peer(b"{" + b" " * (MESSAGE_LIMIT + 65536))
+
+
+def test_qmp_peer_that_does_not_greet_as_qmp_is_refused():
+    with pytest.raises(SourceError, match="did not greet"):
+        hostile_peer(b'{"hello": 1}\n')
+
+
+def test_qmp_peer_sending_garbage_is_refused():
+    with pytest.raises(SourceError, match="not JSON"):
+        hostile_peer(b"\xff\xfe not json\n")

@@ -1,0 +1,115 @@
+"""Spec-built saved states for the cases no real tool here writes: VMware state files with every
+magic, embedded memory, a "cpu" group; and QEVM streams with configuration subsections,
+repeated pages and refused record kinds. Layouts follow Volatility 3's layers/vmware.py and
+QEMU's migration/savevm.c + ram.c (see vmforensics/memory/*_layout.py for the field lists).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Sequence
+
+PAGE = 4096
+HEADER = struct.Struct("<4sII")
+GROUP = struct.Struct("<64sQQ")
+
+
+def tag(name: str, value: int | bytes, *indices: int, size: int = 4) -> bytes:
+    """A short tag: ``value`` in ``size`` bytes (an int) or the bytes given."""
+    data = value if isinstance(value, bytes) else value.to_bytes(size, "little")
+    flags = (len(indices) << 6) | len(data)
+    return bytes([flags, len(name)]) + name.encode() + struct.pack(f"<{len(indices)}I", *indices) + data
+
+
+def long_tag(
+    name: str, data: bytes, *indices: int, version: int = 2, memory_size: int | None = None
+) -> bytes:
+    """A long tag (size code 62): stored size, size in memory, two gap bytes, then ``data``."""
+    field = "<I" if version == 0 else "<Q"
+    flags = (len(indices) << 6) | 62
+    return (
+        bytes([flags, len(name)])
+        + name.encode()
+        + struct.pack(f"<{len(indices)}I", *indices)
+        + struct.pack(field, len(data))
+        + struct.pack(field, len(data) if memory_size is None else memory_size)
+        + b"\0\0"
+        + data
+    )
+
+
+def regions_tags(regions: Sequence[tuple[int, int, int]]) -> bytes:
+    body = tag("regionsCount", len(regions))
+    for number, (ppn, page_number, size) in enumerate(regions):
+        body += (
+            tag("regionPPN", ppn, number)
+            + tag("regionPageNum", page_number, number)
+            + tag("regionSize", size, number)
+        )
+    return body
+
+
+def vmware_state(magic: bytes, groups: Iterable[tuple[str, bytes]]) -> bytes:
+    """A state file of ``groups`` (name, tag bytes without the end marker)."""
+    groups = [(name, body + b"\0\0") for name, body in groups]
+    offset = HEADER.size + GROUP.size * len(groups)
+    table, bodies = b"", b""
+    for name, body in groups:
+        table += GROUP.pack(name.encode(), offset + len(bodies), len(body))
+        bodies += body
+    return HEADER.pack(magic, 0, len(groups)) + table + bodies
+
+
+# -- QEVM ---------------------------------------------------------------------------------------
+
+ZERO, MEM_SIZE, PAGE_FLAG, EOS, CONTINUE, XBZRLE = 0x02, 0x04, 0x08, 0x10, 0x20, 0x40
+
+
+def qevm(
+    blocks: Sequence[tuple[str, int]],
+    records: Iterable[tuple[str, int, bytes | None]],
+    *,
+    machine: str = "pc-i440fx-7.2",
+    subsections: bytes = b"",
+    description: dict | None = None,
+    extra_flags: int = 0,
+) -> bytes:
+    """A stream: configuration (+ ``subsections``), a ram START section with the block list, one
+    PART with ``records`` (block, offset, page bytes or None for a zero page), an END, EOF and a
+    VMDESCRIPTION. ``extra_flags`` is or-ed into every page record (to build refused kinds)."""
+    out = b"QEVM" + struct.pack(">I", 3)
+    out += b"\x07" + struct.pack(">I", len(machine)) + machine.encode() + subsections
+    total = sum(length for _, length in blocks)
+    out += b"\x01" + struct.pack(">I", 2) + bytes([3]) + b"ram" + struct.pack(">II", 0, 4)
+    out += struct.pack(">Q", total | MEM_SIZE)
+    for name, length in blocks:
+        out += bytes([len(name)]) + name.encode() + struct.pack(">Q", length)
+    out += struct.pack(">Q", EOS) + b"\x7e" + struct.pack(">I", 2)
+    out += b"\x02" + struct.pack(">I", 2)
+    last = None
+    for name, offset, data in records:
+        flags = (ZERO if data is None else PAGE_FLAG) | extra_flags
+        if name == last:
+            flags |= CONTINUE
+        out += struct.pack(">Q", offset | flags)
+        if name != last:
+            out += bytes([len(name)]) + name.encode()
+        out += b"\0" if data is None else data
+        last = name
+    out += struct.pack(">Q", EOS) + b"\x7e" + struct.pack(">I", 2)
+    out += b"\x03" + struct.pack(">I", 2) + struct.pack(">Q", EOS) + b"\x7e" + struct.pack(">I", 2)
+    out += b"\x00"
+    if description is not None:
+        text = json.dumps(description).encode()
+        out += b"\x06" + struct.pack(">I", len(text)) + text
+    return out
+
+
+def subsection(name: str, body: bytes, version: int = 1) -> bytes:
+    return b"\x05" + bytes([len(name)]) + name.encode() + struct.pack(">I", version) + body
+
+
+def capabilities(*names: str) -> bytes:
+    body = struct.pack(">I", len(names)) + b"".join(bytes([len(n)]) + n.encode() for n in names)
+    return subsection("configuration/capabilities", body)

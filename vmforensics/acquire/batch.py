@@ -1,0 +1,666 @@
+"""Batch acquisition on any ``concurrent.futures.Executor``: limits, worker events, the batch record.
+
+The examiner's process (the driver) admits members to the executor only while the limits allow
+(overall, per hypervisor host, per datastore: :func:`limit_keys` decides the keys, :class:`Admission`
+counts them), so no worker thread ever sits holding a task while it waits for a host to free up,
+and the same logic holds on a local thread pool and on Dask (``Client.get_executor()``). Each member
+runs :func:`run_member` on a worker: the acquirer is built there from its picklable plan, secrets are
+resolved there, and events (started on which worker, progress) come back through Dask's structured
+events (``log_event`` / ``subscribe_topic``) or, in-process, directly. The driver writes the batch
+ledger and, at the end, the signed batch record (:mod:`vmforensics.acquire.batch_record`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from vmforensics.acquire.base import Acquirer, AcquisitionResult
+from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef
+from vmforensics.acquire.batch_progress import BatchCallback, BatchView
+from vmforensics.acquire.batch_record import (
+    BATCH_LEDGER,
+    RECORD_NAME,
+    RESERVED_NAMES,
+    SCHEMA,
+    read_record,
+    retire_record,
+    sha256_file,
+    write_record,
+)
+from vmforensics.custody.ledger import Ledger
+from vmforensics.custody.models import CaseInfo, ExaminerHost, new_acquisition_id, to_plain, utc_now
+from vmforensics.custody.seal import MANIFEST_NAME
+from vmforensics.custody.signing import SigningKey
+from vmforensics.errors import UsageError
+from vmforensics.progress import ProgressUpdate
+
+log = logging.getLogger(__name__)
+
+EVENT_TOPIC = "vmforensics-batch"
+PROGRESS_INTERVAL = 0.25  # seconds between progress events a worker sends per member
+
+
+@attrs.frozen
+class Limits:
+    """At most ``total`` acquisitions at once, ``per_host`` on one hypervisor host, ``per_datastore``
+    on one datastore (None: no limit of that kind)."""
+
+    total: int | None = None
+    per_host: int | None = None
+    per_datastore: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("total", "per_host", "per_datastore"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"limit {name} must be a whole number of at least 1, not {value!r}")
+
+    def of(self, key: str) -> int | None:
+        kind = key.partition(":")[0]
+        return {"total": self.total, "host": self.per_host, "datastore": self.per_datastore}[kind]
+
+
+def limit_keys(plan: AcquisitionPlan) -> tuple[str, ...]:
+    """The slots a member holds while it runs: overall, its host, each datastore it reads."""
+    return ("total", f"host:{plan.limit_host}", *sorted({f"datastore:{d}" for d in plan.datastores}))
+
+
+class Admission:
+    """Counts held slots per key; a member starts only when every one of its keys has room."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.held: dict[str, int] = {}
+
+    def fits(self, keys: Sequence[str]) -> bool:
+        return all((limit := self.limits.of(k)) is None or self.held.get(k, 0) < limit for k in keys)
+
+    def take(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.held[key] = self.held.get(key, 0) + 1
+
+    def release(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.held[key] -= 1
+
+
+# --- worker side -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class EventChannel:
+    """How a worker reports: Dask structured events under ``topic``, or an in-process callable."""
+
+    topic: str
+    local: Callable[[dict[str, Any]], None] | None = attrs.field(default=None, eq=False)
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.local is not None:
+            self.local(message)
+            return
+        worker = _dask_worker()
+        if worker is not None:
+            worker.log_event(self.topic, message)
+
+
+def _dask_worker() -> Any:
+    import sys
+
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
+@attrs.frozen
+class MemberTask:
+    """Everything a worker needs for one member; picklable, and holding no secret."""
+
+    batch_id: str
+    index: int
+    plan: AcquisitionPlan
+    directory: str
+    case: CaseInfo
+    signer: KeyRef | None
+    options: dict[str, Any]
+    resume: bool
+    events: EventChannel
+    in_process: Any = attrs.field(default=None, eq=False)  # (factory, record, SigningKey): local pools only
+
+
+@attrs.frozen
+class MemberOutcome:
+    """What a worker reports back for one member."""
+
+    index: int
+    outcome: str  # sealed, failed
+    reason: str | None
+    manifest_sha256: str | None
+    worker: dict[str, Any]
+    started: str
+    finished: str
+    result: AcquisitionResult | None = None
+
+
+def _identity() -> dict[str, Any]:
+    worker = _dask_worker()
+    name = worker.address if worker is not None else threading.current_thread().name
+    return {"worker": name, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def run_member(task: MemberTask) -> MemberOutcome:
+    """Acquire one member on this worker; failures become the outcome, never an exception."""
+    who = _identity()
+    started = utc_now()
+    task.events.send({"event": "started", "index": task.index, "time": started, **who})
+    path = Path(task.directory)
+    reporter = _Reporter(task.events, task.index)
+    try:
+        resume = _resume_state(path, task.resume)
+        if task.in_process is not None:
+            factory, record, key = task.in_process
+            acquirer: Acquirer = factory(record) if factory is not None else task.plan.build()
+        else:
+            acquirer, key = task.plan.build(), None
+        signer = task.signer.load() if task.signer is not None else key
+        result = acquirer.acquire(
+            task.plan.target,
+            path,
+            case=task.case,
+            signer=signer,
+            progress=reporter.update,
+            resume=resume,
+            **task.options,
+        )
+    except Exception as exc:  # isolated: recorded in the member's own ledger and in the batch record
+        log.error("acquiring %s failed: %s", task.plan.name, exc)
+        reporter.flush()
+        return MemberOutcome(
+            task.index, "failed", f"{type(exc).__name__}: {exc}", None, who, started, utc_now()
+        )
+    reporter.flush()
+    digest = sha256_file(path / MANIFEST_NAME)
+    return MemberOutcome(task.index, "sealed", None, digest, who, started, utc_now(), result)
+
+
+def _resume_state(path: Path, resume: bool) -> bool:
+    """Whether to resume this member: only a resumed batch continues an interrupted attempt."""
+    interrupted = (path / "custody.log.jsonl").is_file() and not (path / MANIFEST_NAME).is_file()
+    if interrupted and not resume:
+        raise UsageError(
+            f"{path} holds an earlier, interrupted attempt (a worker lost mid-acquisition?); "
+            "run the batch again with resume=True (--resume) to continue it"
+        )
+    return interrupted
+
+
+class _Reporter:
+    """Turns an acquisition's progress callbacks into at most a few events a second."""
+
+    def __init__(self, channel: EventChannel, index: int):
+        self.channel = channel
+        self.index = index
+        self.last_sent = 0.0
+        self.pending: ProgressUpdate | None = None
+
+    def update(self, progress: ProgressUpdate) -> None:
+        self.pending = progress
+        now = time.monotonic()
+        if now - self.last_sent >= PROGRESS_INTERVAL:
+            self.flush()
+            self.last_sent = now
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            p, self.pending = self.pending, None
+            self.channel.send(
+                {"event": "progress", "index": self.index, "file": p.file, "done": p.done, "total": p.total}
+            )
+
+
+# --- driver side -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class BatchItem:
+    """One VM of the batch: where its evidence went, its outcome, and its result or the reason."""
+
+    vm: str
+    target: str
+    path: Path
+    result: AcquisitionResult | None = None
+    error: str | None = None
+    outcome: str = "sealed"
+    worker: str | None = None
+    manifest_sha256: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "sealed"
+
+
+@attrs.frozen
+class BatchResult:
+    """What a batch returns: every member's item, the batch directory and its record's SHA-256."""
+
+    items: tuple[BatchItem, ...]
+    duration: float
+    path: Path | None = None
+    record_sha256: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(item.ok for item in self.items)
+
+    @property
+    def failed(self) -> tuple[BatchItem, ...]:
+        return tuple(item for item in self.items if not item.ok)
+
+    def __repr__(self) -> str:
+        return (
+            f"<BatchResult {len(self.items) - len(self.failed)}/{len(self.items)} acquired, "
+            f"{len(self.failed)} failed, {self.duration:.1f}s>"
+        )
+
+    def _repr_html_(self) -> str:
+        from vmforensics.survey.html import sortable_table
+
+        rows = [
+            [
+                item.vm,
+                item.outcome,
+                str(item.path),
+                item.worker,
+                item.result.manifest.total_bytes if item.result else None,
+                item.error,
+            ]
+            for item in self.items
+        ]
+        return sortable_table(["VM", "outcome", "evidence directory", "worker", "bytes", "reason"], rows)
+
+
+def member_directories(names: Sequence[str]) -> list[str]:
+    """A distinct, safe directory name per member (VM names are untrusted and may repeat)."""
+    used = {name.lower() for name in RESERVED_NAMES}
+    chosen = []
+    for raw in names:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._") or "vm"
+        name, number = base[:100], 1
+        while name.lower() in used:
+            number += 1
+            name = f"{base[:96]}-{number}"
+        used.add(name.lower())
+        chosen.append(name)
+    return chosen
+
+
+def run_batch(
+    plans: Sequence[AcquisitionPlan],
+    out_root: str | os.PathLike[str],
+    *,
+    case: CaseInfo,
+    executor: cf.Executor | None = None,
+    limits: Limits | None = None,
+    signer: SigningKey | KeyRef | None = None,
+    progress: bool | BatchCallback = True,
+    resume: bool = False,
+    worker_root: str | os.PathLike[str] | None = None,
+    acquirer_factory: Callable[[Any], Acquirer] | None = None,
+    records: Sequence[Any] | None = None,
+    **acquire_options: Any,
+) -> BatchResult:
+    """Acquire every plan into ``out_root/<name>`` and seal the batch record (see module docs).
+
+    ``executor``: any concurrent.futures executor (default: a local thread pool of ``limits.total``
+    threads). ``signer``: a :class:`KeyRef` (loaded on each worker, and here for batch.json) or, for
+    thread pools only, a SigningKey. ``worker_root``: where workers write when it is not ``out_root``
+    as they see it. ``resume``: rerun only the members the last record does not list as sealed.
+    ``acquirer_factory(records[i])`` replaces plan ``i``'s acquirer (thread pools only).
+    """
+    if not plans:
+        raise UsageError("nothing selected to acquire")
+    if not isinstance(case, CaseInfo):
+        raise UsageError("case must be a vmforensics.CaseInfo(case_id=..., examiner=...)")
+    limits = limits or Limits(total=2)
+    own_pool = executor is None
+    if own_pool:
+        executor = cf.ThreadPoolExecutor(max_workers=limits.total or len(plans), thread_name_prefix="acquire")
+    local = isinstance(executor, cf.ThreadPoolExecutor)
+    if not local and (isinstance(signer, SigningKey) or acquirer_factory is not None):
+        raise UsageError(
+            "a SigningKey object or an acquirer_factory cannot be sent to other processes: pass "
+            "signer=KeyRef(path, passphrase=SecretRef(env=...)) and AcquisitionPlans"
+        )
+    batch_key = signer.load() if isinstance(signer, KeyRef) else signer or SigningKey.generate()
+    root = Path(out_root)
+    began = time.monotonic()
+    batch = _Batch(root, plans, case, limits, resume, batch_key, executor)
+    view = BatchView(progress, [p.name for p in plans])
+    batch.view = view
+    channel = EventChannel(f"{EVENT_TOPIC}-{batch.batch_id}", batch.on_event if local else None)
+    unsubscribe = _subscribe(executor, channel.topic, batch.on_event) if not local else None
+    batch.channel = local or unsubscribe is not None
+    place = Path(worker_root) if worker_root is not None else root
+    tasks = [
+        MemberTask(
+            batch_id=batch.batch_id,
+            index=index,
+            plan=plan,
+            directory=str(place / batch.directories[index]),
+            case=case,
+            signer=signer if isinstance(signer, KeyRef) else None,
+            options=dict(acquire_options),
+            resume=resume,
+            events=channel,
+            in_process=(
+                acquirer_factory,
+                records[index] if records is not None else None,
+                signer if isinstance(signer, SigningKey) else None,
+            )
+            if local
+            else None,
+        )
+        for index, plan in enumerate(plans)
+    ]
+    try:
+        batch.schedule(executor, [t for t in tasks if t.index not in batch.carried])
+    finally:
+        if unsubscribe is not None:
+            unsubscribe()
+        view.close()
+        if own_pool:
+            executor.shutdown(wait=True, cancel_futures=True)
+        digest = batch.seal(type(executor).__name__, str(place))
+    return BatchResult(batch.items(), time.monotonic() - began, root, digest)
+
+
+def _subscribe(
+    executor: cf.Executor, topic: str, handler: Callable[[dict[str, Any]], None]
+) -> Callable[[], None] | None:
+    """Worker events on Dask: subscribe to the batch's topic on the executor's client."""
+    client = getattr(executor, "_client", None)  # distributed's ClientExecutor keeps its Client here
+    if client is None or not hasattr(client, "subscribe_topic"):
+        log.info("%s has no event channel; started events are logged when each member returns", executor)
+        return None
+    client.subscribe_topic(topic, lambda event: handler(event[1]))
+    return lambda: client.unsubscribe_topic(topic)
+
+
+class _Batch:
+    """The driver's state: admission, the batch ledger, the outcomes, and sealing the record."""
+
+    def __init__(
+        self,
+        root: Path,
+        plans: Sequence[AcquisitionPlan],
+        case: CaseInfo,
+        limits: Limits,
+        resume: bool,
+        key: SigningKey,
+        executor: cf.Executor,
+    ):
+        self.root = root
+        self.plans = list(plans)
+        self.case = case
+        self.limits = limits
+        self.key = key
+        self.lock = threading.Lock()
+        self.view: BatchView | None = None
+        self.directories = member_directories([p.name for p in plans])
+        self.outcomes: dict[int, MemberOutcome] = {}
+        self.started: dict[int, list[dict[str, Any]]] = {}
+        self.submitted: set[int] = set()
+        self.closed = False  # no more ledger events once the record is being sealed
+        self.channel = False  # whether started events arrive while members run
+        self.carried: dict[int, dict[str, Any]] = {}
+        host = ExaminerHost.current()
+        actor = {"examiner": case.examiner, "host": host.hostname, "user": host.user}
+        self.previous: dict[str, Any] | None = None
+        if resume and (root / RECORD_NAME).is_file():
+            self._open_resumed(actor)
+        else:
+            if resume:
+                raise UsageError(f"{root} holds no batch record to resume")
+            root.mkdir(parents=True, exist_ok=True)
+            if any(root.iterdir()):
+                raise UsageError(f"{root} is not empty: a batch starts in a new or empty directory")
+            self.ledger = Ledger.create(root / BATCH_LEDGER, actor)
+            self.batch_id, self.run = new_acquisition_id(), 1
+            self.created = utc_now()
+        self.ledger.append(
+            "batch-start",
+            batch_id=self.batch_id,
+            run=self.run,
+            members=len(plans),
+            limits=attrs.asdict(limits),
+            executor=type(executor).__name__,
+            case=to_plain(case),
+            command_line=list(host.command_line),
+        )
+
+    def _open_resumed(self, actor: dict[str, Any]) -> None:
+        previous = read_record(self.root)
+        planned = [(m["name"], m["directory"]) for m in previous.get("members", [])]
+        if planned != list(zip([p.name for p in self.plans], self.directories, strict=True)):
+            raise UsageError("resume with the same plan: the members differ from the batch record's")
+        self.ledger = Ledger.reopen(self.root / BATCH_LEDGER, actor)
+        self.batch_id, self.run = previous["batch_id"], previous["run"] + 1
+        self.created = previous["created"]
+        for index, member in enumerate(previous["members"]):
+            manifest = self.root / member["directory"] / MANIFEST_NAME
+            if (
+                member["outcome"] == "sealed"
+                and manifest.is_file()
+                and sha256_file(manifest) == member["manifest_sha256"]
+            ):
+                self.carried[index] = member
+        self.previous = {"sha256": sha256_file(self.root / RECORD_NAME), "run": previous["run"]}
+
+    # -- events from workers (any thread) --
+
+    def on_event(self, message: dict[str, Any]) -> None:
+        index = message.get("index")
+        if not isinstance(index, int) or not 0 <= index < len(self.plans):
+            return
+        name = self.plans[index].name
+        if message.get("event") == "started":
+            facts = {k: message.get(k) for k in ("worker", "host", "pid", "time")}
+            with self.lock:
+                if self.closed:
+                    return
+                self.started.setdefault(index, []).append(facts)
+            self.ledger.append("started", member=name, **facts)
+            if self.view is not None:
+                self.view.started(name, str(facts["worker"]))
+        elif message.get("event") == "progress" and self.view is not None:
+            self.view.progress(
+                name,
+                ProgressUpdate(str(message.get("file")), 0, None, int(message["done"]), message.get("total")),
+            )
+
+    # -- scheduling --
+
+    def schedule(self, executor: cf.Executor, tasks: list[MemberTask]) -> None:
+        admission = Admission(self.limits)
+        waiting = list(tasks)
+        running: dict[cf.Future[MemberOutcome], MemberTask] = {}
+        try:
+            while waiting or running:
+                for task in list(waiting):
+                    keys = limit_keys(task.plan)
+                    if admission.fits(keys):
+                        admission.take(keys)
+                        waiting.remove(task)
+                        self.submitted.add(task.index)
+                        self.ledger.append(
+                            "submitted",
+                            member=task.plan.name,
+                            directory=self.directories[task.index],
+                            slots=list(keys),
+                        )
+                        running[executor.submit(run_member, task)] = task
+                if not running:
+                    raise UsageError("no member fits the limits")  # only when a limit is below 1
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    task = running.pop(future)
+                    admission.release(limit_keys(task.plan))
+                    self._finish(task, future)
+        except BaseException:
+            for future in running:
+                future.cancel()
+            raise
+
+    def _finish(self, task: MemberTask, future: cf.Future[MemberOutcome]) -> None:
+        try:
+            outcome = future.result()
+        except Exception as exc:  # the worker was lost, or the executor failed the task
+            outcome = MemberOutcome(
+                task.index,
+                "failed",
+                f"{type(exc).__name__}: {exc} (the worker was lost?)",
+                None,
+                {},
+                "",
+                utc_now(),
+            )
+        name = task.plan.name
+        if not self.channel and outcome.worker:  # an executor without an event channel
+            self.ledger.append(
+                "started", member=name, reported="on return", time=outcome.started, **outcome.worker
+            )
+        self.outcomes[task.index] = outcome
+        self.ledger.append(
+            "finished",
+            member=name,
+            outcome=outcome.outcome,
+            reason=outcome.reason,
+            manifest_sha256=outcome.manifest_sha256,
+            worker=outcome.worker.get("worker"),
+        )
+        if self.view is not None:
+            self.view.finished(name, outcome.outcome == "sealed")
+
+    # -- the record --
+
+    def member_entries(self) -> list[dict[str, Any]]:
+        entries = []
+        for index, plan in enumerate(self.plans):
+            entry: dict[str, Any] = {
+                "name": plan.name,
+                "directory": self.directories[index],
+                "plan": plan.to_plain(),
+            }
+            if index in self.carried:
+                carried = self.carried[index]
+                entry |= {
+                    k: carried[k] for k in ("outcome", "reason", "manifest_sha256", "worker", "attempts")
+                }
+                entry["run"] = carried.get("run", 1)
+            elif index in self.outcomes:
+                o = self.outcomes[index]
+                entry |= {
+                    "outcome": o.outcome,
+                    "reason": o.reason,
+                    "manifest_sha256": o.manifest_sha256,
+                    "worker": o.worker or None,
+                    "attempts": len(self.started.get(index, [])) or 1,
+                    "run": self.run,
+                }
+            else:
+                ran = index in self.submitted
+                entry |= {
+                    "outcome": "failed" if ran else "not started",
+                    "reason": "the batch was interrupted while it ran (resume the batch to continue it)"
+                    if ran
+                    else "the batch stopped before it ran",
+                    "manifest_sha256": None,
+                    "worker": None,
+                    "attempts": len(self.started.get(index, [])),
+                    "run": self.run,
+                }
+            entries.append(entry)
+        return entries
+
+    def seal(self, executor: str, worker_root: str) -> str:
+        with self.lock:
+            self.closed = True
+        members = self.member_entries()
+        self.ledger.append(
+            "batch-end",
+            run=self.run,
+            sealed=sum(m["outcome"] == "sealed" for m in members),
+            failed=sum(m["outcome"] == "failed" for m in members),
+            not_started=sum(m["outcome"] == "not started" for m in members),
+        )
+        supersedes = None
+        if self.previous is not None:
+            moved = retire_record(self.root, self.previous["run"])
+            supersedes = {"record": moved[RECORD_NAME], "sha256": self.previous["sha256"]}
+        record = {
+            "schema": SCHEMA,
+            "batch_id": self.batch_id,
+            "run": self.run,
+            "created": self.created,
+            "sealed_at": utc_now(),
+            "case": to_plain(self.case),
+            "examiner_host": to_plain(ExaminerHost.current()),
+            "executor": executor,
+            "worker_root": worker_root,
+            "limits": attrs.asdict(self.limits),
+            "members": members,
+            "ledger": {"head": self.ledger.head, "events": self.ledger.count},
+            "signer_key_id": self.key.key_id,
+            "signature_algorithm": self.key.algorithm,
+            "supersedes": supersedes,
+        }
+        return write_record(self.root, record, self.key)
+
+    def items(self) -> tuple[BatchItem, ...]:
+        items = []
+        for index, entry in enumerate(self.member_entries()):
+            outcome = self.outcomes.get(index)
+            worker = entry.get("worker") or {}
+            items.append(
+                BatchItem(
+                    vm=self.plans[index].name,
+                    target=self.plans[index].target,
+                    path=self.root / entry["directory"],
+                    result=outcome.result if outcome else None,
+                    error=entry["reason"],
+                    outcome=entry["outcome"],
+                    worker=worker.get("worker"),
+                    manifest_sha256=entry["manifest_sha256"],
+                )
+            )
+        return tuple(items)
+
+
+def plans_for(selection: Iterable[Any]) -> list[AcquisitionPlan]:
+    """Plans from survey records, targets or plans (records and targets become local acquisitions)."""
+    from vmforensics.survey.models import VMRecord
+
+    plans = []
+    for item in selection:
+        if isinstance(item, AcquisitionPlan):
+            plans.append(item)
+        elif isinstance(item, VMRecord):
+            plans.append(AcquisitionPlan(item.name, item.target, host=item.host, datastores=item.datastores))
+        else:
+            plans.append(AcquisitionPlan(str(item), str(item)))
+    return plans

@@ -1,0 +1,232 @@
+"""Batch plans: what to acquire, built into an acquirer on the worker, secrets named but never held.
+
+An :class:`AcquisitionPlan` is a picklable description of one VM's acquisition: the acquirer kind,
+its constructor settings, and *where* the worker finds each secret (:class:`SecretRef`: an
+environment variable or a keyring entry). Plans travel to Dask workers in task payloads, so they
+must never carry a password: settings whose name looks like a secret are refused, and secrets are
+resolved only in :meth:`AcquisitionPlan.build`, on the machine that runs the acquisition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from vmforensics.acquire.base import Acquirer
+from vmforensics.custody.signing import SigningKey
+from vmforensics.errors import UsageError
+
+#: Acquirer kinds -> the public class that implements them (the hypervisor registry will name them).
+ACQUIRER_KINDS = {
+    "local": "LocalAcquirer",
+    "vmware": "VMwareAcquirer",
+    "hyperv": "HyperVAcquirer",
+    "libvirt": "LibvirtAcquirer",
+    "ssh-files": "FilesAcquirer",  # files over SSH: settings are SSHTransport's plus paths/recursive
+}
+_SECRET_NAME = re.compile(r"pass(word|phrase)|secret|token|private", re.IGNORECASE)
+
+
+def _pair(value: Any) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    service, user = value
+    return (str(service), str(user))
+
+
+@attrs.frozen
+class SecretRef:
+    """Where a worker finds a secret (an environment variable or a keyring entry), never its value."""
+
+    env: str | None = None
+    keyring: tuple[str, str] | None = attrs.field(default=None, converter=_pair)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.env is None) == (self.keyring is None):
+            raise UsageError("a SecretRef names exactly one place: env='VAR' or keyring=(service, user)")
+
+    def resolve(self) -> str:
+        """The secret, read here (on the worker); UsageError when this machine does not have it."""
+        where = socket.gethostname()
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise UsageError(f"the secret ${self.env} is not set in the environment on {where}")
+            return value
+        assert self.keyring is not None
+        try:
+            import keyring
+        except ImportError as exc:
+            raise UsageError(
+                f"keyring is not installed on {where} (pip install vmforensics[keyring])"
+            ) from exc
+        value = keyring.get_password(*self.keyring)
+        if value is None:
+            raise UsageError(f"no keyring entry {self.keyring[0]}/{self.keyring[1]} on {where}")
+        return value
+
+    @classmethod
+    def from_plain(cls, value: Mapping[str, Any]) -> SecretRef:
+        if not isinstance(value, Mapping) or not set(value) <= {"env", "keyring"}:
+            raise UsageError(f"a secret is {{'env': VAR}} or {{'keyring': [service, user]}}, not {value!r}")
+        return cls(env=value.get("env"), keyring=value.get("keyring"))
+
+
+@attrs.frozen
+class KeyRef:
+    """The examiner's signing key as a worker loads it: a PEM path and where its passphrase is."""
+
+    path: str = attrs.field(converter=os.fspath)
+    passphrase: SecretRef | None = None
+
+    def load(self) -> SigningKey:
+        return SigningKey.load(self.path, self.passphrase.resolve() if self.passphrase else None)
+
+
+def _settings(value: Mapping[str, Any]) -> dict[str, Any]:
+    plain = dict(value)
+    leaked = sorted(name for name in plain if _SECRET_NAME.search(name))
+    if leaked:
+        raise UsageError(
+            f"settings {', '.join(leaked)} look like secrets: name them in secrets= as "
+            "SecretRef(env=...) or SecretRef(keyring=...) so that they never travel in a task"
+        )
+    return plain
+
+
+def _secrets(value: Mapping[str, SecretRef | Mapping[str, Any]]) -> dict[str, SecretRef]:
+    return {
+        name: ref if isinstance(ref, SecretRef) else SecretRef.from_plain(ref) for name, ref in value.items()
+    }
+
+
+def _kind(_: Any, __: Any, value: str) -> None:
+    if value not in ACQUIRER_KINDS:
+        raise UsageError(f"unknown acquirer kind {value!r} (choose from {', '.join(ACQUIRER_KINDS)})")
+
+
+@attrs.frozen
+class AcquisitionPlan:
+    """One VM of a batch: the acquirer kind and settings, the target, and where it runs (limits)."""
+
+    name: str
+    target: str
+    kind: str = attrs.field(default="local", validator=_kind)
+    settings: dict[str, Any] = attrs.field(factory=dict, converter=_settings)
+    secrets: dict[str, SecretRef] = attrs.field(factory=dict, converter=_secrets)
+    host: str | None = None  # the hypervisor host (limit key); default: settings["host"] or "local"
+    datastores: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    @property
+    def limit_host(self) -> str:
+        return self.host or str(self.settings.get("host") or "local")
+
+    def build(self) -> Acquirer:
+        """The acquirer, made here with the secrets resolved here (call it on the worker)."""
+        import vmforensics
+
+        cls = getattr(vmforensics, ACQUIRER_KINDS[self.kind])
+        arguments = {**self.settings, **{name: ref.resolve() for name, ref in self.secrets.items()}}
+        try:
+            if self.kind == "ssh-files":
+                paths = arguments.pop("paths", [self.target])
+                recursive = bool(arguments.pop("recursive", False))
+                return cls(vmforensics.SSHTransport(**arguments), paths, recursive=recursive)
+            return cls(**arguments)
+        except TypeError as exc:
+            raise UsageError(f"{self.name}: settings do not fit the {self.kind} acquirer: {exc}") from exc
+
+    def to_plain(self) -> dict[str, Any]:
+        """The plan as recorded in batch.json (secret references only)."""
+        return {
+            "name": self.name,
+            "target": self.target,
+            "kind": self.kind,
+            "host": self.limit_host,
+            "datastores": list(self.datastores),
+            "settings": self.settings,
+            "secrets": {
+                name: attrs.asdict(ref, filter=lambda _, v: v is not None)
+                for name, ref in self.secrets.items()
+            },
+        }
+
+
+def plans_from_file(path: str | os.PathLike[str]) -> list[AcquisitionPlan]:
+    """Read PLAN.json: a ``survey local --json`` report, or a batch plan naming connections.
+
+    A batch plan is ``{"connections": {NAME: {"kind", "settings", "secrets"}}, "members":
+    [{"name", "target", "connection", "host", "datastores"}], "surveys": [{"path", "connection",
+    "select": {"names", "host", "power_state", "finding"}}]}``; survey paths are relative to it.
+    """
+    from vmforensics.survey.models import SurveyReport
+
+    source = Path(path)
+    try:
+        raw = source.read_bytes()
+        document = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the plan {source}: {exc}") from exc
+    if not isinstance(document, dict):
+        raise UsageError(f"{source} is neither a survey report nor a batch plan")
+    if "vms" in document:  # a survey report
+        report = SurveyReport.from_json(raw)
+        if report.source.kind != "local":
+            raise UsageError(
+                f"{source} is a {report.source.kind} survey: write a batch plan naming its connection "
+                "(see docs/fleet.md) so that workers know how to log in"
+            )
+        return [_from_record(vm, "local", {}) for vm in report.select()]
+    connections = document.get("connections", {})
+    plans: list[AcquisitionPlan] = []
+    for entry in document.get("surveys", []):
+        report = SurveyReport.from_json((source.parent / entry["path"]).read_bytes())
+        connection = _connection(connections, entry.get("connection"), report.source.kind)
+        for vm in report.select(**entry.get("select", {})):
+            plans.append(_from_record(vm, *connection))
+    for member in document.get("members", []):
+        kind, settings, secrets = _connection(connections, member.get("connection"), "local")
+        plans.append(
+            AcquisitionPlan(
+                name=member["name"],
+                target=member.get("target", member["name"]),
+                kind=kind,
+                settings=settings,
+                secrets=secrets,
+                host=member.get("host"),
+                datastores=member.get("datastores", ()),
+            )
+        )
+    if not plans:
+        raise UsageError(f"{source} selects no VM")
+    return plans
+
+
+def _connection(
+    connections: Mapping[str, Any], name: str | None, default_kind: str
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    if name is None:
+        return default_kind, {}, {}
+    if name not in connections:
+        raise UsageError(f"the plan names connection {name!r}, which it does not define")
+    entry = connections[name]
+    return entry.get("kind", default_kind), entry.get("settings", {}), entry.get("secrets", {})
+
+
+def _from_record(vm: Any, kind: str, settings: dict[str, Any], secrets: Any = None) -> AcquisitionPlan:
+    return AcquisitionPlan(
+        name=vm.name,
+        target=vm.target,
+        kind=kind,
+        settings=settings,
+        secrets=secrets or {},
+        host=vm.host,
+        datastores=vm.datastores,
+    )

@@ -1,0 +1,223 @@
+"""A guest's physical address space as a saved state describes it.
+
+Every format reader (VMware, QEMU/libvirt, ELF core, LiME, Hyper-V) builds the same thing: the
+guest-physical ``ranges`` the guest had (RAM, with its PCI hole), and the ``extents`` that hold
+bytes — where each run of guest pages lies in the backing file. Addresses inside a range that no
+extent covers were zero pages (QEMU sends them as one flag byte); addresses outside every range
+were never memory. Both read as zeros, as they do in the raw image the converters write.
+
+Extents are kept in four ``array('Q')`` columns (32 bytes a run), never one Python object a page,
+so a 64 GiB guest costs a few megabytes of index at most.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from array import array
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from vmforensics.errors import MemoryFormatError
+
+PAGE = 4096
+#: Converters and readers move memory in pieces of at most this many bytes.
+CHUNK = 1 << 20
+
+
+@attrs.frozen
+class MemoryRange:
+    """``length`` bytes of guest-physical memory from ``start`` (one RAM block or region)."""
+
+    start: int = attrs.field(validator=attrs.validators.ge(0))
+    length: int = attrs.field(validator=attrs.validators.gt(0))
+    name: str = ""
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+@attrs.frozen
+class MemoryInfo:
+    """What the saved state says about the guest: the facts its format keeps, nothing guessed.
+
+    ``registers`` maps a CPU number to its registers (name -> value) where the format stores them;
+    ``details`` holds format-specific facts (machine type, RAM block names, compression...).
+    """
+
+    format: str
+    page_size: int
+    memory_size: int
+    ranges: tuple[MemoryRange, ...]
+    cpu_count: int | None = None
+    registers: Mapping[int, Mapping[str, int]] = attrs.field(factory=dict)
+    details: Mapping[str, Any] = attrs.field(factory=dict)
+    sources: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: ranges as [start, length, name], registers with string keys."""
+        return {
+            "format": self.format,
+            "page_size": self.page_size,
+            "memory_size": self.memory_size,
+            "ranges": [[r.start, r.length, r.name] for r in self.ranges],
+            "cpu_count": self.cpu_count,
+            "registers": {str(cpu): dict(regs) for cpu, regs in self.registers.items()},
+            "details": dict(self.details),
+            "sources": list(self.sources),
+        }
+
+
+class Extents:
+    """Runs of guest-physical bytes stored in one file: ``length`` bytes from ``start``, whose
+    pages lie ``stride`` bytes apart from ``offset`` (stride 0: one contiguous run of any length).
+
+    Runs must be added in ascending, non-overlapping guest-physical order (readers that meet a
+    page twice resolve it before adding); adjacent runs continue each other when they can.
+    """
+
+    def __init__(self, page_size: int = PAGE) -> None:
+        self.page_size = page_size
+        self.starts = array("Q")
+        self.lengths = array("Q")
+        self.offsets = array("Q")
+        self.strides = array("Q")
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def add(self, start: int, length: int, offset: int, stride: int = 0) -> None:
+        if length <= 0:
+            return
+        if self.starts:
+            last = len(self.starts) - 1
+            end = self.starts[last] + self.lengths[last]
+            if start < end:
+                raise MemoryFormatError(f"guest-physical 0x{start:x} is stored twice", offset=offset)
+            last_stride = self.strides[last]
+            if start == end and stride == last_stride:
+                if stride == 0 and offset == self.offsets[last] + self.lengths[last]:
+                    self.lengths[last] += length
+                    return
+                if stride and offset == self.offsets[last] + self.lengths[last] // self.page_size * stride:
+                    self.lengths[last] += length
+                    return
+        self.starts.append(start)
+        self.lengths.append(length)
+        self.offsets.append(offset)
+        self.strides.append(stride)
+
+    @property
+    def stored(self) -> int:
+        """Bytes backed by the file (the rest of the ranges are zero pages)."""
+        return sum(self.lengths)
+
+    def find(self, address: int) -> int:
+        """Index of the last run starting at or before ``address`` (-1 if none)."""
+        return bisect.bisect_right(self.starts, address) - 1
+
+
+@attrs.define
+class GuestMemory:
+    """The physical address space of one saved guest; ``read`` and ``chunks`` never write.
+
+    Use it as a context manager (or call :meth:`close`) to release the backing file.
+    """
+
+    path: Path
+    info_: MemoryInfo
+    extents: Extents
+    fd: int
+    owns_fd: bool = True
+    cleanup: Any = None  # a callable that removes a temporary backing file, when there is one
+
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        """(guest-physical start, length) of every range, ascending."""
+        return tuple((r.start, r.length) for r in self.info_.ranges)
+
+    def info(self) -> MemoryInfo:
+        return self.info_
+
+    @property
+    def size(self) -> int:
+        """One past the highest guest-physical address (the size of the raw image)."""
+        return max((r.end for r in self.info_.ranges), default=0)
+
+    def read(self, address: int, length: int) -> bytes:
+        """``length`` bytes from guest-physical ``address``; unbacked bytes read as zeros."""
+        if address < 0 or length < 0:
+            raise ValueError("address and length must not be negative")
+        out = bytearray(length)
+        for start, piece in self._pieces(address, length):
+            out[start - address : start - address + len(piece)] = piece
+        return bytes(out)
+
+    def chunks(self) -> Iterator[tuple[int, bytes]]:
+        """(guest-physical address, bytes) of every stored run, ascending, at most CHUNK at once."""
+        ext = self.extents
+        for index in range(len(ext)):
+            start, length = ext.starts[index], ext.lengths[index]
+            done = 0
+            while done < length:
+                step = min(CHUNK, length - done)
+                yield start + done, self._read_run(index, done, step)
+                done += step
+
+    def _pieces(self, address: int, length: int) -> Iterator[tuple[int, bytes]]:
+        ext = self.extents
+        end = address + length
+        index = max(ext.find(address), 0)
+        while index < len(ext) and ext.starts[index] < end:
+            start, run = ext.starts[index], ext.lengths[index]
+            lo, hi = max(start, address), min(start + run, end)
+            if lo < hi:
+                yield lo, self._read_run(index, lo - start, hi - lo)
+            index += 1
+
+    def _read_run(self, index: int, within: int, length: int) -> bytes:
+        ext = self.extents
+        offset, stride = ext.offsets[index], ext.strides[index]
+        if not stride:
+            return self._pread(offset + within, length)
+        page = ext.page_size
+        first, skip = divmod(within, page)
+        last = (within + length - 1) // page
+        span = self._pread(offset + first * stride, (last - first) * stride + page)
+        view = memoryview(span)
+        parts = [view[n * stride : n * stride + page] for n in range(last - first + 1)]
+        return b"".join(parts)[skip : skip + length]
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            raise MemoryFormatError(
+                f"the file ends inside stored memory ({len(data)} of {length} bytes)",
+                offset=offset + len(data),
+                path=str(self.path),
+            )
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0 and self.owns_fd:
+            os.close(self.fd)
+        self.fd = -1
+        if self.cleanup is not None:
+            self.cleanup()
+            self.cleanup = None
+
+    def __enter__(self) -> GuestMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        info = self.info_
+        return (
+            f"<GuestMemory {info.format} {self.path.name}: {info.memory_size / 2**20:.0f} MiB in "
+            f"{len(info.ranges)} range(s), {self.extents.stored / 2**20:.0f} MiB stored>"
+        )

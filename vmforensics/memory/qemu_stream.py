@@ -1,0 +1,413 @@
+"""Raw QEMU migration streams ("QEVM" v3: ``migrate "exec:cat > f"``, Proxmox vmstate volumes, and
+the stream inside a libvirt save file) as guest memory.
+
+One pass indexes the "ram" section: for every page record, where its bytes lie (zero pages are
+not stored). Device sections after RAM are not parsed (they have no length field); the
+VMDESCRIPTION JSON at the end, when present, gives the CPU count. RAM blocks are placed in the
+guest-physical address space only where the machine type says where: on x86, "pc.ram" below
+and above the PCI hole (assuming max-ram-below-4g is not set) and "pc.bios" just below 4 GiB;
+on ARM "virt", "mach-virt.ram" at 1 GiB. Other blocks (option ROMs, video RAM) are listed in
+``info().details`` but not mapped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vmforensics.errors import MemoryFormatError
+from vmforensics.memory import qemu_layout as qfmt
+from vmforensics.memory.base import Extents, GuestMemory, MemoryInfo, MemoryRange
+
+log = logging.getLogger(__name__)
+
+WINDOW = 4 << 20
+ZERO_RUN = (1 << 64) - 1
+TAIL = 16 << 20
+
+
+def is_qevm(head: bytes) -> bool:
+    return head[:4] == qfmt.MAGIC
+
+
+class _Reader:
+    """Big-endian fields from ``fd`` at a position, through a read window (bounded memory)."""
+
+    def __init__(self, fd: int, start: int, end: int, path: Path):
+        self.fd, self.pos, self.end, self.path = fd, start, end, path
+        self.buf, self.buf_at = b"", start
+
+    def fail(self, reason: str, offset: int | None = None) -> MemoryFormatError:
+        return MemoryFormatError(reason, offset=self.pos if offset is None else offset, path=str(self.path))
+
+    def need(self, length: int) -> int:
+        """Make ``length`` bytes from pos available; returns their index in the buffer."""
+        index = self.pos - self.buf_at
+        if index < 0 or index + length > len(self.buf):
+            self.buf = os.pread(self.fd, max(WINDOW, length), self.pos)
+            self.buf_at, index = self.pos, 0
+            if len(self.buf) < length or self.pos + length > self.end:
+                raise self.fail(f"the stream ends inside a record ({length} bytes wanted)")
+        return index
+
+    def u8(self) -> int:
+        index = self.need(1)
+        self.pos += 1
+        return self.buf[index]
+
+    def u32(self) -> int:
+        index = self.need(4)
+        self.pos += 4
+        return qfmt.U32.unpack_from(self.buf, index)[0]
+
+    def u64(self) -> int:
+        index = self.need(8)
+        self.pos += 8
+        return qfmt.U64.unpack_from(self.buf, index)[0]
+
+    def take(self, length: int) -> bytes:
+        index = self.need(length)
+        self.pos += length
+        return self.buf[index : index + length]
+
+    def string(self) -> str:
+        return self.take(self.u8()).decode("latin-1")
+
+    def skip(self, length: int) -> None:
+        if self.pos + length > self.end:
+            raise self.fail(f"the stream ends inside a {length}-byte record")
+        self.pos += length
+
+
+class _Block:
+    """One RAM block's page records in stream order (runs), resolved at the end."""
+
+    def __init__(self, name: str, length: int):
+        self.name, self.length = name, length
+        self.pages = array("Q")  # first page of each run
+        self.counts = array("Q")
+        self.offsets = array("Q")  # file offset of the first page, or ZERO_RUN
+        self.strides = array("Q")
+        self.next_page = 0
+        self.ordered = True
+
+    def add(self, page: int, offset: int, stride: int) -> None:
+        if page < self.next_page:
+            self.ordered = False
+        self.next_page = max(self.next_page, page + 1)
+        if self.pages:
+            last = len(self.pages) - 1
+            if (
+                self.pages[last] + self.counts[last] == page
+                and self.strides[last] == stride
+                and (
+                    offset == ZERO_RUN == self.offsets[last]
+                    or (
+                        offset != ZERO_RUN != self.offsets[last]
+                        and self.offsets[last] + self.counts[last] * stride == offset
+                    )
+                )
+            ):
+                self.counts[last] += 1
+                return
+        self.pages.append(page)
+        self.counts.append(1)
+        self.offsets.append(offset)
+        self.strides.append(stride)
+
+    def data_runs(self, page_size: int) -> list[tuple[int, int, int, int]]:
+        """(byte offset in the block, length, file offset, stride) of the stored pages, ascending;
+        a page sent more than once keeps its last copy."""
+        if self.ordered:
+            return [
+                (self.pages[n] * page_size, self.counts[n] * page_size, self.offsets[n], self.strides[n])
+                for n in range(len(self.pages))
+                if self.offsets[n] != ZERO_RUN
+            ]
+        log.info("RAM block %s has pages sent more than once; the last copy of each counts", self.name)
+        where = array("Q", [ZERO_RUN]) * (self.length // page_size)
+        for n in range(len(self.pages)):
+            for k in range(self.counts[n]):
+                offset = self.offsets[n]
+                where[self.pages[n] + k] = ZERO_RUN if offset == ZERO_RUN else offset + k * self.strides[n]
+        runs: list[tuple[int, int, int, int]] = []
+        for page, offset in enumerate(where):
+            if offset == ZERO_RUN:
+                continue
+            if runs:
+                start, length, first, stride = runs[-1]
+                if start + length == page * page_size and first + (length // page_size) * stride == offset:
+                    runs[-1] = (start, length + page_size, first, stride)
+                    continue
+            runs.append((page * page_size, page_size, offset, page_size + 8))
+        return runs
+
+
+def parse_stream(
+    fd: int, path: Path, start: int = 0, end: int | None = None, progress: Callable[[int], None] | None = None
+) -> tuple[dict[str, _Block], dict[str, Any], int]:
+    """Index the RAM of the stream at ``start``; returns the blocks, facts and the page size."""
+    end = os.fstat(fd).st_size if end is None else end
+    r = _Reader(fd, start, end, path)
+    if r.take(4) != qfmt.MAGIC:
+        raise r.fail("not a QEMU migration stream (no QEVM magic)", start)
+    version = r.u32()
+    if version != qfmt.VERSION:
+        raise r.fail(f"QEVM version {version} is not supported (only 3)", start + 4)
+    facts: dict[str, Any] = {"capabilities": []}
+    page_size = 4096
+    blocks: dict[str, _Block] = {}
+    sections: dict[int, str] = {}
+    ram_done = False
+    current: _Block | None = None
+    while not ram_done:
+        at = r.pos
+        kind = r.u8()
+        if kind == qfmt.CONFIGURATION:
+            length = r.u32()
+            if length > 256:
+                raise r.fail(f"machine type of {length} bytes", at)
+            facts["machine"] = r.take(length).decode("latin-1")
+            page_size = _configuration_subsections(r, facts, page_size)
+        elif kind in (qfmt.SECTION_START, qfmt.SECTION_FULL):
+            section = r.u32()
+            name = r.string()
+            r.u32()  # instance id
+            facts.setdefault("section_versions", {})[name] = r.u32()
+            sections[section] = name
+            if name != "ram":
+                raise r.fail(
+                    f"section {name!r} comes before RAM is complete; its state has no length to skip it by",
+                    at,
+                )
+            current, ram_done = _ram_records(r, blocks, page_size, current, facts, kind == qfmt.SECTION_FULL)
+        elif kind in (qfmt.SECTION_PART, qfmt.SECTION_END):
+            section = r.u32()
+            if sections.get(section) != "ram":
+                raise r.fail(
+                    f"section {section} ({sections.get(section, 'unknown')}) is not the RAM section", at
+                )
+            current, ram_done = _ram_records(r, blocks, page_size, current, facts, kind == qfmt.SECTION_END)
+        elif kind == qfmt.FOOTER:
+            r.u32()
+        elif kind == qfmt.EOF:
+            break
+        else:
+            raise r.fail(f"unknown section type 0x{kind:02x}", at)
+        if progress is not None:
+            progress(r.pos - start)
+        _footer(r)
+    if not blocks:
+        raise r.fail("the stream holds no RAM section")
+    facts["ram_end"] = r.pos
+    facts.update(_description(fd, r.pos, end))
+    return blocks, facts, page_size
+
+
+def _footer(r: _Reader) -> None:
+    if r.pos < r.end and r.buf[r.need(1)] == qfmt.FOOTER:
+        r.u8()
+        r.u32()
+
+
+def _configuration_subsections(r: _Reader, facts: dict[str, Any], page_size: int) -> int:
+    while r.pos < r.end and r.buf[r.need(1)] == qfmt.SUBSECTION:
+        at = r.pos
+        r.u8()
+        name = r.string()
+        r.u32()  # version
+        if name == "configuration/target-page-bits":
+            bits = r.u32()
+            if not 10 <= bits <= 21:
+                raise r.fail(f"target page bits {bits}", at)
+            page_size = 1 << bits
+        elif name == "configuration/capabilities":
+            count = r.u32()
+            if count > 256:
+                raise r.fail(f"{count} capabilities", at)
+            facts["capabilities"] = [r.string() for _ in range(count)]
+            for capability in facts["capabilities"]:
+                if capability in qfmt.UNSUPPORTED_CAPABILITIES:
+                    raise r.fail(f"capability {capability}: {qfmt.UNSUPPORTED_CAPABILITIES[capability]}", at)
+        elif name == "configuration/uuid":
+            facts["uuid"] = r.take(16).hex()
+        else:
+            raise r.fail(f"unknown configuration subsection {name!r}", at)
+    return page_size
+
+
+def _ram_records(
+    r: _Reader,
+    blocks: dict[str, _Block],
+    page_size: int,
+    current: _Block | None,
+    facts: dict[str, Any],
+    last: bool,
+) -> tuple[_Block | None, bool]:
+    mask = page_size - 1
+    while True:
+        at = r.pos
+        word = r.u64()
+        flags, offset = word & mask, word & ~mask
+        if flags & qfmt.FLAG_MEM_SIZE:
+            _block_list(r, blocks, offset, facts, at)
+            continue
+        if flags & qfmt.FLAG_EOS:
+            return current, last
+        if flags == qfmt.FLAG_MULTIFD_FLUSH:
+            continue
+        kind = flags & ~qfmt.FLAG_CONTINUE
+        if kind not in (qfmt.FLAG_ZERO, qfmt.FLAG_PAGE):
+            raise r.fail(_unsupported(kind), at)
+        if not flags & qfmt.FLAG_CONTINUE:
+            name = r.string()
+            current = blocks.get(name)
+            if current is None:
+                raise r.fail(f"page for RAM block {name!r}, which the block list does not name", at)
+        elif current is None:
+            raise r.fail("a CONTINUE page record before any block was named", at)
+        if offset + page_size > current.length:
+            raise r.fail(
+                f"page at 0x{offset:x} lies beyond block {current.name!r} ({current.length} bytes)", at
+            )
+        if kind == qfmt.FLAG_ZERO:
+            fill = r.u8()
+            if fill:
+                raise r.fail(f"a zero page filled with 0x{fill:02x}", at)
+            current.add(offset // page_size, ZERO_RUN, 0)
+        else:
+            current.add(offset // page_size, r.pos, page_size + 8)
+            r.skip(page_size)
+
+
+def _unsupported(kind: int) -> str:
+    if kind & qfmt.FLAG_XBZRLE:
+        return (
+            "an XBZRLE page (delta against an earlier page) is not supported; save the guest without xbzrle"
+        )
+    if kind & qfmt.FLAG_COMPRESS_PAGE:
+        return "a compressed page (compress capability) is not supported"
+    if kind & qfmt.FLAG_HOOK:
+        return "an RDMA hook record cannot occur in a file"
+    return f"unknown RAM record flags 0x{kind:x}"
+
+
+def _block_list(r: _Reader, blocks: dict[str, _Block], total: int, facts: dict[str, Any], at: int) -> None:
+    if blocks:
+        raise r.fail("a second RAM block list", at)
+    ignore_shared = "x-ignore-shared" in facts["capabilities"]
+    remaining = total
+    while remaining:
+        if len(blocks) >= qfmt.MAX_BLOCKS:
+            raise r.fail("too many RAM blocks", at)
+        name = r.string()
+        length = r.u64()
+        if length > remaining or length > qfmt.MAX_BLOCK_SIZE or name in blocks or not name:
+            raise r.fail(f"RAM block {name!r} of {length} bytes does not fit the list ({remaining} left)", at)
+        if ignore_shared:
+            r.u64()
+        blocks[name] = _Block(name, length)
+        remaining -= length
+
+
+def _description(fd: int, start: int, end: int) -> dict[str, Any]:
+    """The VMDESCRIPTION JSON that ends the stream (when the tail holds it): device and CPU count."""
+    begin = max(start, end - TAIL)
+    tail = os.pread(fd, end - begin, begin).rstrip(b"\0")
+    position = tail.rfind(b'{"page_size"')
+    while position >= 5:
+        if (
+            tail[position - 5] == qfmt.VMDESCRIPTION
+            and qfmt.U32.unpack_from(tail, position - 4)[0] == len(tail) - position
+        ):
+            try:
+                description = json.loads(tail[position:])
+            except ValueError:
+                return {}
+            devices = description.get("devices", []) if isinstance(description, dict) else []
+            cpus = sum(1 for d in devices if isinstance(d, dict) and d.get("name") == "cpu")
+            return {"cpu_count": cpus or None, "devices": len(devices)}
+        position = tail.rfind(b'{"page_size"', 0, position)
+    return {}
+
+
+def layout(
+    blocks: dict[str, _Block], machine: str | None, page_size: int, path: Path
+) -> tuple[tuple[MemoryRange, ...], Extents, list[str]]:
+    """Place the RAM blocks in guest-physical memory; returns the ranges, extents and the blocks
+    left unmapped."""
+    machine = machine or ""
+    placed: list[tuple[int, int, str, _Block, int]] = []  # (guest start, length, name, block, block offset)
+    unmapped = []
+    for name, block in blocks.items():
+        if name == "pc.ram" and qfmt.is_x86(machine):
+            low = qfmt.pc_lowmem(machine, block.length)
+            placed.append((0, low, "pc.ram", block, 0))
+            if block.length > low:
+                placed.append((qfmt.FOUR_GIB, block.length - low, "pc.ram (above 4 GiB)", block, low))
+        elif name == "pc.bios" and qfmt.is_x86(machine):
+            placed.append((qfmt.FOUR_GIB - block.length, block.length, "pc.bios", block, 0))
+        elif name == "mach-virt.ram" and machine.startswith("virt"):
+            placed.append((0x40000000, block.length, name, block, 0))
+        else:
+            unmapped.append(name)
+    if not placed:
+        raise MemoryFormatError(
+            f"no RAM block of machine type {machine!r} has a known guest-physical place "
+            f"(blocks: {', '.join(blocks)})",
+            path=str(path),
+        )
+    placed.sort(key=lambda p: p[0])
+    ranges, extents = [], Extents(page_size)
+    runs_cache: dict[str, list[tuple[int, int, int, int]]] = {}
+    for start, length, name, block, base in placed:
+        if ranges and start < ranges[-1].end:
+            raise MemoryFormatError(f"RAM blocks overlap at 0x{start:x} ({name})", path=str(path))
+        ranges.append(MemoryRange(start, length, name))
+        runs = runs_cache.setdefault(block.name, block.data_runs(page_size))
+        for run_start, run_length, offset, stride in runs:
+            lo, hi = max(run_start, base), min(run_start + run_length, base + length)
+            if lo < hi:
+                skip_pages = (lo - run_start) // page_size
+                extents.add(start + lo - base, hi - lo, offset + skip_pages * stride, stride)
+    return tuple(ranges), extents, unmapped
+
+
+def open_qevm(
+    path: Path, *, fd: int | None = None, start: int = 0, extra: dict[str, Any] | None = None
+) -> GuestMemory:
+    """The guest memory of a QEVM stream at ``start`` in ``path`` (or the open ``fd``)."""
+    own = fd is None
+    fd = os.open(path, os.O_RDONLY) if fd is None else fd
+    try:
+        blocks, facts, page_size = parse_stream(fd, path, start)
+        extra = extra or {}
+        machine = facts.get("machine") or extra.get("machine")
+        ranges, extents, unmapped = layout(blocks, machine, page_size, path)
+        details = {
+            "machine": machine,
+            "blocks": {name: block.length for name, block in blocks.items()},
+            "unmapped_blocks": unmapped,
+            "stream_offset": start,
+            **{k: v for k, v in facts.items() if k not in ("cpu_count", "machine")},
+            **{k: v for k, v in extra.items() if k != "cpu_count"},
+        }
+        info = MemoryInfo(
+            format=extra.get("format", "qemu"),
+            page_size=page_size,
+            memory_size=sum(r.length for r in ranges),
+            ranges=ranges,
+            cpu_count=extra.get("cpu_count") or facts.get("cpu_count"),
+            details=details,
+            sources=(str(path),),
+        )
+        return GuestMemory(path=path, info_=info, extents=extents, fd=fd, owns_fd=own)
+    except BaseException:
+        if own:
+            os.close(fd)
+        raise
