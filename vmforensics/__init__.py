@@ -16,6 +16,8 @@ _EXPORTS = {
     "VMwareAcquirer": "vmforensics.hypervisors.vmware.acquirer",
     "HyperVAcquirer": "vmforensics.hypervisors.hyperv.acquirer",
     "LibvirtAcquirer": "vmforensics.hypervisors.libvirt.acquirer",
+    "QemuAcquirer": "vmforensics.hypervisors.qemu.acquirer",
+    "ProxmoxAcquirer": "vmforensics.hypervisors.qemu.acquirer",
     "AcquisitionResult": "vmforensics.acquire.base",
     "CaseInfo": "vmforensics.custody.models",
     "Manifest": "vmforensics.custody.models",
@@ -41,6 +43,7 @@ _EXPORTS = {
     "survey_vmware": "vmforensics.hypervisors.vmware.survey",
     "survey_libvirt": "vmforensics.hypervisors.libvirt.survey",
     "survey_hyperv": "vmforensics.hypervisors.hyperv.survey",
+    "survey_proxmox": "vmforensics.hypervisors.qemu.survey",
     "seal_report": "vmforensics.survey.seal",
     "acquire_many": "vmforensics.survey.acquire_many",
 }

@@ -105,8 +105,10 @@ class Guest:
         disk: Path | None = None,
         raw: Path | None = None,
         extra_drives: tuple[tuple[str, str, str], ...] = (),
+        lab: Path | None = None,
     ):
         self.root = root
+        self.lab = lab or root  # the banner and pid file (not beside the disks of a Proxmox node)
         self.name = name
         self.uuid = uuid
         self.mac = mac
@@ -114,7 +116,7 @@ class Guest:
         self.disk = disk or root / "disk0.qcow2"
         self.raw = raw or root / "disk1.raw"
         self.extra_drives = extra_drives
-        self.pid_file = root / f"{name}.pid"
+        self.pid_file = self.lab / f"{name}.pid"
         self.pid: int | None = None
 
     def create_disks(self) -> None:
@@ -135,7 +137,8 @@ class Guest:
     def start(self) -> Guest:
         self.create_disks()
         self.qmp_path.parent.mkdir(parents=True, exist_ok=True)
-        banner = self.root / "banner.bin"
+        self.lab.mkdir(parents=True, exist_ok=True)
+        banner = self.lab / "banner.bin"
         banner.write_bytes(BANNER + b"\0")
         drives = [
             ("drive-scsi0", str(self.disk), "qcow2"),
@@ -296,6 +299,7 @@ class ProxmoxNode:
             qmp=self.run_root / f"{vmid}.qmp",
             disk=folder / f"vm-{vmid}-disk-0.qcow2",
             raw=folder / f"vm-{vmid}-disk-1.raw",
+            lab=self.root / "lab",
         )
         self.guests.append(guest.start())
         return guest

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,59 @@ def test_acquire_batch_command_on_a_local_survey_then_verify(
     assert (
         main(["acquire-batch", str(plan), "--out", str(tmp_path / "x"), "--case", "c"]) == 2
     )  # neither mode
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "fleet.md"
+
+
+def fleet_recipes() -> dict[str, str]:
+    from tests.test_docs import RECIPE
+
+    return {name: body for name, _, body in RECIPE.findall(DOCS.read_text())}
+
+
+def test_fleet_page_python_recipe_runs_on_a_local_datastore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    exec(fleet_recipes()["local-python"], {"DATASTORE": tmp_path / "ds", "OUT": tmp_path / "out"})
+    assert "2/2 acquired" in capsys.readouterr().out
+
+
+def test_fleet_page_plan_json_reads_as_plans_with_secret_references(tmp_path: Path) -> None:
+    import attrs
+
+    make_vms(tmp_path / "ds", ["web01"], tmp_path / "staging")
+    report = survey_local(tmp_path / "ds")
+    (tmp_path / "esx01-survey.json").write_bytes(
+        attrs.evolve(report, source=attrs.evolve(report.source, kind="vmware")).to_json()
+    )
+    (tmp_path / "plan.json").write_text(fleet_recipes()["plan-json"])
+    plans = plans_from_file(tmp_path / "plan.json")
+    assert [(p.name, p.kind, p.target, p.limit_host) for p in plans] == [
+        ("web01", "vmware", "vm-42", "esx01")
+    ]
+    assert (
+        plans[0].secrets == {"password": SecretRef(env="VMF_PW_ESX01")}
+        and "password" not in plans[0].settings
+    )
+
+
+def test_fleet_page_command_line_recipe_runs(tmp_path: Path) -> None:
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    done = subprocess.run(
+        ["sh", "-e", "-c", fleet_recipes()["cli"]],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "DATASTORE": str(tmp_path / "ds"),
+            "OUT": str(tmp_path / "out"),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "VMFORENSICS_EXAMINER": "A. Analyst",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "VERIFIED: batch" in done.stdout

@@ -215,3 +215,28 @@ def test_worker_killed_mid_acquisition_leaves_member_resumable_and_resume_seals_
     assert any(e["action"] == "resume" for e in ledger_events(out / "big01"))
     check = verify(out)
     assert check.ok, str(check)
+
+
+def test_fleet_page_dask_recipe_runs_on_a_local_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.acquire.test_batch import fleet_recipes
+
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    key = SigningKey.generate()
+    key.save(tmp_path / "examiner.pem", passphrase=KEY_PASSPHRASE)
+    monkeypatch.setenv("VMFORENSICS_KEY_PASSPHRASE", KEY_PASSPHRASE)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        exec(
+            fleet_recipes()["dask-python"],
+            {
+                "DATASTORE": tmp_path / "ds",
+                "OUT": tmp_path / "out",
+                "SCHEDULER": cluster.scheduler_address,
+                "KEY": tmp_path / "examiner.pem",
+            },
+        )
+    check = verify(tmp_path / "out", key.public_key())
+    assert check.ok, str(check)

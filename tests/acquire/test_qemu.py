@@ -26,6 +26,7 @@ from vmforensics import CaseInfo, verify
 from vmforensics.errors import SourceError, UsageError
 from vmforensics.hypervisors.qemu.acquirer import QemuAcquirer
 from vmforensics.hypervisors.qemu.qmp import MESSAGE_LIMIT, QMPClient
+from vmforensics.memory.open import open_memory
 
 pytestmark = pytest.mark.skipif(qemu_lab.available() is not None, reason=str(qemu_lab.available()))
 
@@ -153,6 +154,8 @@ def test_save_writes_a_migration_stream_and_the_vm_runs_on(sshd):
         state = evidence(result, ".qevm")
 
         assert state.read_bytes()[:4] == b"QEVM"
+        with open_memory(state) as saved:  # the planted banner at its guest-physical address
+            assert saved.read(BANNER_ADDRESS, len(BANNER)) == BANNER
         assert {f.role for f in result.files if f.local_path.endswith(".qevm")} == {"memory-state"}
         assert guest.status() == "running"
         assert guest.tops() == {"drive-scsi0": str(guest.disk), "drive-scsi1": str(guest.raw)}

@@ -52,7 +52,22 @@ def copy_file(
         kind = "a directory" if before.is_dir else "a symbolic link"
         raise SourceError(f"{label} is {kind}, not a file")
     started = utc_now()
-    writer = evidence.open_file(dest_name, hashes, resume=resume)
+    # a fresh copy opens the source before its evidence file exists: one that cannot be read
+    # (unreadable, a FIFO or socket, refused by the confinement) leaves no empty file behind
+    first = None
+    if not resume:
+        try:
+            first = transport.open_read(remote_path, 0)
+        except (HostVerificationError, AuthenticationError):
+            raise
+        except ConnectionError_:
+            pass  # the copy loop below reconnects and retries
+    try:
+        writer = evidence.open_file(dest_name, hashes, resume=resume)
+    except BaseException:
+        if first is not None:
+            first.close()
+        raise
     try:
         if writer.size > before.size:
             raise SourceChangedError(
@@ -62,7 +77,9 @@ def copy_file(
             ledger.append("resume-file", source=label, local=dest_name, offset=writer.resumed_from)
         if progress is not None:
             progress.start_file(dest_name, before.size, writer.size)
-        reconnections = _stream(transport, remote_path, label, writer, ledger, progress, retries, backoff)
+        reconnections = _stream(
+            transport, remote_path, label, writer, ledger, progress, retries, backoff, first
+        )
         digests = writer.seal()
     finally:
         writer.close()
@@ -118,13 +135,16 @@ def _stream(
     progress: Progress | None,
     retries: int,
     backoff: float,
+    first: Any = None,
 ) -> int:
-    """Copy from the writer's current size to the end; returns the number of reconnections."""
+    """Copy from the writer's current size to the end (``first``: a stream already open at 0);
+    returns the number of reconnections."""
     attempt = 0
     while True:
-        stream = None
+        stream, first = first, None
         try:
-            stream = transport.open_read(path, writer.size)
+            if stream is None:
+                stream = transport.open_read(path, writer.size)
             while True:
                 if _fill(stream, writer.buffer(), writer, progress):
                     return attempt

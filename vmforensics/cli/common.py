@@ -183,7 +183,11 @@ def run_acquisition(acquirer: Any, target: str, args: argparse.Namespace, **extr
     if hasattr(args, "no_memory"):
         options.update(memory=not args.no_memory, isolate=args.isolate, cleanup=not args.no_cleanup)
     options.update(extra)
-    result = acquirer.acquire(target, args.out, **options)
+    try:
+        result = acquirer.acquire(target, args.out, **options)
+    finally:
+        if hasattr(options["signer"], "close"):  # a PKCS#11 key logs out of its token
+            options["signer"].close()
     if args.json:
         print(json.dumps(to_plain(result.manifest), indent=2, sort_keys=True))
     else:

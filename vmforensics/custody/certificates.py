@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from cryptography import x509
@@ -27,6 +28,9 @@ from cryptography.x509.verification import (
 )
 
 from vmforensics.errors import SigningKeyError
+
+if TYPE_CHECKING:
+    from vmforensics.custody.models import Manifest
 
 CHAIN_NAME = "manifest.json.chain.pem"
 #: A stored chain larger than this is not read (a leaf and a few intermediates are a few KiB).
@@ -169,3 +173,25 @@ def check_signer(
             problems=(f'signer certificate "{subject}" is not valid through the given CA at {when}: {exc}',),
         ), None
     return SignerCheck("VERIFIED", subject, subject_of(path[-1]), when), leaf
+
+
+def signer_anchor(
+    root: Path,
+    manifest: Manifest,
+    ca: str | os.PathLike[str] | bytes,
+    checks: Iterable[Any],
+    signature_status: str,
+) -> tuple[str, str]:
+    """(status, description) of the certificate anchor for verify's verdict.
+
+    Validity is checked at the genTime of the first proven timestamp, else at the seal.
+    """
+    from vmforensics.custody.timestamps import first_verified
+
+    at = first_verified(checks) or dt.datetime.fromisoformat(manifest.finished.replace("Z", "+00:00"))
+    check, _ = check_signer(root, manifest.integrity.signer_key_id, ca, at)
+    if not check.ok:
+        return "FAILED", "; ".join(check.problems)
+    if signature_status != "VALID":
+        return "FAILED", f'certificate "{check.subject}": the manifest\'s signature does not verify'
+    return "VERIFIED", f'certificate "{check.subject}" via CA "{check.issuer}" (valid at {check.checked_at})'

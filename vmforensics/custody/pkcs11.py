@@ -71,6 +71,11 @@ class PKCS11Key:
             self._session = token.open(user_pin=pin)
         except (errors.PinIncorrect, errors.PinInvalid, errors.PinLenRange) as exc:
             raise SigningKeyError(f"the token {token_label!r} refused the PIN (wrong PIN)") from exc
+        except errors.UserAlreadyLoggedIn as exc:
+            raise SigningKeyError(
+                f"the token {token_label!r} is already logged in by another open PKCS11Key of this "
+                "process; close that one first"
+            ) from exc
         except errors.PinLocked as exc:
             raise SigningKeyError(f"the token {token_label!r} is locked (too many wrong PINs)") from exc
         except errors.PKCS11Error as exc:

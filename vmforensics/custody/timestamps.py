@@ -65,6 +65,14 @@ class TimestampResult:
         return f"timestamp by {self.tsa} at {self.info.gen_time} (serial {self.info.serial}) -> {self.file}"
 
 
+@attrs.frozen
+class TimestampCheck(PostSealCheck):
+    """The verdict on one ``timestamp`` event, with the TSA and genTime the verdict line names."""
+
+    tsa: str = ""
+    gen_time: str | None = None
+
+
 def token_name(index: int) -> str:
     """The file of the ``index``-th token (1-based): manifest.json.tsr, manifest.json.2.tsr, …"""
     return "manifest.json.tsr" if index == 1 else f"manifest.json.{index}.tsr"
@@ -210,7 +218,9 @@ def check_event(
         )
     name = details.get("file")
     if not isinstance(name, str) or not _TOKEN_NAME.fullmatch(name):
-        return PostSealCheck(event.action, "FAILED", f"event {event.seq} names no token file ({name!r})")
+        return TimestampCheck(
+            event.action, "FAILED", f"event {event.seq} names no token file ({name!r})", tsa=tsa
+        )
     problems: list[str] = []
     try:
         reply = _read_token(root / name)
@@ -224,17 +234,23 @@ def check_event(
             raise TimestampError(f"the ledger records {recorded} but the token says {actual}")
         problems += _window_problems(info, manifest)
     except (TimestampError, OSError) as exc:
-        return PostSealCheck(event.action, "FAILED", f"token {name} from {tsa}: {exc}", (name,), (str(exc),))
+        return TimestampCheck(
+            event.action, "FAILED", f"token {name} from {tsa}: {exc}", (name,), (str(exc),), tsa=tsa
+        )
     said = f"token {name} by {tsa} at {info.gen_time} (serial {info.serial}, policy {info.policy})"
     if problems:
-        return PostSealCheck(event.action, "FAILED", said, (name,), tuple(problems))
+        return TimestampCheck(
+            event.action, "FAILED", said, (name,), tuple(problems), tsa=tsa, gen_time=info.gen_time
+        )
     tsa_ca = options.get("tsa_ca")
     if tsa_ca is None:
-        return PostSealCheck(
+        return TimestampCheck(
             event.action,
             "UNCHECKED",
             f"{said}: imprint matches; signature not checked (give --tsa-ca)",
             (name,),
+            tsa=tsa,
+            gen_time=info.gen_time,
         )
     from vmforensics.custody.tsp import verify_token
 
@@ -242,8 +258,17 @@ def check_event(
         roots = _roots(tsa_ca)
         _, subject = verify_token(reply, (root / MANIFEST_NAME).read_bytes(), roots)
     except (TimestampError, SigningKeyError) as exc:
-        return PostSealCheck(event.action, "FAILED", said, (name,), (f"{name}: {exc}",))
-    return PostSealCheck(event.action, "OK", f'{said}: signed by "{subject}" through the TSA CA', (name,))
+        return TimestampCheck(
+            event.action, "FAILED", said, (name,), (f"{name}: {exc}",), tsa=tsa, gen_time=info.gen_time
+        )
+    return TimestampCheck(
+        event.action,
+        "OK",
+        f'{said}: signed by "{subject}" through the TSA CA',
+        (name,),
+        tsa=tsa,
+        gen_time=info.gen_time,
+    )
 
 
 def _read_token(path: Path) -> bytes:
@@ -288,10 +313,24 @@ def _roots(tsa_ca: Any) -> list:
     return [c for source in sources for c in load_certificates(source, what="TSA CA certificate")]
 
 
-def first_verified(checks: Iterable[PostSealCheck], root: Path) -> dt.datetime | None:
-    """genTime of the first OK timestamp among verify's post-seal checks (for certificate validity)."""
+def first_verified(checks: Iterable[PostSealCheck]) -> dt.datetime | None:
+    """genTime of the first proven timestamp among verify's post-seal checks."""
     for check in checks:
-        if check.action == "timestamp" and check.status == "OK" and check.files:
-            _, info = parse_reply(_read_token(root / check.files[0]))
-            return info.gen_datetime
+        if isinstance(check, TimestampCheck) and check.status == "OK" and check.gen_time:
+            return _parse_time(check.gen_time)
     return None
+
+
+def timestamp_anchors(checks: Iterable[PostSealCheck]) -> list[tuple[str, str]]:
+    """(status, description) of each timestamp for the verdict: VERIFIED when proven through
+    the TSA's CA, UNPINNED when only its imprint was checked, FAILED otherwise."""
+    status = {"OK": "VERIFIED", "UNCHECKED": "UNPINNED"}
+    note = {"UNCHECKED": " (token signature not checked: no TSA CA given)"}
+    return [
+        (
+            status.get(c.status, "FAILED"),
+            f"timestamp by {c.tsa} at {c.gen_time or '?'}{note.get(c.status, '')}",
+        )
+        for c in checks
+        if isinstance(c, TimestampCheck)
+    ]

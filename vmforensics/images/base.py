@@ -11,6 +11,7 @@ segments: :meth:`DiskImage._direct` names the file offset and the read is a sing
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import io
 import itertools
@@ -26,14 +27,17 @@ from typing import Any, BinaryIO, ClassVar, Generic, NamedTuple, TypeVar
 
 import attrs
 
-from vmforensics.errors import ImageFormatError
+from vmforensics.confine import Confinement, PathPolicy, Refusal
+from vmforensics.errors import ImageFormatError, RefusedPathError
 
 log = logging.getLogger(__name__)
 
 #: No header field may make a reader allocate more than this at once (tables, descriptors).
 MAX_ALLOCATION = 64 * 1024 * 1024
-#: Snapshot chains deeper than this are refused (VMware allows 32 snapshots; qcow2 chains are short).
-MAX_CHAIN_DEPTH = 255
+#: Snapshot chains deeper than this are refused (VMware allows 32 snapshots, Hyper-V 50
+#: checkpoints). Each layer costs about five Python frames while it opens, so this also keeps a
+#: crafted chain well inside the interpreter's recursion limit (170 layers exhausted it).
+MAX_CHAIN_DEPTH = 128
 
 Opener = Callable[[str], BinaryIO]
 """Opens a file by path for binary reading; raises FileNotFoundError (or OSError) if it cannot."""
@@ -522,28 +526,48 @@ class DiskImage(io.RawIOBase):
 
 
 class Resolver:
-    """Opens the other files an image refers to (extents, parents) relative to the image itself.
+    """Opens the other files an image refers to (extents, parents, backing and data files).
 
-    Names found inside images are untrusted: only the referring file's own directory is searched
-    (the name as a relative path, then its base name), never absolute paths on the examiner's
-    machine. ``opener`` lets the same readers work over a transport or an archive.
+    Names found inside images are untrusted. The referring file's own directory is searched (the
+    name as a relative path, then its base name), and an absolute name only where it lies beneath
+    the confinement's roots. With ``confinement`` (the default of :func:`open_image`: the opened
+    image's folder tree) a name outside the roots, behind a symbolic link or naming anything but a
+    regular file is refused with ImageFormatError naming the reference. A caller's ``opener``
+    without a confinement takes that responsibility itself (an acquirer's transport, an archive).
+    Every layer, whichever the format, goes through :meth:`layer`, which refuses loops and depth.
     """
 
-    def __init__(self, opener: Opener | None = None, *, strict: bool = False):
-        self.opener: Opener = opener or (lambda p: open(p, "rb"))  # noqa: SIM115 - caller closes
+    def __init__(
+        self,
+        opener: Opener | None = None,
+        *,
+        strict: bool = False,
+        confinement: PathPolicy | None = None,
+    ):
+        if opener is None:
+            if not isinstance(confinement, Confinement):
+                raise TypeError("a Resolver without an opener needs a local Confinement")
+            opener = confinement.opener()
+        self.opener: Opener = opener
+        self.confinement = confinement
         self.strict = strict
-        self._chain: list[str] = []  # parents being opened, to refuse loops and absurd depths
+        self._chain: list[object] = []  # identities of the layers being opened, to refuse loops
 
-    @staticmethod
-    def candidates(name: str, relative_to: str) -> list[str]:
+    def candidates(self, name: str, relative_to: str) -> list[str]:
+        """Where ``name``, found in ``relative_to``, may be: as given (relative or, when confined,
+        absolute), then its base name beside ``relative_to``."""
         base_dir = posixpath.dirname(relative_to.replace("\\", "/"))
         clean = name.replace("\\", "/")
         out: list[str] = []
         drive_or_absolute = clean.startswith("/") or (len(clean) > 1 and clean[1] == ":")
         if not drive_or_absolute:
-            out.append(posixpath.normpath(posixpath.join(base_dir, clean)) if base_dir else clean)
+            out.append(
+                posixpath.normpath(posixpath.join(base_dir, clean)) if base_dir else posixpath.normpath(clean)
+            )
+        elif self.confinement is not None and clean.startswith("/"):
+            out.append(posixpath.normpath(clean))
         leaf = posixpath.basename(clean)
-        if leaf:
+        if leaf and leaf not in (".", ".."):
             same_dir = posixpath.join(base_dir, leaf) if base_dir else leaf
             if same_dir not in out:
                 out.append(same_dir)
@@ -553,38 +577,79 @@ class Resolver:
         """Open the first of ``names`` that exists; else refuse, naming the file that is needed."""
         wanted = [names] if isinstance(names, str) else list(names)
         tried: list[str] = []
+        refused: list[Refusal] = []
         for name in wanted:
+            if "\0" in name:
+                raise ImageFormatError(f"{what} name {name!r} contains a NUL byte", path=relative_to)
             for path in self.candidates(name, relative_to):
                 if path in tried:
                     continue
                 tried.append(path)
-                if "\0" in path:
-                    raise ImageFormatError(f"{what} name {name!r} contains a NUL byte", path=relative_to)
+                if self.confinement is not None:
+                    where = self.confinement.resolve(path, os.getcwd())
+                    if isinstance(where, Refusal):
+                        refused.append(attrs.evolve(where, reference=name))
+                        continue
                 try:
                     return ImageSource(self.opener(path), path)
                 except FileNotFoundError:
                     continue
+                except RefusedPathError as exc:
+                    raise ImageFormatError(
+                        f"refuses to open {what} {name!r}: {exc.refusal.reason}", path=relative_to
+                    ) from exc
                 except OSError as exc:
                     raise ImageFormatError(f"cannot open {what} {path!r}: {exc}", path=relative_to) from exc
+        outside = "".join(f"; {r.path} is outside the image's folder tree" for r in refused)
+        advice = (
+            " (pass allowed_roots= to open_image, or --allow-root, if it really lives there)"
+            if refused
+            else ""
+        )
         raise ImageFormatError(
-            f"needs {what} {wanted[0]!r}, which was not found (looked for: {', '.join(tried) or 'nothing'})",
+            f"needs {what} {wanted[0]!r}, which was not found{outside}{advice} "
+            f"(looked for: {', '.join(p for p in tried if all(p != r.path for r in refused)) or 'nothing'})",
             path=relative_to,
         )
 
-    def open_parent(self, names: str | Sequence[str], relative_to: str) -> DiskImage:
-        """Open the parent image (format detected by magic) from the first name that exists."""
-        from vmforensics.images.open import open_source_image
-
-        source = self.open_source(names, relative_to, what="parent image")
-        key = posixpath.normpath(source.name)
-        if key in self._chain or posixpath.normpath(relative_to) == key:
-            source.close()
-            raise ImageFormatError(f"parent chain loops back to {source.name!r}", path=relative_to)
+    @contextlib.contextmanager
+    def layer(self, source: ImageSource) -> Iterator[None]:
+        """Hold ``source`` as a layer being opened: refuse it if it is already one (a loop, by
+        device and inode where the file has them) or if the chain is already too deep."""
+        key = _identity(source)
+        if key in self._chain:
+            raise ImageFormatError(f"parent chain loops back to {source.name!r}", path=source.name)
         if len(self._chain) >= MAX_CHAIN_DEPTH:
-            source.close()
-            raise ImageFormatError(f"parent chain deeper than {MAX_CHAIN_DEPTH} images", path=relative_to)
+            raise ImageFormatError(f"parent chain deeper than {MAX_CHAIN_DEPTH} images", path=source.name)
         self._chain.append(key)
         try:
-            return open_source_image(source, resolver=self)
+            yield
         finally:
             self._chain.pop()
+
+    def open_parent(
+        self,
+        names: str | Sequence[str],
+        relative_to: str,
+        *,
+        format: str | None = None,
+        what: str = "parent image",
+    ) -> DiskImage:
+        """Open the parent image (format detected by magic unless given) from the first name that exists."""
+        from vmforensics.images.open import open_source_image
+
+        source = self.open_source(names, relative_to, what=what)
+        try:
+            with self.layer(source):
+                return open_source_image(source, resolver=self, format=format)
+        except ImageFormatError:
+            source.close()
+            raise
+
+
+def _identity(source: ImageSource) -> object:
+    """What makes two sources the same file: device and inode, else the normalised name."""
+    if source._fd is not None:
+        info = os.fstat(source._fd)
+        return (info.st_dev, info.st_ino)
+    return posixpath.normpath(source.name.replace("\\", "/"))

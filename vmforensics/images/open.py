@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterable
 from typing import BinaryIO
 
-from vmforensics.errors import ImageFormatError
+from vmforensics.confine import Confinement, open_named_file
+from vmforensics.errors import ImageFormatError, RefusedPathError
 from vmforensics.images.base import DiskImage, ImageSource, Opener, Resolver
 from vmforensics.images.raw import RawImage
 from vmforensics.images.signatures import identify
@@ -68,21 +70,44 @@ def open_image(
     *,
     strict: bool = False,
     format: str | None = None,
+    allowed_roots: Iterable[str | os.PathLike[str]] = (),
 ) -> DiskImage:
     """Open a disk image of any supported format as a seekable raw stream.
 
     ``image`` is a path or a binary file object (its ``name`` is used to find related files).
-    Descriptors, extents and parent chains are followed through ``opener`` (default: the local
-    file system). Inconsistencies become ``info().warnings`` unless ``strict`` is true, in which
-    case they raise :class:`~vmforensics.errors.ImageFormatError`; a missing file always raises.
+    Descriptors, extents and parent chains are followed through ``opener``; by default they are
+    opened from the local file system only beneath the image's own folder tree (and any of
+    ``allowed_roots``), through no symbolic link and only as regular files (vmforensics.confine).
+    A caller's ``opener`` takes responsibility for what it opens. Inconsistencies become
+    ``info().warnings`` unless ``strict`` is true, in which case they raise
+    :class:`~vmforensics.errors.ImageFormatError`; a missing or refused file always raises.
     """
-    resolver = Resolver(opener, strict=strict)
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
-        try:
-            source = ImageSource(resolver.opener(path), path)
-        except OSError as exc:
-            raise ImageFormatError(f"cannot open image: {exc.strerror or exc}", path=path) from exc
+        if opener is None:
+            resolver = Resolver(
+                strict=strict,
+                confinement=Confinement([os.path.dirname(os.path.abspath(path))], allowed_roots),
+            )
+            try:
+                source = ImageSource(os.fdopen(open_named_file(path), "rb"), path)
+            except RefusedPathError as exc:
+                raise ImageFormatError(f"cannot open image: {exc.refusal.reason}", path=path) from exc
+        else:
+            resolver = Resolver(opener, strict=strict)
+            try:
+                source = ImageSource(resolver.opener(path), path)
+            except OSError as exc:
+                raise ImageFormatError(f"cannot open image: {exc.strerror or exc}", path=path) from exc
     else:
-        source = ImageSource(image, str(getattr(image, "name", "<stream>")), owned=False)
-    return open_source_image(source, resolver=resolver, format=format)
+        name = str(getattr(image, "name", "<stream>"))
+        resolver = Resolver(
+            opener,
+            strict=strict,
+            confinement=None
+            if opener is not None
+            else Confinement([os.path.dirname(os.path.abspath(name))], allowed_roots),
+        )
+        source = ImageSource(image, name, owned=False)
+    with resolver.layer(source):
+        return open_source_image(source, resolver=resolver, format=format)

@@ -113,6 +113,8 @@ class Qcow2Image(DiskImage):
             raise self._fail(f"unsupported qcow2 version {h.version} (2 and 3 are known)", 4)
         if h.version == 3 and (h.header_length < q.V3_MIN_HEADER_LENGTH or h.header_length % 8):
             raise self._fail(f"invalid v3 header length {h.header_length}", 100)
+        if h.header_length > self.source.size:
+            raise self._fail(f"header of {h.header_length} bytes runs past the end of the file", 100)
         if not q.MIN_CLUSTER_BITS <= h.cluster_bits <= q.MAX_CLUSTER_BITS:
             raise self._fail(f"cluster_bits {h.cluster_bits} outside 9..21", 20)
         if h.crypt_method:
@@ -232,13 +234,10 @@ class Qcow2Image(DiskImage):
             self.sources.append(self.data_source)
         if self.backing_name is None:
             return
-        from vmforensics.images.open import open_source_image
-
         fmt = BACKING_FORMATS.get(self.backing_format or "")
         if self.backing_format and fmt is None:
             raise self._fail(f"backing file format {self.backing_format!r} is not supported")
-        backing = resolver.open_source(self.backing_name, self.path, what="backing file")
-        self.parent = open_source_image(backing, resolver=resolver, format=fmt)
+        self.parent = resolver.open_parent(self.backing_name, self.path, format=fmt, what="backing file")
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -101,7 +101,8 @@ def decode_header(raw: bytes) -> Header:
     incompatible, compatible, autoclear, refcount_order, header_length = HEADER_V3_TAIL.unpack_from(
         raw, V2_HEADER_LENGTH
     )
-    compression = raw[COMPRESSION_TYPE_OFFSET] if header_length > COMPRESSION_TYPE_OFFSET else 0
+    # a header that claims more than the file holds has no compression byte to read
+    compression = raw[COMPRESSION_TYPE_OFFSET] if header_length > COMPRESSION_TYPE_OFFSET < len(raw) else 0
     return header._replace(
         incompatible=incompatible,
         compatible=compatible,

@@ -271,7 +271,18 @@ class VhdxImage(DiskImage):
                 path=self.path,
             )
         count = min(wanted, available)
-        bat = array("Q", self.source.read_at(self.bat_region.file_offset, count * 8))
+        # The BAT's size follows from the declared virtual size and block size (over 64 MiB for a
+        # 16 TiB disk of 2 MiB blocks), so no constant caps it; it must lie within the file, which
+        # is checked before anything is allocated, and it is read straight into the table.
+        start = self.bat_region.file_offset
+        if start + count * 8 > self.source.size:
+            raise ImageFormatError(
+                f"BAT of {count} entries at {start} runs past the end of the {self.source.size}-byte file",
+                offset=start,
+                path=self.path,
+            )
+        bat = array("Q", bytes(8)) * count
+        self.source.readinto_at(memoryview(bat).cast("B"), start)
         if sys.byteorder == "big":
             bat.byteswap()
         self._bat = bat

@@ -10,10 +10,8 @@ grain directory and cached grain tables normalised to byte offsets, with two sen
 from __future__ import annotations
 
 import bisect
-import contextvars
 import logging
 import mmap
-import posixpath
 import threading
 import zlib
 from array import array
@@ -71,8 +69,6 @@ MAX_GRAIN = 64 * 1024 * 1024
 #: Bytes of decoded grain tables / decompressed grains kept per extent.
 TABLE_CACHE_BYTES = 16 * 1024 * 1024
 GRAIN_CACHE_BYTES = 8 * 1024 * 1024
-#: Deepest parent chain followed (VMware allows 255 snapshots... in practice far fewer).
-MAX_CHAIN = 255
 
 #: Bytes read at a compressed grain's marker: the marker and, for grains that compress well, the
 #: whole payload in one call.
@@ -87,8 +83,6 @@ def _payload_buffer(size: int) -> memoryview:
         buf = _PAYLOADS.buf = mmap.mmap(-1, size)
     return memoryview(buf)
 
-
-_OPENING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("vmdk_opening", default=())
 
 _SESPARSE_MAGIC_BYTES = SESPARSE_MAGIC.to_bytes(8, "little")
 _FLAT_TYPES = {"FLAT", "VMFS", "VMFSRAW", "VMFSRDM", "VMFSRDMP"}
@@ -632,12 +626,6 @@ class VmdkImage(DiskImage):
 
 def open_layer(source: ImageSource, resolver: Resolver) -> DiskImage:
     """Open a VMDK layer (descriptor, sparse, COWD or SESparse file) and its parent chain."""
-    chain = _OPENING.get()
-    key = posixpath.normpath(source.name.replace("\\", "/"))
-    if key in chain:
-        raise ImageFormatError("the parent chain loops back to this file", path=source.name)
-    if len(chain) >= MAX_CHAIN:
-        raise ImageFormatError(f"parent chain deeper than {MAX_CHAIN} layers", path=source.name)
     head = source.read_at(0, min(source.size, 8))
     opened: list[ImageSource] = []
     try:
@@ -664,11 +652,7 @@ def open_layer(source: ImageSource, resolver: Resolver) -> DiskImage:
         for part in image.extents_list:
             for note in getattr(part, "notes", ()):
                 image.warn(note)
-        token = _OPENING.set((*chain, key))
-        try:
-            _attach_parent(image, resolver)
-        finally:
-            _OPENING.reset(token)
+        _attach_parent(image, resolver)
     except BaseException:
         for extra in image.sources:
             if extra is not source:
