@@ -25,8 +25,8 @@ from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef, SecretRef, p
 from vmforensics.acquire.batch_record import BatchVerificationReport
 from vmforensics.cli import main
 from vmforensics.errors import UsageError
-from vmforensics.survey.acquire_many import acquire_many
 from vmforensics.hypervisors.local.survey import survey_local
+from vmforensics.survey.acquire_many import acquire_many
 
 CASE = CaseInfo(case_id="2026-118", examiner="A. Analyst")
 
