@@ -1,17 +1,21 @@
-"""Disk-image read speed: vmforensics vs libyal bindings vs dissect.hypervisor vs the raw file.
+"""Disk-image read speed: vmforensics vs libyal bindings vs dissect.hypervisor vs qemu vs the raw file.
 
     python benchmarks/images.py [--size 2048] [--random 20000] [--repeat 3] [--workdir DIR] [--formats qcow2,vhdx]
 
 Builds (once; kept in --workdir) a raw disk of the given size in MiB -- half incompressible data,
 a quarter compressible text, a quarter holes, in 1 MiB pieces -- and converts it with qemu-img to
 a monolithicSparse VMDK, a streamOptimized VMDK, a dynamic VHDX, a dynamic and a fixed VHD, a
-qcow2 and a zlib-compressed qcow2 (qemu-img convert -c). Each reader then reads the whole disk
+qcow2 and a zlib-compressed qcow2 (qemu-img convert -c), a dynamic and a static VDI, a Parallels
+expanding image, a QED and a qcow (version 1) image; an Apple ASIF image (which qemu cannot
+write) is laid out by tests/images/asif_builders.py. Each reader then reads the whole disk
 sequentially in 4 MiB requests and makes N random 4 KiB reads (same offsets for all), best of
 --repeat runs. The files sit in the page cache after the first pass, so this measures the readers'
 CPU cost. Each reader runs in a process of its own: the C allocator's state left by one reader
 (glibc raises its mmap and trim thresholds after large frees) changed another's sequential figure
 by up to 10x when they shared one. Readers that are not installed (pyvmdk, pyvhdi, pyqcow,
-dissect.hypervisor) are reported as skipped. Ratios are vmforensics / other.
+dissect.hypervisor) are reported as skipped, and so is a reader whose bytes differ from the raw
+file's. qemu's own figure is ``qemu-img bench`` (sequential 4 MiB reads through QEMU's block
+layer, one in flight; no random figure). Ratios are vmforensics / other.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,12 @@ FORMATS = {
     "vhd-fixed": ("vpc", "subformat=fixed,force_size=on", "vhd", "pyvhdi"),
     "qcow2": ("qcow2", "", "qcow2", "pyqcow"),
     "qcow2-zlib": ("qcow2", "compression_type=zlib", "qcow2", "pyqcow"),  # converted with -c
+    "vdi": ("vdi", "", "vdi", None),
+    "vdi-static": ("vdi", "static=on", "vdi", None),
+    "parallels": ("parallels", "", "parallels", None),
+    "qed": ("qed", "", "qed", None),
+    "qcow1": ("qcow", "", "qcow1", "pyqcow"),
+    "asif": (None, "", "asif", None),  # built from the public layout, not by qemu-img
 }
 
 
@@ -79,6 +89,11 @@ def build_images(workdir: Path, size_mib: int, names: list[str]) -> tuple[Path, 
         if not image.exists():
             print(f"building {image} ...", file=sys.stderr)
             partial = image.with_name(image.name + ".partial")
+            if qemu_fmt is None:
+                build_asif_image(raw, partial)
+                partial.rename(image)
+                images[name] = image
+                continue
             command = ["qemu-img", "convert", "-O", qemu_fmt, *(["-o", options] if options else [])]
             if name.endswith("-zlib"):
                 command.append("-c")
@@ -86,6 +101,34 @@ def build_images(workdir: Path, size_mib: int, names: list[str]) -> tuple[Path, 
             partial.rename(image)
         images[name] = image
     return raw, images
+
+
+class _RawChunks(Mapping[int, bytes]):
+    """The raw disk's non-zero 1 MiB chunks, read when the ASIF builder asks for one."""
+
+    def __init__(self, raw: Path):
+        self.raw = raw
+        with raw.open("rb") as f:
+            self.keys = [
+                i for i, piece in enumerate(iter(lambda: f.read(MiB), b"")) if piece.count(0) != len(piece)
+            ]
+
+    def __getitem__(self, index: int) -> bytes:
+        with self.raw.open("rb") as f:
+            f.seek(index * MiB)
+            return f.read(MiB)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def build_asif_image(raw: Path, out: Path) -> None:
+    from tests.images.asif_builders import build_asif
+
+    build_asif(out, raw.stat().st_size, _RawChunks(raw))
 
 
 # --- readers: each returns (read_at, close) or raises to be reported as skipped ----------------
@@ -100,6 +143,8 @@ def open_ours(name: str, path: Path) -> tuple[Read, Callable[[], None]]:
 
 
 def open_libyal(name: str, path: Path) -> tuple[Read, Callable[[], None]]:
+    if FORMATS[name][3] is None:
+        raise RuntimeError("no libyal reader for this format")
     module = importlib.import_module(FORMATS[name][3])
     handle: Any = module.handle() if hasattr(module, "handle") else module.file()
     handle.open(str(path))
@@ -122,10 +167,25 @@ def open_dissect(name: str, path: Path) -> tuple[Read, Callable[[], None]]:
         from dissect.hypervisor.disk.vhd import VHD
 
         stream = VHD(fh)
-    else:
+    elif name.startswith("vdi"):
+        from dissect.hypervisor.disk.vdi import VDI
+
+        stream = VDI(fh).open()
+    elif name == "parallels":
+        from dissect.hypervisor.disk.hdd import HDS
+
+        stream = HDS(fh)
+    elif name == "asif":
+        from dissect.hypervisor.disk.asif import ASIF
+
+        stream = ASIF(fh).open()
+    elif name.startswith("qcow2"):
         from dissect.hypervisor.disk.qcow2 import QCow2
 
         stream = QCow2(fh).open()
+    else:
+        fh.close()
+        raise RuntimeError("dissect.hypervisor has no reader for this format")
 
     def read_at(offset: int, length: int) -> bytes:
         stream.seek(offset)
@@ -161,10 +221,14 @@ def random_reads(read: Read, offsets: list[int]) -> float:
 def check_sample(read: Read, reference: Read, size: int) -> None:
     """A reader that returns wrong bytes must not win a speed contest."""
     rng = random.Random(11)
-    for offset in [0, size - 4096, *(rng.randrange(0, size - 65536) for _ in range(20))]:
-        length = min(65536, size - offset)
+    samples = [(0, 65536), (size - 4096, 4096), *((rng.randrange(0, size - 65536), 65536) for _ in range(20))]
+    samples += [
+        (offset, CHUNK) for offset in range(0, size - CHUNK + 1, max(CHUNK, size // 8 // CHUNK * CHUNK))
+    ]
+    for offset, length in samples:  # the sequential requests' size too: some readers err only there
+        length = min(length, size - offset)
         if read(offset, length) != reference(offset, length):
-            raise RuntimeError(f"returned different bytes than the raw file at offset {offset}")
+            raise RuntimeError(f"returned different bytes than the raw file at offset {offset} (+{length})")
 
 
 def measure(
@@ -184,6 +248,40 @@ def measure(
         )
     finally:
         close()
+
+
+def qemu_bench(name: str, image: Path, size: int, repeat: int) -> float | str:
+    """MB/s of ``qemu-img bench``: sequential 4 MiB reads, one in flight, best of ``repeat``."""
+    qemu_fmt = FORMATS[name][0]
+    if qemu_fmt is None:
+        return "skipped: qemu has no reader for this format"
+    count = size // CHUNK
+    best = 0.0
+    for _ in range(repeat):
+        done = subprocess.run(
+            [
+                "qemu-img",
+                "bench",
+                "-f",
+                qemu_fmt,
+                "-c",
+                str(count),
+                "-s",
+                "4M",
+                "-S",
+                "4M",
+                "-d",
+                "1",
+                str(image),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            return f"skipped: qemu-img bench exit {done.returncode}: {done.stderr.strip()[-200:]}"
+        seconds = float(done.stdout.split("Run completed in ")[1].split()[0])
+        best = max(best, count * CHUNK / seconds / 1e6)
+    return best
 
 
 READERS = {
@@ -285,7 +383,7 @@ def main() -> None:
         results = {reader: measure_apart(args, name, reader) for reader in READERS}
         ours = results["vmforensics"]
         for reader, result in results.items():
-            label = FORMATS[name][3] if reader == "libyal" else reader
+            label = (FORMATS[name][3] or "libyal") if reader == "libyal" else reader
             if isinstance(result, str):
                 print(f"{name:<12} {label:<20} {result}")
                 continue
@@ -294,6 +392,12 @@ def main() -> None:
             if reader != "vmforensics" and not isinstance(ours, str):
                 ratios = f"{ours[0] / seq:>11.2f}x {ours[1] / rand:>12.2f}x"
             print(f"{name:<12} {label:<20} {seq:>9.0f} {rand:>9.0f} {ratios}", flush=True)
+        bench = qemu_bench(name, args.workdir / f"disk-{args.size}M.{name}", size, args.repeat)
+        if isinstance(bench, str):
+            print(f"{name:<12} {'qemu-img bench':<20} {bench}")
+        else:
+            ratio = f"{ours[0] / bench:>11.2f}x" if not isinstance(ours, str) else ""
+            print(f"{name:<12} {'qemu-img bench':<20} {bench:>9.0f} {'-':>9} {ratio}", flush=True)
         if not isinstance(ours, str):
             print(
                 f"{name:<12} {'(vs raw file)':<20} {'':>9} {'':>9} {ours[0] / raw_seq:>11.2f}x {ours[1] / raw_rand:>12.2f}x",

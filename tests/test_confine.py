@@ -109,7 +109,8 @@ def test_a_fifo_is_refused_without_blocking(layout, resolution) -> None:
     os.mkfifo(layout["vm"] / "web01.vmss")
     result: list[object] = []
     worker = threading.Thread(
-        target=lambda: result.append(Confinement([layout["vm"]]).check("web01.vmss", layout["vm"])), daemon=True
+        target=lambda: result.append(Confinement([layout["vm"]]).check("web01.vmss", layout["vm"])),
+        daemon=True,
     )
     worker.start()
     worker.join(timeout=10)
@@ -200,7 +201,9 @@ def test_remote_posix_paths_are_checked_as_strings() -> None:
     refusal = policy.resolve("../../../../etc/shadow", "/vmfs/volumes/ds1/web01")
     assert isinstance(refusal, Refusal) and refusal.path == "/etc/shadow"
     assert isinstance(policy.resolve("//vmfs/volumes/ds1/web01/x", None), ConfinedPath)
-    assert isinstance(policy.resolve("/vmfs/volumes/ds1/web01-other/x", None), Refusal)  # a prefix, not a parent
+    assert isinstance(
+        policy.resolve("/vmfs/volumes/ds1/web01-other/x", None), Refusal
+    )  # a prefix, not a parent
 
 
 def test_remote_windows_paths_compare_without_case_and_strip_the_long_path_prefix() -> None:
@@ -213,3 +216,13 @@ def test_remote_windows_paths_compare_without_case_and_strip_the_long_path_prefi
     assert isinstance(confined, ConfinedPath)
     assert isinstance(policy.check_stat(confined, is_dir=False, is_symlink=True), Refusal)
     assert policy.check_stat(confined, is_dir=False, is_symlink=False) is confined
+
+
+def test_allowed_roots_must_be_absolute_paths_and_a_list() -> None:
+    from vmforensics.confine import check_allowed_roots
+
+    assert check_allowed_roots(["/mnt/ds2", "D:\\VMs"]) == ["/mnt/ds2", "D:\\VMs"]
+    with pytest.raises(UsageError, match="absolute"):
+        check_allowed_roots(["relative"])
+    with pytest.raises(UsageError, match="list"):
+        check_allowed_roots("/mnt/ds2")  # type: ignore[arg-type]

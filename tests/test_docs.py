@@ -120,3 +120,40 @@ def test_verification_recipes_accept_real_evidence_and_reject_tampering(algorith
         ledger.write(b'{"action":"forged"}\n')
     assert _run(*recipes["ledger-python"], evidence).returncode != 0
     assert _run(*recipes["ledger-jq"], evidence).returncode != 0
+
+
+@pytest.mark.skipif(not shutil.which("jq"), reason="needs jq")
+def test_sums_recipe_refuses_a_replaced_file_with_edited_sums_and_the_pinned_recipe_names_the_key(
+    tmp_path, monkeypatch
+):
+    import hashlib
+    import os
+
+    recipes = _recipes()
+    key = SigningKey.generate()
+    vm = build_demo_vm(tmp_path / "ds").parent
+    case = CaseInfo(case_id="D-3", examiner="Doc Tester")
+    evidence = LocalAcquirer().acquire(str(vm), tmp_path / "ev", case=case, signer=key, progress=False).path
+    (tmp_path / "examiner.pem.pub").write_bytes(key.public_key().to_pem())
+    monkeypatch.setenv("EVIDENCE", str(evidence))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    pinned = _run(*recipes["pinned"], tmp_path)
+    assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    assert pinned.stdout.splitlines()[0] == f"VERIFIED (pinned key {key.key_id}): {evidence}"
+    assert _run(*recipes["sums"], evidence).returncode == 0
+
+    make_writable(evidence)
+    vmx = evidence / "files" / "web01" / "web01.vmx"
+    vmx.write_bytes(b'displayName = "someone else"\n')
+    sums = evidence / "SHA256SUMS"
+    forged = hashlib.sha256(vmx.read_bytes()).hexdigest()
+    sums.write_bytes(
+        b"".join(
+            (f"{forged}  files/web01/web01.vmx\n".encode() if line.endswith(b"web01.vmx\n") else line)
+            for line in sums.read_bytes().splitlines(keepends=True)
+        )
+    )
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=evidence, capture_output=True).returncode == 0
+    done = _run(*recipes["sums"], evidence)
+    assert done.returncode != 0 and "not the sealed one" in done.stdout
+    assert _run(*recipes["pinned"], tmp_path).returncode == 1

@@ -46,6 +46,12 @@ _EXPORTS = {
     "survey_proxmox": "vmforensics.hypervisors.qemu.survey",
     "seal_report": "vmforensics.survey.seal",
     "acquire_many": "vmforensics.survey.acquire_many",
+    "AcquisitionPlan": "vmforensics.acquire.batch_plan",
+    "SecretRef": "vmforensics.acquire.batch_plan",
+    "KeyRef": "vmforensics.acquire.batch_plan",
+    "TokenKeyRef": "vmforensics.acquire.batch_plan",
+    "Limits": "vmforensics.acquire.batch",
+    "verify_batch": "vmforensics.acquire.batch_record",
 }
 _ERRORS = (
     "VMForensicsError",

@@ -464,3 +464,16 @@ def _make_openat2() -> Callable[[int, str, int], int] | None:
 
 #: openat2 where the kernel has it; None means the per-component openat walk (tests force it).
 _openat2 = _make_openat2()
+
+
+def check_allowed_roots(roots: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """The examiner's explicit extra roots as absolute path strings (POSIX or Windows), or UsageError."""
+    if isinstance(roots, (str, os.PathLike)):
+        raise UsageError("allowed_roots takes a list of folders, not a single string")
+    checked = []
+    for root in roots:
+        text = os.fspath(root)
+        if not text or "\0" in text or not (posixpath.isabs(text) or ntpath.isabs(text.replace("/", "\\"))):
+            raise UsageError(f"an allowed root must be an absolute path, not {text!r}")
+        checked.append(text)
+    return checked

@@ -62,6 +62,16 @@ class EvidenceError(VMForensicsError):
     """The evidence directory cannot be written as required (exists, not empty, unsafe name...)."""
 
 
+class OutputInUseError(EvidenceError, UsageError):
+    """``--out`` names something that cannot become a new evidence directory (not empty, sealed,
+    not a directory, a symbolic link): a command-line mistake, refused before anything is written."""
+
+
+class ResumeRefusedError(EvidenceError):
+    """``--resume`` cannot prove that the interrupted run acquired the same source, unchanged; the
+    evidence written so far is kept and nothing is spliced onto it (acquire into a new directory)."""
+
+
 class UnsafePathError(EvidenceError):
     """An untrusted source name would escape the evidence directory or is not a valid file name."""
 

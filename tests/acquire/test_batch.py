@@ -336,3 +336,119 @@ def test_fleet_page_command_line_recipe_runs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "VERIFIED: batch" in done.stdout
+
+
+def test_examiner_process_killed_before_the_record_resumes_from_the_batch_ledger(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    folders = make_vms(tmp_path / "ds", ["a01", "b01", "c01"], tmp_path / "staging")
+    with open(folders[1] / "b01.vmem", "wb") as f:
+        f.truncate(1 << 30)  # sparse: the examiner's process is killed while it streams
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"members": [{"name": f.name, "target": str(f)} for f in folders]}))
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "vmforensics",
+        "acquire-batch",
+        str(plan),
+        "--out",
+        str(out),
+        "--local",
+        "1",
+        "--case",
+        "2026-118",
+        "--examiner",
+        "A. Analyst",
+        "--no-progress",
+    ]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "b01" / "files").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.wait()
+    assert (out / "a01" / "manifest.json").is_file() and not (out / "b01" / "manifest.json").exists()
+    assert not (out / "batch.json").exists()
+    sealed_a = (out / "a01" / "manifest.json").read_bytes()
+
+    assert subprocess.run([*command, "--resume"], capture_output=True).returncode == 0
+    assert (out / "a01" / "manifest.json").read_bytes() == sealed_a
+    record = json.loads((out / "batch.json").read_bytes())
+    assert record["run"] == 2 and record["supersedes"] is None
+    assert [m["outcome"] for m in record["members"]] == ["sealed"] * 3
+    starts = [e for e in ledger_events_of(out / "batch.log.jsonl") if e["action"] == "batch-start"]
+    assert starts[1]["details"]["carried_over"] == ["a01"]
+    assert any(e["action"] == "resume" for e in ledger_events(out / "b01"))
+    check = verify(out)
+    assert check.ok, str(check)
+
+
+def test_hostile_batch_records_are_reported_not_followed(tmp_path: Path) -> None:
+    make_vms(tmp_path / "ds", ["web01"], tmp_path / "staging")
+    out = tmp_path / "out"
+    acquire_many(survey_local(tmp_path / "ds").select(), out, case=CASE, progress=False)
+    record = json.loads((out / "batch.json").read_bytes())
+    (tmp_path / "outside").mkdir()
+    (out / "link").symlink_to(tmp_path / "outside")
+    variants = {
+        "escape": {**record, "members": [{**record["members"][0], "directory": "../outside"}]},
+        "symlink": {**record, "members": [{**record["members"][0], "directory": "link"}]},
+        "not-a-list": {**record, "members": "web01"},
+        "history-escape": {**record, "supersedes": {"record": "../../etc/passwd", "sha256": "0" * 64}},
+        "nul": {**record, "members": [{**record["members"][0], "directory": "we\0b01"}]},
+    }
+    (out / "batch.json").chmod(0o644)
+    for label, variant in variants.items():
+        (out / "batch.json").write_bytes(rfc8785.dumps(variant))
+        check = verify(out)
+        assert not check.ok, label
+        assert all(m.status != "OK" for m in check.members if m.directory != "web01"), label
+
+
+def test_in_a_jupyter_kernel_the_batch_shows_a_live_member_table(tmp_path: Path) -> None:
+    """A real IPython kernel (nbclient): the table is displayed once and updated in place."""
+    nbformat = pytest.importorskip("nbformat", reason="nbclient/ipykernel (test extra)")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    code = (
+        "from vmforensics import CaseInfo, acquire_many, survey_local\n"
+        f"batch = acquire_many(survey_local({str(tmp_path / 'ds')!r}).select(), {str(tmp_path / 'out')!r},\n"
+        "                     case=CaseInfo(case_id='2026-118', examiner='A. Analyst'))\n"
+        "assert batch.ok"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    root = Path(__file__).resolve().parents[2]
+    nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+    ).execute()
+    tables = [
+        o["data"]["text/html"]
+        for o in notebook.cells[0].outputs
+        if "text/html" in o.get("data", {}) and "bytes done" in o["data"]["text/html"]
+    ]
+    assert len(tables) == 1  # one live display, updated in place (update_display_data)
+    assert tables[0].count(">sealed<") == 2 and "web01" in tables[0] and "db01" in tables[0]
+
+
+def test_members_written_on_a_workers_own_disk_verify_once_copied_beside_the_record(tmp_path: Path) -> None:
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    out, local_disk = tmp_path / "out", tmp_path / "worker-disk"
+    batch = acquire_many(
+        survey_local(tmp_path / "ds").select(), out, case=CASE, worker_root=local_disk, progress=False
+    )
+    assert batch.ok and (local_disk / "web01" / "manifest.json").is_file()
+    record = json.loads((out / "batch.json").read_bytes())
+    assert record["worker_root"] == str(local_disk) and all(m["worker"]["host"] for m in record["members"])
+    check = verify(out)
+    assert not check.ok and {m.status for m in check.members} == {"MISSING"}
+
+    for member in ("web01", "db01"):
+        shutil.copytree(local_disk / member, out / member)
+    check = verify(out)
+    assert check.ok, str(check)

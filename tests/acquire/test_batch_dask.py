@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.acquire.test_batch import busy_interval, ledger_events, ledger_events_of, make_vms, overlapping
+from tests.custody.test_pkcs11 import MODULE, PIN, TOKEN, token  # noqa: F401 (the SoftHSM2 fixture)
 from tests.transport.sshd import SSHServer
 from vmforensics import CaseInfo, SigningKey, verify
 from vmforensics.acquire.batch import Limits
@@ -240,3 +241,41 @@ def test_fleet_page_dask_recipe_runs_on_a_local_cluster(
         )
     check = verify(tmp_path / "out", key.public_key())
     assert check.ok, str(check)
+
+
+@pytest.mark.usefixtures("token")
+@pytest.mark.skipif(not Path(MODULE).exists(), reason="needs softhsm2")
+def test_workers_sign_with_the_examiners_pkcs11_token_pin_never_in_a_payload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SoftHSM2 (a real PKCS#11 token); each worker process opens its own session with the PIN
+    it reads from its environment."""
+    from vmforensics import TokenKeyRef
+    from vmforensics.custody.pkcs11 import PKCS11Key
+
+    monkeypatch.setenv("VMF_TEST_PIN", PIN)
+    folders = make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    signer = TokenKeyRef(MODULE, TOKEN, "p256", pin=SecretRef(env="VMF_TEST_PIN"))
+    with dask_cluster(2) as client:
+        client.register_plugin(CapturePayloads())
+        batch = acquire_many(
+            [AcquisitionPlan(f.name, str(f)) for f in folders],
+            tmp_path / "out",
+            case=CASE,
+            executor=client.get_executor(),
+            signer=signer,
+            progress=False,
+        )
+        payloads = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.plugins["vmf-capture"].payloads
+        )
+    assert batch.ok, [i.error for i in batch.failed]
+    assert payloads and all(b"VMF_TEST_PIN" in p and PIN.encode() not in p for p in payloads.values())
+    public = signer.load().public_key()
+    assert isinstance(signer.load(), PKCS11Key)
+    check = verify(tmp_path / "out", public)
+    assert check.ok, str(check)
+    assert {
+        json.loads((tmp_path / "out" / n / "manifest.json").read_bytes())["integrity"]["signer_key_id"]
+        for n in ("web01", "db01")
+    } == {public.key_id}

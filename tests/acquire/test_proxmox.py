@@ -8,10 +8,13 @@ Proxmox names its drives (``drive-scsi0``). Reached through a real sshd.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.acquire import qemu_lab
 from tests.acquire.qemu_lab import ProxmoxNode, convert_to_raw, qemu_img, short_root
+from tests.test_docs import RECIPE
 from tests.transport.sshd import SSHServer
 from vmforensics import CaseInfo, verify
 from vmforensics.errors import SourceError, UsageError, VMNotFoundError
@@ -173,3 +176,23 @@ def test_storage_paths_resolve_for_dir_lvmthin_zfs_and_mapped_rbd():
     assert resolve_volume("local-zfs:vm-100-disk-0", storages).path == "/dev/zvol/rpool/data/vm-100-disk-0"
     assert resolve_volume("ceph:vm-100-disk-0", storages).path == "/dev/rbd/vms/vm-100-disk-0"
     assert resolve_volume("local-lvm:../../etc/shadow", storages).path is None
+
+
+def test_docs_proxmox_example_runs_and_prints_what_it_says(sshd, node, capsys):
+    text = (Path(__file__).resolve().parents[2] / "docs" / "qemu.md").read_text()
+    recipe = dict((name, body) for name, _lang, body in RECIPE.findall(text))["proxmox-python"]
+    guest = node.start_vm(100, name="web01", uuid=UUID, mac=MAC)
+    namespace = {
+        "HOST": sshd.host,
+        "PORT": sshd.port,
+        "KEY": str(sshd.client_key),
+        "KNOWN_HOSTS": str(sshd.known_hosts),
+        "CONFIG_ROOT": str(node.config_root),
+        "RUN_ROOT": str(node.run_root),
+        "OUT": str(node.root / "out"),
+    }
+    exec(compile(recipe, "docs/qemu.md", "exec"), namespace)
+    promised = recipe.split("# ", 1)[1].split("\n", 1)[0].strip()
+    assert capsys.readouterr().out.strip() == promised
+    assert any(f.role == "memory-state" and f.local_path.endswith(".qevm") for f in namespace["result"].files)
+    assert guest.status() == "running"

@@ -21,10 +21,12 @@ import pytest
 from tests.acquire import qemu_lab
 from tests.acquire.qemu_lab import BANNER_ADDRESS, Guest, convert_to_raw, short_root
 from tests.interop.vmware_state import BANNER
+from tests.test_docs import RECIPE
 from tests.transport.sshd import SSHServer
 from vmforensics import CaseInfo, verify
 from vmforensics.errors import SourceError, UsageError
 from vmforensics.hypervisors.qemu.acquirer import QemuAcquirer
+from vmforensics.hypervisors.qemu.identify import MAX_DEPTH, layers_from_image, run_state
 from vmforensics.hypervisors.qemu.qmp import MESSAGE_LIMIT, QMPClient
 from vmforensics.memory.open import open_memory
 
@@ -237,6 +239,8 @@ def hostile_peer(*chunks: bytes) -> QMPClient:
         try:
             for chunk in chunks:
                 far.sendall(chunk)
+            while far.recv(65536):  # stay connected (and read the client's commands) until it closes
+                pass
         except OSError:
             pass
 
@@ -257,3 +261,59 @@ def test_qmp_peer_that_does_not_greet_as_qmp_is_refused():
 def test_qmp_peer_sending_garbage_is_refused():
     with pytest.raises(SourceError, match="not JSON"):
         hostile_peer(b"\xff\xfe not json\n")
+
+
+def test_docs_python_example_runs(sshd, tmp_path):
+    text = (Path(__file__).resolve().parents[2] / "docs" / "qemu.md").read_text()
+    recipe = dict((name, body) for name, _lang, body in RECIPE.findall(text))["qemu-python"]
+    root = short_root("qd")
+    with Guest(root, name="doc01") as guest:
+        namespace = {
+            "HOST": sshd.host,
+            "PORT": sshd.port,
+            "KEY": str(sshd.client_key),
+            "KNOWN_HOSTS": str(sshd.known_hosts),
+            "QMP_SOCKET": str(guest.qmp_path),
+            "OUT": str(root / "out"),
+        }
+        exec(compile(recipe, "docs/qemu.md", "exec"), namespace)
+        assert namespace["result"].manifest.source.vm.name == "doc01"
+        assert guest.tops()["drive-scsi0"] == str(guest.disk)
+
+
+class FailsWhileCopying(QemuAcquirer):
+    """The acquisition breaks after the snapshot (as a lost evidence disk would)."""
+
+    def enumerate(self, session):
+        super().enumerate(session)
+        raise SourceError("evidence disk went away")
+
+
+def test_cleanup_after_a_failure_commits_back_and_removes_what_was_created(sshd):
+    root = short_root("qf")
+    with Guest(root, name="fl01") as guest:
+        with pytest.raises(SourceError, match="evidence disk went away"):
+            acquirer(sshd, FailsWhileCopying).acquire(
+                str(guest.qmp_path), root / "out", case=CASE, preserve="pause", progress=False
+            )
+        assert guest.tops() == {"drive-scsi0": str(guest.disk), "drive-scsi1": str(guest.raw)}
+        assert set(guest.node_files()) == {str(guest.disk), str(guest.raw)}
+        assert not list(root.glob("*.vmf*.qcow2")) and not list(root.glob("vmforensics-*"))
+        assert guest.status() == "running"
+        log = (root / "out" / "custody.log.jsonl").read_text()
+        assert '"block-commit"' in log and '"failed"' in log
+
+
+def test_qmp_reply_of_the_wrong_type_is_refused():
+    greeting = b'{"QMP": {"version": {}, "capabilities": []}}\n{"return": {}, "id": "vmf-1"}\n'
+    qmp = hostile_peer(greeting + b'{"return": [1, 2], "id": "vmf-2"}\n')
+    with pytest.raises(SourceError, match="did not return a run state"):
+        run_state(qmp)
+
+
+def test_backing_chain_deeper_than_the_limit_is_cut_and_says_so():
+    image: dict | None = None
+    for number in range(MAX_DEPTH + 50):
+        image = {"filename": f"/d/{number}.qcow2", "format": "qcow2", "backing-image": image}
+    layers, cut = layers_from_image(image)
+    assert cut and len(layers) == MAX_DEPTH

@@ -103,3 +103,26 @@ def test_escaping_is_reversible_and_always_storable(raw):
     assert names.unescape(stored) == name
     assert names.is_text(stored)
     assert "\n" not in names.printable(name) and "\x1b" not in names.printable(name)
+
+
+def test_planted_newline_name_omitted_is_escaped_in_the_acquire_summary(tmp_path, vm_folder, capsys):
+    (vm_folder / "x\nacquired 0 files").symlink_to(vm_folder / "web01.vmx")  # a symlink: an omission
+    argv = ["acquire", "local", str(vm_folder), "--out", str(tmp_path / "ev"), "--case", "N-3"]
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "x\\nacquired 0 files" in out and not any(
+        line.startswith("acquired 0") for line in out.splitlines()
+    )
+
+
+def test_vm_folder_whose_name_is_not_utf8_is_acquired_and_sealed(tmp_path):
+    from vmforensics.demo.vm import build_demo_vm
+
+    built = build_demo_vm(tmp_path / "ds").parent
+    folder = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path / "ds"), b"vm-\xff")))
+    built.rename(folder)
+    result = LocalAcquirer().acquire(str(folder), tmp_path / "ev", case=CASE, progress=False)
+    assert result.manifest.source.vm.config_path.endswith("vm-\\xff/web01.vmx")
+    assert all(f.name_escaped and "%FF" in f.local_path for f in result.files)
+    assert all(base64.b64decode(f.source_path_b64).count(b"vm-\xff/") == 1 for f in result.files)
+    assert verify(result.path).ok

@@ -87,6 +87,9 @@ def test_docs_openssl_ts_recipe_verifies_the_token(tmp_path, vm_folder, pki, tsa
     monkeypatch.setenv("TSA_CERT", str(tsa.cert_path))
     done = _run(lang, body, result.path)
     assert done.returncode == 0 and "Verification: OK" in done.stdout, done.stderr
+    for recipe in ("ledger-python", "ledger-jq"):  # the chain recipes accept events after the seal
+        done = _run(*_recipes()[recipe], result.path)
+        assert done.returncode == 0 and "1 after the seal" in done.stdout, done.stdout + done.stderr
 
 
 def test_without_the_tsa_ca_a_token_is_unchecked_but_its_imprint_is(tmp_path, vm_folder, tsa):
@@ -189,3 +192,57 @@ def test_timestamp_on_an_unsealed_directory_is_a_usage_error(tmp_path, tsa):
     assert main(["timestamp", str(tmp_path / "ev"), "--tsa", tsa.url]) == 2
     with pytest.raises(ValueError, match="not an http"):
         timestamp(tmp_path / "ev", "ftp://127.0.0.1/tsa")
+
+
+def test_acquire_many_passes_the_tsa_to_every_member(tmp_path, vm_folder, pki, tsa):
+    from vmforensics import acquire_many
+
+    batch = acquire_many([str(vm_folder)], tmp_path / "batch", case=CASE, progress=False, tsa=tsa.url)
+    assert batch.ok
+    (member,) = [p.parent for p in (tmp_path / "batch").glob("*/manifest.json")]
+    assert (member / "manifest.json.tsr").is_file()
+    assert openssl_ts_verify(member, "manifest.json.tsr", pki[0], tsa.cert_path).returncode == 0
+    assert verify(member, tsa_ca=pki[0].pem).ok
+
+
+def test_mutated_tokens_are_refused_with_a_reason_never_an_exception(tmp_path, vm_folder, pki, tsa):
+    import random
+
+    from vmforensics.custody.tsp import verify_token
+    from vmforensics.errors import TimestampError
+
+    result = acquire(vm_folder, tmp_path / "ev", tsa=tsa.url)
+    data = (result.path / "manifest.json").read_bytes()
+    good = (result.path / "manifest.json.tsr").read_bytes()
+    expected, _ = verify_token(good, data, [pki[0].certificate])
+    rng = random.Random(15)
+    refused = 0
+    for trial in range(400):
+        token = bytearray(good)
+        if trial % 4 == 0:
+            token = token[: rng.randrange(len(token))]
+        else:
+            for _ in range(rng.randint(1, 3)):
+                token[rng.randrange(len(token))] ^= 1 << rng.randrange(8)
+        try:
+            info, _ = verify_token(bytes(token), data, [pki[0].certificate])
+        except TimestampError:
+            refused += 1
+            continue
+        assert info == expected, "a changed token verified with other facts"
+    assert refused > 300
+
+
+def test_verify_json_names_the_timestamp_anchor_and_the_verdict(tmp_path, vm_folder, pki, tsa, capsys):
+    result = acquire(vm_folder, tmp_path / "ev", tsa=tsa.url)
+    gen_time = result.timestamps[0].info.gen_time
+    assert main(["verify", str(result.path), "--tsa-ca", str(pki[0].pem), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (anchor,) = [a for a in report["anchors"] if a["kind"] == "timestamp"]
+    assert anchor == {
+        "kind": "timestamp",
+        "status": "VERIFIED",
+        "description": f"timestamp by {tsa.url} at {gen_time}",
+    }
+    # a timestamp proves when, not who: with the key from the directory the verdict stays "integrity only"
+    assert report["verdict"].startswith("VERIFIED (integrity only: key from the directory; timestamp by")

@@ -72,3 +72,8 @@ def ext4_raw(tmp_path: Path) -> Path:
     for command in ("mkdir docs", f"write {payload} docs/secret.txt", f"write {big} big.bin"):
         subprocess.run(["debugfs", "-w", "-R", command, str(raw)], check=True, capture_output=True)
     return raw
+
+
+# the mixed data/text/holes disk, shared by the VDI, Parallels, QED and qcow1 tests (imported last:
+# that module imports the helpers above)
+from tests.images.test_read_paths import base_raw  # noqa: E402, F401

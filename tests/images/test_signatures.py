@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import json
 import logging
 import lzma
+import re
 import shutil
 import struct
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -202,3 +205,39 @@ def test_qcow2_is_still_detected_by_magic_after_the_signature_table(tmp_path: Pa
     qemu_img("create", "-f", "qcow2", image, "1M")
     with open_image(image) as disk:
         assert disk.info().format == "qcow2" and disk.info().warnings == ()
+
+
+def test_the_formats_page_recipe_runs_as_written(tmp_path: Path) -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "formats.md").read_text()
+    (recipe,) = re.findall(r"<!-- test: formats-open -->\n```python\n(.*?)```", page, re.DOTALL)
+    qemu_img("create", "-f", "vdi", tmp_path / "disk.vdi", "4M")
+    signature_only(tmp_path, "evidence.E01", b"EVF\x09\x0d\x0a\xff\x00")
+    (tmp_path / "unknown.bin").write_bytes(disk_bytes())
+    done = subprocess.run([sys.executable, "-c", recipe], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"vdi dynamic {4 * MiB}"
+    assert "('ewf'), which vmforensics recognises but does not read" in lines[1]
+    assert lines[2].startswith("raw (") and "no known image signature" in lines[2]
+
+
+def cli(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmforensics", *map(str, argv)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_image_info_names_new_formats_refuses_containers_and_forces_raw(tmp_path: Path) -> None:
+    vdi = tmp_path / "disk.vdi"
+    qemu_img("create", "-f", "vdi", vdi, "4M")
+    done = cli("image", "info", "--json", vdi)
+    assert done.returncode == 0, done.stderr
+    assert (json.loads(done.stdout)["format"], json.loads(done.stdout)["subtype"]) == ("vdi", "dynamic")
+    refused = cli("image", "info", compressed(tmp_path, "gzip"))
+    assert refused.returncode == 1 and "'gzip'" in refused.stderr
+    plain = tmp_path / "disk.img"
+    plain.write_bytes(disk_bytes())
+    warned = json.loads(cli("image", "info", "--json", plain).stdout)
+    assert warned["format"] == "raw" and warned["warnings"] == [NO_SIGNATURE]
+    forced = json.loads(cli("image", "info", "--json", "--format", "raw", plain).stdout)
+    assert forced["warnings"] == []

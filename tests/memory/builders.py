@@ -74,10 +74,12 @@ def qevm(
     subsections: bytes = b"",
     description: dict | None = None,
     extra_flags: int = 0,
+    complete: bool = True,
 ) -> bytes:
     """A stream: configuration (+ ``subsections``), a ram START section with the block list, one
     PART with ``records`` (block, offset, page bytes or None for a zero page), an END, EOF and a
-    VMDESCRIPTION. ``extra_flags`` is or-ed into every page record (to build refused kinds)."""
+    VMDESCRIPTION. ``extra_flags`` is or-ed into every page record (to build refused kinds).
+    ``complete``: then send every page not in ``records`` as a zero page, as QEMU's bulk stage does."""
     out = b"QEVM" + struct.pack(">I", 3)
     out += b"\x07" + struct.pack(">I", len(machine)) + machine.encode() + subsections
     total = sum(length for _, length in blocks)
@@ -87,16 +89,32 @@ def qevm(
         out += bytes([len(name)]) + name.encode() + struct.pack(">Q", length)
     out += struct.pack(">Q", EOS) + b"\x7e" + struct.pack(">I", 2)
     out += b"\x02" + struct.pack(">I", 2)
+    records = list(records)
+    if complete:
+        order = {name: number for number, (name, _) in enumerate(blocks)}
+        key = [(order.get(name, -1), offset) for name, offset, _ in records]
+        ascending = key == sorted(set(key))
+        sent = {(name, offset) for name, offset, _ in records}
+        records += [
+            (name, offset, None)
+            for name, length in blocks
+            for offset in range(0, length, PAGE)
+            if (name, offset) not in sent
+        ]
+        if ascending:  # as QEMU's bulk stage sends them: block by block, ascending
+            records.sort(key=lambda record: (order.get(record[0], -1), record[1]))
     last = None
+    parts = []
     for name, offset, data in records:
         flags = (ZERO if data is None else PAGE_FLAG) | extra_flags
         if name == last:
             flags |= CONTINUE
-        out += struct.pack(">Q", offset | flags)
+        parts.append(struct.pack(">Q", offset | flags))
         if name != last:
-            out += bytes([len(name)]) + name.encode()
-        out += b"\0" if data is None else data
+            parts.append(bytes([len(name)]) + name.encode())
+        parts.append(b"\0" if data is None else data)
         last = name
+    out += b"".join(parts)
     out += struct.pack(">Q", EOS) + b"\x7e" + struct.pack(">I", 2)
     out += b"\x03" + struct.pack(">I", 2) + struct.pack(">Q", EOS) + b"\x7e" + struct.pack(">I", 2)
     out += b"\x00"

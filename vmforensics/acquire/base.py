@@ -20,8 +20,11 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from vmforensics.acquire.copier import copy_file
+from vmforensics.acquire.copier import RESUMED_NOTE, copy_file
+from vmforensics.acquire.resume import EarlierRun, check_identity, check_source, check_start, refuse
+from vmforensics.confine import check_allowed_roots
 from vmforensics.custody import names
+from vmforensics.custody.derived import DerivedResult
 from vmforensics.custody.evidence import FILES_DIR, EvidenceDirectory, check_hashes
 from vmforensics.custody.ledger import LEDGER_NAME, Ledger
 from vmforensics.custody.models import (
@@ -33,6 +36,7 @@ from vmforensics.custody.models import (
     Manifest,
     Omission,
     Phase,
+    ResumedFile,
     SourceAction,
     SourceInfo,
     VMIdentity,
@@ -72,6 +76,7 @@ class AcquisitionResult:
     manifest: Manifest
     duration: float
     timestamps: tuple[TimestampResult, ...] = ()  # one per TSA asked after the seal
+    derived: tuple[DerivedResult, ...] = ()  # memory images converted after the seal
 
     @property
     def files(self) -> tuple[EvidenceFile, ...]:
@@ -108,6 +113,7 @@ class Session:
         self.actions: list[SourceAction] = []
         self.files: list[EvidenceFile] = []
         self.omissions: list[Omission] = []
+        self.resumed: list[ResumedFile] = []  # what a resumed run took from the interrupted one
         self.state: dict[str, Any] = {}  # vendor steps keep their own facts here (snapshot ids...)
 
     def omit(self, source_path: str, role: str, reason: str) -> None:
@@ -191,6 +197,8 @@ class Acquirer(abc.ABC):
         exclude_roles: Sequence[str] = (),
         exclude: Sequence[str] = (),
         tsa: str | Sequence[str] = (),
+        memory_image: bool | str = True,
+        allowed_roots: Sequence[str | os.PathLike[str]] = (),
     ) -> AcquisitionResult:
         """Acquire the VM ``target`` into the new evidence directory ``out`` and seal it.
 
@@ -200,6 +208,11 @@ class Acquirer(abc.ABC):
         path under ``files/``; a match is recorded as an omission. ``tsa``: RFC 3161 time-stamping
         authority URL(s) asked for a token over the manifest after the seal; a TSA that fails is
         recorded in the ledger and never fails the sealed acquisition (``result.timestamps``).
+        ``memory_image``: after the seal, convert each saved memory state to a raw image under
+        derived/ (or "elf"/"lime"; False: none); a failure is recorded in the ledger, never raised
+        (``result.derived``; docs/memory.md). ``allowed_roots``: folders or datastores beyond the
+        ones the source names for the VM where its files may really live (vmforensics.confine);
+        recorded in the manifest's options and the ledger.
         """
         target = os.fspath(target)
         if not isinstance(case, CaseInfo):
@@ -211,6 +224,7 @@ class Acquirer(abc.ABC):
             )
         algorithms = check_hashes(hashes)
         tsa_urls = check_tsa_urls(tsa)
+        extra_roots = check_allowed_roots(allowed_roots)
         check_out_of_source(out, self.source_roots(target))
         key = signer or SigningKey.generate()
         began = time.monotonic()
@@ -223,16 +237,26 @@ class Acquirer(abc.ABC):
             remote_hash=remote_hash,
             exclude_roles=list(exclude_roles),
             exclude=list(exclude),
+            allowed_roots=extra_roots,
         )
+        if extra_roots:
+            session.ledger.append("allowed-roots", roots=extra_roots)
         preserved = False
         transport: Transport | None = None
         bar = Progress(progress, description=f"acquire {target}") if progress else None
         try:
             with self._phase(session, "connect"):
                 self.connect(session)
+                session.source = SourceInfo(**names.json_safe(_plain(session.source)))
+                connected = {"kind": session.source.kind, "host": session.source.host}
+                session.ledger.append("connected", source=connected)
+                if session.state["earlier"] is not None:
+                    check_source(session.ledger, session.state["earlier"], connected)
             with self._phase(session, "identify"):
-                session.vm = self.identify(session, target)
+                session.vm = VMIdentity(**names.json_safe(_plain(self.identify(session, target))))
                 session.ledger.append("identified", vm=_vm_summary(session.vm), clock=_plain(session.clock))
+                if session.state["earlier"] is not None:
+                    check_identity(session.ledger, session.state["earlier"], _vm_summary(session.vm))
             with self._phase(session, "preserve"):
                 preserved = preserve != "none" or isolate
                 self.preserve(session, preserve, memory=memory, isolate=isolate)
@@ -261,7 +285,8 @@ class Acquirer(abc.ABC):
         self._disconnect_quietly(session, transport)
         manifest = self._seal(session, key, algorithms)
         stamps = timestamp_after_seal(evidence.root, tsa_urls) if tsa_urls else ()
-        return AcquisitionResult(evidence.root, manifest, time.monotonic() - began, stamps)
+        derived = _memory_images(evidence.root, manifest, memory_image) if memory and memory_image else ()
+        return AcquisitionResult(evidence.root, manifest, time.monotonic() - began, stamps, derived)
 
     # --- the pieces of the template --------------------------------------------------------------
 
@@ -279,11 +304,12 @@ class Acquirer(abc.ABC):
         host = ExaminerHost.current()
         actor = {"examiner": case.examiner, "host": host.hostname, "user": host.user}
         ledger_path = evidence.root / LEDGER_NAME
-        if resume and ledger_path.exists():
-            if (evidence.root / "manifest.json").exists():
-                raise EvidenceError(f"{evidence.root} is already sealed; nothing to resume")
-            ledger = Ledger.reopen(ledger_path, actor)
-            ledger.append("resume", target=names.text(target))
+        earlier = None
+        if resume and ledger_path.exists():  # (a sealed directory was refused by EvidenceDirectory)
+            ledger = Ledger.reopen(ledger_path, actor, repair=True)
+            earlier = EarlierRun.from_events(ledger.events())
+            ledger.append("resume", target=names.text(target), acquisition_id=earlier.acquisition_id)
+            check_start(ledger, earlier, self.kind, names.text(target))
         else:
             ledger = Ledger.create(ledger_path, actor)
         options = {
@@ -294,7 +320,8 @@ class Acquirer(abc.ABC):
         }
         session = Session(evidence, ledger, case, options)
         session.state["examiner_host"] = host
-        session.state["acquisition_id"] = new_acquisition_id()
+        session.state["earlier"] = earlier
+        session.state["acquisition_id"] = earlier.acquisition_id if earlier else new_acquisition_id()
         session.state["started"] = utc_now()
         ledger.append(
             "start",
@@ -423,26 +450,65 @@ class Acquirer(abc.ABC):
                 raise
             if item.name_escaped or item.source_b64:
                 record = attrs.evolve(record, name_escaped=item.name_escaped, source_path_b64=item.source_b64)
+            if record.resumed:
+                proof = next(n for n in record.notes if n.startswith(RESUMED_NOTE)).split(": ", 1)[1]
+                session.resumed.append(ResumedFile(record.local_path, "continued", record.resumed, proof))
             session.files.append(record)
 
     @staticmethod
     def _already_sealed(
         session: Session, item: PlannedFile, algorithms: tuple[str, ...], transport: Transport
     ) -> EvidenceFile:
-        """A file sealed by the interrupted run: re-hash it from disk and reuse the ledger's facts."""
+        """A file sealed by the interrupted run: reused only when it still hashes as that run's
+        ``acquire-file`` event says; a source changed since then is noted on the file."""
         from vmforensics.custody.verify import hash_file
 
+        local = f"{FILES_DIR}/{item.dest_name}"
+        label = item.label or item.source_path
+        earlier: EarlierRun | None = session.state.get("earlier")
+        facts = earlier.acquired.get(local) if earlier else None
+        if facts is None or facts.get("source") != label:
+            refuse(
+                session.ledger,
+                f"{local} is sealed but the ledger records no acquisition of it from {label!r}",
+            )
         path = session.evidence.local_path(item.dest_name)
-        session.ledger.append("resume-skip-sealed", local=f"{FILES_DIR}/{item.dest_name}")
+        size, digests = path.stat().st_size, hash_file(path, algorithms)
+        recorded = facts.get("hashes") or {}
+        if size != facts.get("size") or any(recorded.get(n, v) != v for n, v in digests.items()):
+            refuse(session.ledger, f"{local} no longer hashes as the interrupted run recorded", local=local)
+        begun = earlier.begun.get(local, {}) if earlier else {}
+        now = transport.stat(item.source_path)
+        notes = ["acquired by an earlier, interrupted run of this acquisition"]
+        changed = bool(facts.get("changed")) or (begun.get("size"), begun.get("mtime")) != (
+            now.size,
+            now.mtime,
+        )
+        if (begun.get("size"), begun.get("mtime")) != (now.size, now.mtime):
+            notes.append(
+                f"the source changed since then: size {begun.get('size')} -> {now.size}, "
+                f"mtime {begun.get('mtime')} -> {now.mtime}; this copy is of the earlier state"
+            )
+        proof = (
+            f"sealed by the interrupted run; its size and hashes equal that run's acquire-file event; "
+            f"source {'changed' if len(notes) > 1 else 'unchanged'} (size and mtime) since"
+        )
+        session.ledger.append(
+            "acquire-file", source=label, local=local, role=item.role, size=size, hashes=digests,
+            changed=changed, remote_hash=None, reused=True, proof=proof,
+        )  # fmt: skip
+        session.resumed.append(ResumedFile(local, "reused", size, proof))
         return EvidenceFile(
-            source_path=item.label or item.source_path,
-            local_path=f"{FILES_DIR}/{item.dest_name}",
+            source_path=label,
+            local_path=local,
             role=item.role,
-            size=path.stat().st_size,
-            hashes=hash_file(path, algorithms),
+            size=size,
+            hashes=digests,
             size_reported=item.size_reported,
+            source_mtime=begun.get("mtime") if isinstance(begun.get("mtime"), float | int) else None,
             transport=transport.scheme,
-            notes=("acquired by an earlier, interrupted run of this acquisition",),
+            changed_during_acquisition=changed,
+            notes=tuple(notes),
             source_path_b64=item.source_b64,
             name_escaped=item.name_escaped,
         )
@@ -465,8 +531,9 @@ class Acquirer(abc.ABC):
             options=session.options,
             started=session.state["started"],
             finished=utc_now(),
+            resumed=tuple(session.resumed),
         )
-        write_sealed_records(session.evidence.root, manifest, key)
+        manifest = write_sealed_records(session.evidence.root, manifest, key)
         make_read_only(session.evidence.root)
         return manifest
 
@@ -504,6 +571,17 @@ def check_out_of_source(out: str | os.PathLike[str], roots: Sequence[Path]) -> N
                 f"the source {names.printable(str(root))} is inside the evidence directory "
                 f"--out {names.printable(os.fspath(out))}; choose a directory outside the source"
             )
+
+
+def _memory_images(root: Path, manifest: Manifest, memory_image: bool | str) -> tuple[DerivedResult, ...]:
+    """Derived memory images after the seal; nothing here may lose the sealed acquisition."""
+    from vmforensics.memory.derive import derive_memory_images
+
+    try:
+        return derive_memory_images(root, manifest, "raw" if memory_image is True else str(memory_image))
+    except Exception as exc:  # the sealed acquisition stands whatever happens here
+        log.warning("no memory images derived from %s: %s", root, exc)
+        return ()
 
 
 def _plain(value: Any) -> Any:

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 from vmforensics.acquire.base import Acquirer, AcquisitionResult
-from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef
+from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef, SignerRef, TokenKeyRef
 from vmforensics.acquire.batch_progress import BatchCallback, BatchView
 from vmforensics.acquire.batch_record import (
     BATCH_LEDGER,
@@ -41,7 +41,7 @@ from vmforensics.acquire.batch_record import (
 from vmforensics.custody.ledger import Ledger
 from vmforensics.custody.models import CaseInfo, ExaminerHost, new_acquisition_id, to_plain, utc_now
 from vmforensics.custody.seal import MANIFEST_NAME
-from vmforensics.custody.signing import SigningKey
+from vmforensics.custody.signing import Signer, SigningKey
 from vmforensics.errors import UsageError
 from vmforensics.progress import ProgressUpdate
 
@@ -136,11 +136,11 @@ class MemberTask:
     plan: AcquisitionPlan
     directory: str
     case: CaseInfo
-    signer: KeyRef | None
+    signer: SignerRef | None
     options: dict[str, Any]
     resume: bool
     events: EventChannel
-    in_process: Any = attrs.field(default=None, eq=False)  # (factory, record, SigningKey): local pools only
+    in_process: Any = attrs.field(default=None, eq=False)  # (factory, record, key object): thread pools only
 
 
 @attrs.frozen
@@ -170,6 +170,10 @@ def run_member(task: MemberTask) -> MemberOutcome:
     task.events.send({"event": "started", "index": task.index, "time": started, **who})
     path = Path(task.directory)
     reporter = _Reporter(task.events, task.index)
+    if task.resume and (path / MANIFEST_NAME).is_file():  # sealed by an earlier run, on this worker's disk
+        return MemberOutcome(
+            task.index, "sealed", None, sha256_file(path / MANIFEST_NAME), who, started, utc_now()
+        )
     try:
         resume = _resume_state(path, task.resume)
         if task.in_process is not None:
@@ -204,7 +208,7 @@ def _resume_state(path: Path, resume: bool) -> bool:
     if interrupted and not resume:
         raise UsageError(
             f"{path} holds an earlier, interrupted attempt (a worker lost mid-acquisition?); "
-            "run the batch again with resume=True (--resume) to continue it"
+            "run the batch again with --resume to continue it"
         )
     return interrupted
 
@@ -316,7 +320,7 @@ def run_batch(
     case: CaseInfo,
     executor: cf.Executor | None = None,
     limits: Limits | None = None,
-    signer: SigningKey | KeyRef | None = None,
+    signer: Signer | SignerRef | None = None,
     progress: bool | BatchCallback = True,
     resume: bool = False,
     worker_root: str | os.PathLike[str] | None = None,
@@ -327,8 +331,8 @@ def run_batch(
     """Acquire every plan into ``out_root/<name>`` and seal the batch record (see module docs).
 
     ``executor``: any concurrent.futures executor (default: a local thread pool of ``limits.total``
-    threads). ``signer``: a :class:`KeyRef` (loaded on each worker, and here for batch.json) or, for
-    thread pools only, a SigningKey. ``worker_root``: where workers write when it is not ``out_root``
+    threads). ``signer``: a :class:`KeyRef` or :class:`TokenKeyRef` (loaded on each worker, and here
+    for batch.json) or, for thread pools only, a key object (SigningKey, PKCS11Key). ``worker_root``: where workers write when it is not ``out_root``
     as they see it. ``resume``: rerun only the members the last record does not list as sealed.
     ``acquirer_factory(records[i])`` replaces plan ``i``'s acquirer (thread pools only).
     """
@@ -341,12 +345,13 @@ def run_batch(
     if own_pool:
         executor = cf.ThreadPoolExecutor(max_workers=limits.total or len(plans), thread_name_prefix="acquire")
     local = isinstance(executor, cf.ThreadPoolExecutor)
-    if not local and (isinstance(signer, SigningKey) or acquirer_factory is not None):
+    by_reference = isinstance(signer, (KeyRef, TokenKeyRef))
+    if not local and ((signer is not None and not by_reference) or acquirer_factory is not None):
         raise UsageError(
-            "a SigningKey object or an acquirer_factory cannot be sent to other processes: pass "
-            "signer=KeyRef(path, passphrase=SecretRef(env=...)) and AcquisitionPlans"
+            "a key object or an acquirer_factory cannot be sent to other processes: pass "
+            "signer=KeyRef(path, passphrase=SecretRef(env=...)) or TokenKeyRef(...) and AcquisitionPlans"
         )
-    batch_key = signer.load() if isinstance(signer, KeyRef) else signer or SigningKey.generate()
+    batch_key = signer.load() if by_reference else signer or SigningKey.generate()
     root = Path(out_root)
     began = time.monotonic()
     batch = _Batch(root, plans, case, limits, resume, batch_key, executor)
@@ -363,14 +368,14 @@ def run_batch(
             plan=plan,
             directory=str(place / batch.directories[index]),
             case=case,
-            signer=signer if isinstance(signer, KeyRef) else None,
+            signer=signer if by_reference else None,
             options=dict(acquire_options),
             resume=resume,
             events=channel,
             in_process=(
                 acquirer_factory,
                 records[index] if records is not None else None,
-                signer if isinstance(signer, SigningKey) else None,
+                None if by_reference else signer,
             )
             if local
             else None,
@@ -411,7 +416,7 @@ class _Batch:
         case: CaseInfo,
         limits: Limits,
         resume: bool,
-        key: SigningKey,
+        key: Signer,
         executor: cf.Executor,
     ):
         self.root = root
@@ -431,11 +436,11 @@ class _Batch:
         host = ExaminerHost.current()
         actor = {"examiner": case.examiner, "host": host.hostname, "user": host.user}
         self.previous: dict[str, Any] | None = None
-        if resume and (root / RECORD_NAME).is_file():
+        if resume and (root / BATCH_LEDGER).is_file():
             self._open_resumed(actor)
         else:
             if resume:
-                raise UsageError(f"{root} holds no batch record to resume")
+                raise UsageError(f"{root} holds no batch to resume (no {BATCH_LEDGER})")
             root.mkdir(parents=True, exist_ok=True)
             if any(root.iterdir()):
                 raise UsageError(f"{root} is not empty: a batch starts in a new or empty directory")
@@ -451,25 +456,44 @@ class _Batch:
             executor=type(executor).__name__,
             case=to_plain(case),
             command_line=list(host.command_line),
+            carried_over=[self.plans[i].name for i in sorted(self.carried)],
+            resumes_record=self.previous["sha256"] if self.previous else None,
         )
 
     def _open_resumed(self, actor: dict[str, Any]) -> None:
-        previous = read_record(self.root)
-        planned = [(m["name"], m["directory"]) for m in previous.get("members", [])]
-        if planned != list(zip([p.name for p in self.plans], self.directories, strict=True)):
-            raise UsageError("resume with the same plan: the members differ from the batch record's")
+        """Continue the batch: from its last record, or from its ledger alone when the examiner's
+        process died before writing one. Members sealed on disk are carried over, not rerun."""
         self.ledger = Ledger.reopen(self.root / BATCH_LEDGER, actor)
-        self.batch_id, self.run = previous["batch_id"], previous["run"] + 1
-        self.created = previous["created"]
-        for index, member in enumerate(previous["members"]):
-            manifest = self.root / member["directory"] / MANIFEST_NAME
-            if (
-                member["outcome"] == "sealed"
-                and manifest.is_file()
-                and sha256_file(manifest) == member["manifest_sha256"]
-            ):
+        starts = [e for e in self.ledger.events() if e.action == "batch-start"]
+        if not starts:
+            raise UsageError(f"{self.root / BATCH_LEDGER} records no batch start; nothing to resume")
+        self.batch_id, self.run, self.created = starts[0].details["batch_id"], len(starts) + 1, starts[0].time
+        earlier: dict[str, dict[str, Any]] = {}
+        if (self.root / RECORD_NAME).is_file():
+            previous = read_record(self.root)
+            if previous.get("batch_id") != self.batch_id:
+                raise UsageError("batch.json and the batch ledger name different batches")
+            earlier = {m["directory"]: m for m in previous.get("members", [])}
+            self.previous = {"sha256": sha256_file(self.root / RECORD_NAME), "run": previous["run"]}
+        for index, directory in enumerate(self.directories):
+            if earlier and earlier.get(directory, {}).get("name") != self.plans[index].name:
+                raise UsageError("resume with the same plan: the members differ from the batch record's")
+            manifest = self.root / directory / MANIFEST_NAME
+            if not manifest.is_file():
+                continue
+            digest = sha256_file(manifest)
+            member = earlier.get(directory, {})
+            if member.get("manifest_sha256") == digest:
                 self.carried[index] = member
-        self.previous = {"sha256": sha256_file(self.root / RECORD_NAME), "run": previous["run"]}
+            else:  # sealed by a run that did not live to write its record
+                self.carried[index] = {
+                    "outcome": "sealed",
+                    "reason": None,
+                    "manifest_sha256": digest,
+                    "worker": None,
+                    "attempts": 1,
+                    "run": self.run - 1,
+                }
 
     # -- events from workers (any thread) --
 

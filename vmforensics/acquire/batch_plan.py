@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import attrs
 
 from vmforensics.acquire.base import Acquirer
-from vmforensics.custody.signing import SigningKey
+from vmforensics.custody.signing import Signer, SigningKey
 from vmforensics.errors import UsageError
 from vmforensics.hypervisors import hypervisors, load
 
@@ -85,8 +86,35 @@ class KeyRef:
     path: str = attrs.field(converter=os.fspath)
     passphrase: SecretRef | None = None
 
-    def load(self) -> SigningKey:
+    def load(self) -> Signer:
         return SigningKey.load(self.path, self.passphrase.resolve() if self.passphrase else None)
+
+
+@attrs.frozen
+class TokenKeyRef:
+    """The examiner's key on a PKCS#11 token as a worker opens it: module, token and key labels, and
+    where the PIN is. One session per process and key is opened and shared by its acquisitions."""
+
+    module: str = attrs.field(converter=os.fspath)
+    token_label: str
+    key_label: str
+    pin: SecretRef = SecretRef(env="VMFORENSICS_PKCS11_PIN")
+
+    def load(self) -> Signer:
+        from vmforensics.custody.pkcs11 import PKCS11Key
+
+        with _TOKEN_LOCK:
+            key = _TOKEN_KEYS.get(self)
+            if key is None:
+                key = _TOKEN_KEYS[self] = PKCS11Key(
+                    self.module, self.token_label, self.key_label, self.pin.resolve()
+                )
+            return key
+
+
+_TOKEN_KEYS: dict[TokenKeyRef, Signer] = {}
+_TOKEN_LOCK = threading.Lock()
+SignerRef = KeyRef | TokenKeyRef
 
 
 def _settings(value: Mapping[str, Any]) -> dict[str, Any]:

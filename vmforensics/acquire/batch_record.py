@@ -24,7 +24,7 @@ import attrs
 from vmforensics.custody.ledger import GENESIS, check_chain, line_hash
 from vmforensics.custody.models import canonical_json, utc_now
 from vmforensics.custody.seal import MANIFEST_NAME, signature_record, write_exclusive
-from vmforensics.custody.signing import SigningKey, VerifyKey
+from vmforensics.custody.signing import Signer, VerifyKey
 from vmforensics.errors import SigningKeyError, UsageError
 
 RECORD_NAME = "batch.json"
@@ -41,7 +41,7 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_record(root: Path, record: dict[str, Any], key: SigningKey) -> str:
+def write_record(root: Path, record: dict[str, Any], key: Signer) -> str:
     """Write batch.json, its signature and public key exclusively; return batch.json's SHA-256."""
     body = canonical_json(record)
     write_exclusive(root / RECORD_NAME, body)
@@ -164,14 +164,14 @@ def verify_batch(
     body = path.read_bytes()
     try:
         record = json.loads(body)
-        record_status = (
-            "OK" if canonical_json(record) == body and record.get("schema") == SCHEMA else "INVALID"
-        )
-    except ValueError as exc:
+        record_status = "OK" if _well_formed(record) and canonical_json(record) == body else "INVALID"
+    except (ValueError, TypeError) as exc:
         record, record_status = {}, "INVALID"
         problems.append(f"batch.json is not JSON: {exc}")
     if record_status == "INVALID" and record:
         problems.append("batch.json is not a canonical batch record (edited after signing?)")
+    if not _well_formed(record):
+        record = {}
     key, key_source = _key(root, public_key, problems)
     signature_status = _signature(body, root / RECORD_SIGNATURE, key, record.get("signer_key_id"), problems)
     ledger_status = _ledger(root, record, problems)
@@ -188,6 +188,18 @@ def verify_batch(
         key_id=key.key_id if key else None,
         key_source=key_source,
         batch_id=record.get("batch_id"),
+    )
+
+
+def _well_formed(record: Any) -> bool:
+    """The shape verify relies on (the record may come from anywhere)."""
+    return (
+        isinstance(record, dict)
+        and record.get("schema") == SCHEMA
+        and isinstance(record.get("members"), list)
+        and all(isinstance(m, dict) for m in record["members"])
+        and isinstance(record.get("ledger"), dict)
+        and (record.get("supersedes") is None or isinstance(record["supersedes"], dict))
     )
 
 
@@ -243,6 +255,9 @@ def _ledger(root: Path, record: dict[str, Any], problems: list[str]) -> str:
     heads = [GENESIS] + [line_hash(line) for line in ledger.read_bytes().splitlines()]
     earlier = record.get("supersedes")
     while earlier:
+        if not isinstance(earlier.get("record"), str):
+            problems.append("batch.json: supersedes names no record")
+            return "BROKEN"
         old_path = root / earlier["record"]
         if (
             not _inside(root, old_path)
@@ -253,9 +268,15 @@ def _ledger(root: Path, record: dict[str, Any], problems: list[str]) -> str:
                 f"history: {earlier['record']} is missing or differs from the hash the next record names"
             )
             return "BROKEN"
-        old = json.loads(old_path.read_bytes())
-        count, head = old.get("ledger", {}).get("events", -1), old.get("ledger", {}).get("head")
-        if not 0 <= count < len(heads) or heads[count] != head:
+        try:
+            old = json.loads(old_path.read_bytes())
+        except ValueError:
+            old = None
+        if not _well_formed(old):
+            problems.append(f"history: {earlier['record']} is not a batch record")
+            return "BROKEN"
+        count, head = old["ledger"].get("events"), old["ledger"].get("head")
+        if not isinstance(count, int) or not 0 <= count < len(heads) or heads[count] != head:
             problems.append(f"history: {earlier['record']} signed a ledger head that is not in the chain")
             status = "BROKEN"
         earlier = old.get("supersedes")
@@ -274,7 +295,7 @@ def _member(
     root: Path, entry: dict[str, Any], public_key: Any, options: dict[str, Any], verify: Any
 ) -> MemberCheck:
     name, directory, outcome = str(entry.get("name")), str(entry.get("directory")), str(entry.get("outcome"))
-    if "/" in directory or directory in ("", ".", "..") or directory in RESERVED_NAMES:
+    if "/" in directory or "\0" in directory or directory in ("", ".", "..") or directory in RESERVED_NAMES:
         return MemberCheck(name, directory, outcome, "UNSAFE", "the directory is not one name in the batch")
     if outcome != "sealed":
         return MemberCheck(name, directory, outcome, "NOT SEALED", entry.get("reason") or outcome)

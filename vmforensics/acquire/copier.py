@@ -12,20 +12,22 @@ import logging
 import time
 from typing import Any
 
-from vmforensics.custody.evidence import Buffer, EvidenceDirectory
+from vmforensics.acquire.resume import EarlierRun, check_partial
+from vmforensics.custody.evidence import FILES_DIR, Buffer, EvidenceDirectory
 from vmforensics.custody.ledger import Ledger
 from vmforensics.custody.models import EvidenceFile, RemoteHashCheck, utc_now
 from vmforensics.errors import (
     AuthenticationError,
     ConnectionError_,
     HostVerificationError,
-    SourceChangedError,
+    ResumeRefusedError,
     SourceError,
 )
 from vmforensics.progress import Progress
 from vmforensics.transport.base import RemoteStat, Transport
 
 log = logging.getLogger(__name__)
+RESUMED_NOTE = "continued the interrupted run's partial copy of"
 
 
 def copy_file(
@@ -68,13 +70,22 @@ def copy_file(
         if first is not None:
             first.close()
         raise
+    local = f"{FILES_DIR}/{dest_name}"
+    proof = None
     try:
-        if writer.size > before.size:
-            raise SourceChangedError(
-                f"{dest_name}: {writer.size} bytes already on disk but the source is {before.size} bytes now"
-            )
-        if writer.resumed_from and ledger is not None:
+        if writer.resumed_from:
+            if ledger is None:
+                raise ResumeRefusedError(f"{local}: a partial copy cannot be continued without its ledger")
+            earlier = EarlierRun.from_events(ledger.events())
+            proof = check_partial(
+                ledger, earlier, local, label, before, transport, remote_path,
+                writer.resumed_from, writer.prefix_sha256 or "",
+            )  # fmt: skip
             ledger.append("resume-file", source=label, local=dest_name, offset=writer.resumed_from)
+        elif ledger is not None:
+            ledger.append(
+                "acquire-file-start", source=label, local=local, size=before.size, mtime=before.mtime
+            )
         if progress is not None:
             progress.start_file(dest_name, before.size, writer.size)
         reconnections = _stream(
@@ -92,6 +103,8 @@ def copy_file(
             f"mtime {before.mtime} -> {after.mtime}, copied {writer.size}"
         )
         log.warning("%s: %s", label, notes[-1])
+    if proof is not None:
+        notes.insert(0, f"{RESUMED_NOTE} {writer.resumed_from} bytes: {proof}")
     check = _remote_check(transport, remote_path, digests) if remote_hash else None
     if check is not None and check.matched is False:
         notes.append(f"remote {check.algorithm} {check.value} differs from the copy's")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-Vendor = Literal["vmware", "hyperv", "libvirt"]
+Vendor = Literal["vmware", "hyperv", "libvirt", "virtualbox", "parallels"]
 
 #: (pattern on the lower-cased base name, role), first match wins.
 _RULES: dict[str, tuple[tuple[re.Pattern[str], str], ...]] = {
@@ -54,6 +54,35 @@ _RULES: dict[str, tuple[tuple[re.Pattern[str], str], ...]] = {
             (r".*\.(qcow2|qcow|img|raw|vmdk|vhdx?|vdi)$", "disk"),
         )
     ),
+    "virtualbox": tuple(
+        (re.compile(pattern), role)
+        for pattern, role in (
+            (r".*\.vbox$", "config"),
+            (r".*\.vbox-(prev|tmp)$", "config-backup"),
+            (r"^vbox(svc|hardening)?\.log(\.\d+)?$", "log"),
+            (r".*\.log(\.\d+)?$", "log"),
+            (r".*\.sav$", "saved-state"),  # a saved or snapshot machine state: memory and devices
+            (r".*\.nvram$", "nvram"),
+            (r".*\.png$", "screenshot"),
+            (r".*\.(vdi|vmdk|vhdx?|hdd|qed|qcow2?|parallels|img|raw)$", "disk"),
+        )
+    ),
+    "parallels": tuple(
+        (re.compile(pattern), role)
+        for pattern, role in (
+            (r"^config\.pvs$", "config"),
+            (r"^config\.pvs\.backup$", "config-backup"),
+            (r"^snapshots\.xml$", "snapshot-list"),
+            (r"^diskdescriptor\.xml(\.backup)?$", "disk-descriptor"),
+            (r".*\.hds$", "disk-extent"),  # one part of one snapshot of a .hdd bundle
+            (r".*\.hdd$", "disk"),  # a plain part, or a disk of one file (older versions)
+            (r".*\.sav$", "saved-state"),
+            (r".*\.mem$", "memory"),
+            (r"^nvram\.dat$", "nvram"),
+            (r".*\.log(\.\d+)?$", "log"),
+            (r".*\.png$", "screenshot"),
+        )
+    ),
 }
 
 #: Files that never carry evidence and are locked by design (VMware lock directories' members).
@@ -75,7 +104,13 @@ def is_ignored(name: str) -> bool:
 
 def guess_vendor(names: list[str]) -> Vendor | None:
     """The hypervisor whose files these are, from the tell-tale extensions."""
-    lowered = [n.lower() for n in names]
+    lowered = [n.replace("\\", "/").rsplit("/", 1)[-1].lower() for n in names]
+    if any(
+        n.endswith((".vbox", ".vbox-prev", ".vdi")) for n in lowered
+    ):  # before .vmdk/.nvram: VirtualBox uses both
+        return "virtualbox"
+    if any(n in ("config.pvs", "diskdescriptor.xml") or n.endswith(".hds") for n in lowered):
+        return "parallels"
     if any(n.endswith((".vmx", ".vmdk", ".vmsd", ".nvram")) for n in lowered):
         return "vmware"
     if any(n.endswith((".vmcx", ".vmrs", ".vhdx", ".avhdx", ".vhd", ".avhd", ".vsv")) for n in lowered):

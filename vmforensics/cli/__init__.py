@@ -13,7 +13,18 @@ from vmforensics.cli.config import apply_config
 from vmforensics.errors import UsageError, VMForensicsError
 
 #: Modules under vmforensics.cli that each provide ``register(subparsers)``.
-COMMAND_MODULES = ("demo", "acquire", "acquire_batch", "survey", "verify", "timestamp", "keygen", "image", "export")
+COMMAND_MODULES = (
+    "demo",
+    "acquire",
+    "acquire_batch",
+    "survey",
+    "verify",
+    "timestamp",
+    "keygen",
+    "image",
+    "memory",
+    "export",
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

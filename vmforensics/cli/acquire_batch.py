@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--preserve", help="how to freeze each VM first (the acquirer's modes; default none)")
     how.add_argument("--hash", action="append", default=[], metavar="ALGO", help="extra hash besides sha256")
     how.add_argument(
+        "--tsa", action="append", default=[], metavar="URL", help="RFC 3161 TSA for each member's manifest"
+    )
+    how.add_argument(
         "--resume", action="store_true", help="rerun only the members the batch record has not sealed"
     )
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -56,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
     limits = Limits(
         total=args.local or args.max_total, per_host=args.per_host, per_datastore=args.per_datastore
     )
-    options: dict[str, Any] = {"hashes": ("sha256", *args.hash)}
+    options: dict[str, Any] = {"hashes": ("sha256", *args.hash), "tsa": tuple(args.tsa)}
     if args.preserve:
         options["preserve"] = args.preserve
     client = _client(args.scheduler) if args.scheduler else None

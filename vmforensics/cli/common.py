@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from vmforensics.custody.models import CaseInfo, to_plain
+from vmforensics.custody.names import printable
 from vmforensics.custody.signing import Signer, SigningKey
 from vmforensics.errors import UsageError
 
@@ -46,6 +47,22 @@ def add_acquire_options(parser: argparse.ArgumentParser, *, preserve: tuple[str,
     )
     how.add_argument(
         "--remote-hash", action="store_true", help="also hash each file on the source side and compare"
+    )
+    how.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also read files the VM's own files name beneath DIR (a disk on another datastore); recorded",
+    )
+    how.add_argument(
+        "--memory-image",
+        choices=("raw", "elf", "lime"),
+        default="raw",
+        help="format of the memory image converted from a saved memory state after the seal (default raw)",
+    )
+    how.add_argument(
+        "--no-memory-image", action="store_true", help="no memory image under derived/ after the seal"
     )
     how.add_argument("--resume", action="store_true", help="continue an interrupted acquisition in --out")
     how.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -179,6 +196,8 @@ def run_acquisition(acquirer: Any, target: str, args: argparse.Namespace, **extr
         "resume": args.resume,
         "remote_hash": args.remote_hash,
         "tsa": tuple(args.tsa),
+        "memory_image": False if args.no_memory_image else args.memory_image,
+        "allowed_roots": tuple(args.allow_root),
     }
     if hasattr(args, "no_memory"):
         options.update(memory=not args.no_memory, isolate=args.isolate, cleanup=not args.no_cleanup)
@@ -206,7 +225,7 @@ def summary(result: Any) -> str:
     ]
     lines += [f"  - {o.source_path}: {o.reason}" for o in manifest.omissions]
     lines += [f"  {stamp}" for stamp in getattr(result, "timestamps", ())]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # names from the source cannot add lines
 
 
 def emit_json(value: Any) -> None:

@@ -13,6 +13,7 @@ import attrs
 
 from vmforensics.errors import ImageFormatError, UsageError
 from vmforensics.images import DiskImage, ImageInfo, open_image
+from vmforensics.images.open import FORMAT_MODULES
 
 CHUNK = 1 << 20
 
@@ -22,9 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="image_command", metavar="ACTION", required=True)
 
     info = commands.add_parser("info", help="format, size, allocation and parent chain of an image")
-    info.add_argument("image", help="VMDK, VHD, VHDX, qcow2 or raw image (format found by its content)")
+    info.add_argument("image", help="a disk image of any format docs/formats.md lists (found by its content)")
     info.add_argument("--json", action="store_true", help="print the description as JSON")
     info.add_argument("--strict", action="store_true", help="fail on any inconsistency instead of warning")
+    _add_format_option(info)
     info.set_defaults(handler=_info)
 
     ls = commands.add_parser("ls", help="list a directory of the file system inside an image")
@@ -42,6 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cat.set_defaults(handler=_cat)
 
 
+def _add_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=sorted(FORMAT_MODULES),
+        help="read the image as this format instead of by its signature "
+        "(raw: the file's own bytes, without the no-signature warning)",
+    )
+
+
 def _add_partition_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--partition",
@@ -50,6 +61,7 @@ def _add_partition_option(parser: argparse.ArgumentParser) -> None:
         help="use the Nth allocated partition (1-based; default: the first one holding a file system)",
     )
     parser.add_argument("--strict", action="store_true", help="fail on any image inconsistency")
+    _add_format_option(parser)
 
 
 # --- info -------------------------------------------------------------------------------------
@@ -59,7 +71,7 @@ def _open(args: argparse.Namespace) -> DiskImage:
     """A missing image is a usage error (exit 2); a damaged one is a failure (exit 1)."""
     if not os.path.isfile(args.image):
         raise UsageError(f"{args.image}: no such image file")
-    return open_image(args.image, strict=args.strict)
+    return open_image(args.image, strict=args.strict, format=args.format)
 
 
 def _info(args: argparse.Namespace) -> int:

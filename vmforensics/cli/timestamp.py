@@ -14,8 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Each TSA is asked for a token over the SHA-256 of manifest.json; the token is "
         "stored as manifest.json.tsr (then manifest.json.2.tsr ...) and recorded in the ledger after "
         "the seal. A TSA that fails is recorded too. The manifest is never changed.",
-        epilog="example:\n  vmforensics timestamp /cases/2026-117/web01 --tsa https://freetsa.org/tsr\n"
-        "\nexit status: 0 every TSA gave a token, 1 one or more failed, 2 usage error",
+        epilog="exit status: 0 every TSA gave a token, 1 one or more failed, 2 usage error",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("directory", help="the sealed evidence directory")

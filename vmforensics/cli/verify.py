@@ -26,12 +26,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vmforensics.custody.certificates import load_certificates
     from vmforensics.custody.verify import verify
+    from vmforensics.errors import SigningKeyError, UsageError
 
     anchors = {name: value for name, value in (("ca", args.ca), ("tsa_ca", args.tsa_ca)) if value}
+    for name, path in anchors.items():  # the examiner's own trust anchors: a bad file is a usage error
+        try:
+            load_certificates(path, what=f"--{name.replace('_', '-')} certificate")
+        except SigningKeyError as exc:
+            raise UsageError(str(exc)) from exc
     report = verify(args.directory, args.key, **anchors)
     if args.json:
-        emit_json({"ok": report.ok, **attrs.asdict(report)})
+        verdict = getattr(report, "verdict", "VERIFIED" if report.ok else "FAILED")
+        emit_json({"ok": report.ok, "verdict": verdict, **attrs.asdict(report)})
     else:
         print(report)
     return 0 if report.ok else 1

@@ -84,7 +84,10 @@ def validate_chain(
         .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
         .build_client_verifier()
     )
-    return verifier.verify(leaf, list(intermediates)).chain
+    try:
+        return verifier.verify(leaf, list(intermediates)).chain
+    except VerificationError as exc:  # without cryptography's "(encountered processing <Certificate…>)"
+        raise VerificationError(str(exc).split(" (encountered processing")[0]) from exc
 
 
 def _require_digital_signature(

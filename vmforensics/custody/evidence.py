@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vmforensics.custody.ledger import LEDGER_NAME
-from vmforensics.errors import EvidenceError, UnsafePathError, UsageError
+from vmforensics.errors import EvidenceError, OutputInUseError, UnsafePathError, UsageError
 
 FILES_DIR = "files"
 HASH_ALGORITHMS = ("sha256", "sha1", "md5", "sha512")
@@ -144,6 +144,7 @@ class EvidenceFileWriter:
                 hasher.update(view[:got])
             offset += got
         self.size = self.resumed_from = offset
+        self.prefix_sha256 = self._hashers["sha256"].copy().hexdigest() if "sha256" in self._hashers else None
 
     def _hash_stage(self) -> None:
         while (item := self._work.get()) is not None:
@@ -250,10 +251,10 @@ class EvidenceDirectory:
     def __init__(self, root: str | os.PathLike[str], *, resume: bool = False):
         self.root = Path(root)
         if self.root.is_symlink():
-            raise EvidenceError(f"{self.root} is a symbolic link; give the real evidence directory")
+            raise OutputInUseError(f"{self.root} is a symbolic link; give the real evidence directory")
         if self.root.exists():
             if not self.root.is_dir():
-                raise EvidenceError(f"{self.root} exists and is not a directory")
+                raise OutputInUseError(f"{self.root} exists and is not a directory")
             interrupted = (self.root / LEDGER_NAME).is_file() and not (self.root / "manifest.json").exists()
             if any(self.root.iterdir()) and not (resume and interrupted):
                 if not resume:
@@ -262,10 +263,10 @@ class EvidenceDirectory:
                         if interrupted
                         else ""
                     )
-                    raise EvidenceError(f"{self.root} is not empty; choose a new directory{hint}")
+                    raise OutputInUseError(f"{self.root} is not empty; choose a new directory{hint}")
                 if (self.root / "manifest.json").exists():
-                    raise EvidenceError(f"{self.root} is already sealed; nothing to resume")
-                raise UsageError(
+                    raise OutputInUseError(f"{self.root} is already sealed; nothing to resume")
+                raise OutputInUseError(
                     f"--resume: {self.root} holds no interrupted acquisition (no {LEDGER_NAME}); "
                     "nothing was written. Is --out the evidence directory of the interrupted run?"
                 )

@@ -7,16 +7,17 @@ manifest records the head (the hash of the last line) under the signature.
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import json
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from vmforensics.custody.models import canonical_json, utc_now
+from vmforensics.custody.models import canonical_json, parse_json, utc_now
 from vmforensics.errors import EvidenceError
 
 LEDGER_NAME = "custody.log.jsonl"
@@ -44,10 +45,53 @@ class ChainCheck:
     head: str
     events: int
     problems: tuple[str, ...]
+    torn: bytes | None = None  # an unterminated last line (a write cut short); not counted in events
 
 
 def line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
+
+
+def parse_event(line: bytes) -> CustodyEvent:
+    """One ledger line as an event; ValueError for anything else (strict JSON, see parse_json)."""
+    value = parse_json(line)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    try:
+        event = CustodyEvent(**value)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    if (
+        not isinstance(event.seq, int)
+        or not isinstance(event.action, str)
+        or not isinstance(event.details, dict)
+    ):
+        raise ValueError("seq, action or details of the wrong type")
+    return event
+
+
+MAX_LEDGER_BYTES = 256 * 1024 * 1024  # about a million events; a ledger is read whole
+
+
+def read_ledger(path: Path) -> bytes:
+    """The ledger's bytes: a regular file (not a symlink, FIFO or device) of bounded size."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise EvidenceError(f"{path.name} is not a regular file")
+        if info.st_size > MAX_LEDGER_BYTES:
+            raise EvidenceError(f"{path.name} is {info.st_size} bytes, more than a ledger can be")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(MAX_LEDGER_BYTES + 1)[:MAX_LEDGER_BYTES]
+    finally:
+        os.close(fd)
+
+
+TORN_ADVICE = (
+    "a write was cut short (power loss or crash); acquire again into this directory with --resume "
+    "to truncate it (recorded in the ledger) and continue"
+)
 
 
 def check_chain(path: Path) -> ChainCheck:
@@ -56,20 +100,26 @@ def check_chain(path: Path) -> ChainCheck:
     prev = GENESIS
     count = 0
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return ChainCheck(False, GENESIS, 0, (f"cannot read the ledger: {exc.strerror or exc}",))
+        raw = read_ledger(path)
+    except (OSError, EvidenceError) as exc:
+        return ChainCheck(
+            False, GENESIS, 0, (f"cannot read the ledger: {getattr(exc, 'strerror', None) or exc}",)
+        )
+    torn = None
     if raw and not raw.endswith(b"\n"):
-        problems.append("the ledger's last line is not terminated (truncated?)")
+        cut = raw.rfind(b"\n") + 1
+        torn, raw = raw[cut:], raw[:cut]
+        problems.append(f"the last line ({len(torn)} bytes) is not terminated: {TORN_ADVICE}")
     for number, line in enumerate(raw.splitlines(), start=1):
         try:
-            event = CustodyEvent(**json.loads(line))
-        except (TypeError, ValueError) as exc:
+            event = parse_event(line)
+            canonical = event.line() == line
+        except ValueError as exc:
             problems.append(f"line {number}: not a custody event ({exc})")
             prev = line_hash(line)
             count += 1
             continue
-        if event.line() != line:
+        if not canonical:
             problems.append(f"line {number}: not in canonical form (edited?)")
         if event.seq != number:
             problems.append(f"line {number}: sequence number {event.seq} (lines removed or reordered)")
@@ -77,7 +127,7 @@ def check_chain(path: Path) -> ChainCheck:
             problems.append(f"line {number}: previous-hash does not match line {number - 1}")
         prev = line_hash(line)
         count += 1
-    return ChainCheck(not problems, prev, count, tuple(problems))
+    return ChainCheck(not problems, prev, count, tuple(problems), torn)
 
 
 class Ledger:
@@ -99,12 +149,25 @@ class Ledger:
         return cls(path, actor)
 
     @classmethod
-    def reopen(cls, path: Path, actor: dict[str, Any]) -> Ledger:
-        """Continue an existing ledger (resume); refuses one whose chain is broken."""
+    def reopen(cls, path: Path, actor: dict[str, Any], *, repair: bool = False) -> Ledger:
+        """Continue an existing ledger (resume); refuses one whose chain is broken. With ``repair``
+        an unterminated last line (a write cut short) is truncated, and that is recorded first."""
         check = check_chain(path)
-        if not check.ok:
-            raise EvidenceError(f"cannot resume: the ledger {path} is damaged: {'; '.join(check.problems)}")
-        return cls(path, actor, head=check.head, count=check.events)
+        damaged = [p for p in check.problems if not (check.torn is not None and TORN_ADVICE in p)]
+        if damaged or (check.torn is not None and not repair):
+            raise EvidenceError(f"cannot continue the damaged ledger {path}: {'; '.join(check.problems)}")
+        ledger = cls(path, actor, head=check.head, count=check.events)
+        if check.torn is not None:
+            size = path.stat().st_size
+            os.truncate(path, size - len(check.torn))
+            ledger.append(
+                "ledger-repaired",
+                reason="the last line was not terminated (a write cut short); it was truncated",
+                truncated_bytes=len(check.torn),
+                truncated_sha256=line_hash(check.torn),
+                truncated_b64=base64.b64encode(check.torn[:65536]).decode("ascii"),
+            )
+        return ledger
 
     def append(self, action: str, /, **details: Any) -> CustodyEvent:
         with self._lock:
@@ -128,4 +191,4 @@ class Ledger:
             return event
 
     def events(self) -> list[CustodyEvent]:
-        return [CustodyEvent(**json.loads(line)) for line in self.path.read_bytes().splitlines()]
+        return [parse_event(line) for line in read_ledger(self.path).splitlines()]

@@ -233,15 +233,31 @@ class RemoteHashCheck:
     matched: bool | None
 
 
+_text = attrs.validators.instance_of(str)
+_optional_text = attrs.validators.optional(_text)
+
+
+def _count(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise UsageError(f"{type(instance).__name__}.{attribute.name} must be a non-negative integer")
+
+
+def _digests(instance: Any, attribute: attrs.Attribute, value: dict[str, Any]) -> None:
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise UsageError(
+            f"{type(instance).__name__}.{attribute.name} must map algorithm names to hex strings"
+        )
+
+
 @attrs.frozen
 class EvidenceFile:
     """One acquired file: where it came from, how, and what it hashes to."""
 
-    source_path: str
-    local_path: str  # relative to the evidence directory, POSIX separators
-    role: str
-    size: int
-    hashes: dict[str, str] = attrs.field(converter=plain_dict)
+    source_path: str = attrs.field(validator=_text)
+    local_path: str = attrs.field(validator=_text)  # relative to the evidence directory, POSIX separators
+    role: str = attrs.field(validator=_text)
+    size: int = attrs.field(validator=_count)
+    hashes: dict[str, str] = attrs.field(converter=plain_dict, validator=_digests)
     size_reported: int | None = None
     source_mtime: float | None = None
     transport: str = "file"
@@ -278,18 +294,20 @@ class ResumedFile:
 
 @attrs.frozen
 class Integrity:
-    ledger_head: str
-    ledger_events: int
-    signer_key_id: str | None
-    signature_algorithm: str | None
-    sums_sha256: str | None = None  # SHA-256 of SHA256SUMS, which lists the files/ entries
+    ledger_head: str = attrs.field(validator=_text)
+    ledger_events: int = attrs.field(validator=_count)
+    signer_key_id: str | None = attrs.field(validator=_optional_text)
+    signature_algorithm: str | None = attrs.field(validator=_optional_text)
+    sums_sha256: str | None = attrs.field(
+        default=None, validator=_optional_text
+    )  # SHA-256 of SHA256SUMS, which lists the files/ entries
 
 
 @attrs.frozen
 class Manifest:
     """The sealed record of one acquisition (the signed part of an evidence directory)."""
 
-    acquisition_id: str
+    acquisition_id: str = attrs.field(validator=_text)
     case: CaseInfo = attrs.field(converter=converter_for(CaseInfo))
     source: SourceInfo = attrs.field(converter=converter_for(SourceInfo))
     files: tuple[EvidenceFile, ...] = attrs.field(converter=tuple_of(EvidenceFile))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+from typing import Any
 
 from vmforensics.errors import UnsafePathError
 
@@ -76,6 +77,17 @@ def text(name: str) -> str:
     return (
         name if is_text(name) else name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     )
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` (plain JSON-like data) with every string made storable by :func:`text`."""
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, dict):
+        return {text(str(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def original_b64(name: str) -> str | None:

@@ -30,6 +30,7 @@ from vmforensics.errors import EvidenceError
 POST_SEAL_CHECKERS: dict[str, str] = {
     "timestamp": "vmforensics.custody.timestamps:check_event",
     "timestamp-failed": "vmforensics.custody.timestamps:check_event",
+    "derived": "vmforensics.custody.derived:check_event",
 }
 
 

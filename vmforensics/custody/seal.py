@@ -2,7 +2,8 @@
 
 ``manifest.json`` holds the canonical (RFC 8785) bytes that are signed; ``manifest.json.sig`` the
 detached signature with the key id; ``manifest.json.pub`` the public key; ``SHA256SUMS`` lets
-anyone check the files with ``sha256sum -c SHA256SUMS`` without this tool.
+anyone check the files with ``sha256sum -c SHA256SUMS`` without this tool, and the manifest holds
+its SHA-256, so it is bound to the signature.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import os
 import stat
 from pathlib import Path
+
+import attrs
 
 from vmforensics.custody.certificates import CHAIN_NAME, chain_pem
 from vmforensics.custody.evidence import FILES_DIR
@@ -36,14 +39,23 @@ def signature_record(manifest_bytes: bytes, key: Signer, *, signed_file: str = M
     return json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
 
 
-def sums_file(manifest: Manifest, manifest_bytes: bytes, ledger_sha256: str) -> bytes:
-    """SHA256SUMS in coreutils' format (two spaces, paths relative to the evidence directory)."""
+def sums_file(
+    manifest: Manifest, manifest_bytes: bytes | None = None, ledger_sha256: str | None = None
+) -> bytes:
+    """SHA256SUMS in coreutils' format (two spaces, paths relative to the evidence directory).
+
+    The sealed SHA256SUMS lists the files/ entries only: the manifest holds its SHA-256 (so it
+    cannot hold the manifest's), and the ledger grows after the seal (timestamps, derived
+    artifacts), so neither is in it. An export outside the directory may add both.
+    """
     import hashlib
 
     lines = [f"{f.hashes['sha256']}  {f.local_path}" for f in manifest.files]
-    lines.append(f"{ledger_sha256}  {LEDGER_NAME}")
-    lines.append(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST_NAME}")
-    return ("\n".join(lines) + "\n").encode()
+    if ledger_sha256 is not None:
+        lines.append(f"{ledger_sha256}  {LEDGER_NAME}")
+    if manifest_bytes is not None:
+        lines.append(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST_NAME}")
+    return "".join(f"{line}\n" for line in lines).encode()
 
 
 def write_exclusive(path: Path, content: bytes) -> None:
@@ -57,25 +69,31 @@ def write_exclusive(path: Path, content: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_sealed_records(root: Path, manifest: Manifest, key: Signer) -> None:
+def write_sealed_records(root: Path, manifest: Manifest, key: Signer) -> Manifest:
+    """Write SHA256SUMS, then the manifest that signs its hash, the signature and the public key;
+    returns the manifest as sealed (with ``integrity.sums_sha256``)."""
     import hashlib
 
     for f in manifest.files:
         if not f.local_path.startswith(f"{FILES_DIR}/"):
             raise EvidenceError(f"manifest entry {f.local_path!r} is outside {FILES_DIR}/")
+    sums = sums_file(manifest)
+    manifest = attrs.evolve(
+        manifest, integrity=attrs.evolve(manifest.integrity, sums_sha256=hashlib.sha256(sums).hexdigest())
+    )
     body = manifest.to_json()
-    ledger_sha256 = hashlib.sha256((root / LEDGER_NAME).read_bytes()).hexdigest()
+    write_exclusive(root / SUMS_NAME, sums)
     write_exclusive(root / MANIFEST_NAME, body)
     write_exclusive(root / SIGNATURE_NAME, signature_record(body, key))
     write_exclusive(root / PUBLIC_KEY_NAME, key.public_key().to_pem())
     if key.certificates:  # the examiner's chain, leaf first (custody/certificates)
         write_exclusive(root / CHAIN_NAME, chain_pem(key.certificates))
-    write_exclusive(root / SUMS_NAME, sums_file(manifest, body, ledger_sha256))
     dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return manifest
 
 
 def make_read_only(root: Path) -> None:

@@ -19,6 +19,11 @@ FORMAT_MODULES = {
     "vhd": "vmforensics.images.vhd",
     "vhdx": "vmforensics.images.vhdx",
     "qcow2": "vmforensics.images.qcow2",
+    "vdi": "vmforensics.images.vdi",
+    "qed": "vmforensics.images.qed",
+    "parallels": "vmforensics.images.parallels",
+    "qcow1": "vmforensics.images.qcow1",
+    "asif": "vmforensics.images.asif",
     "raw": "vmforensics.images.raw",
 }
 

@@ -44,7 +44,17 @@ L2_CACHE_BYTES = 32 << 20
 CLUSTER_CACHE_BYTES = 8 << 20
 
 #: Backing-format names (as qemu writes them) this package reads, mapped to open_image's names.
-BACKING_FORMATS = {"qcow2": "qcow2", "raw": "raw", "vmdk": "vmdk", "vpc": "vhd", "vhdx": "vhdx"}
+BACKING_FORMATS = {
+    "qcow2": "qcow2",
+    "raw": "raw",
+    "vmdk": "vmdk",
+    "vpc": "vhd",
+    "vhdx": "vhdx",
+    "vdi": "vdi",
+    "qed": "qed",
+    "parallels": "parallels",
+    "qcow": "qcow1",
+}
 
 _UNALLOCATED, _ZERO, _DATA = 0, 1, 2
 _STORED_RUN = re.compile(rb"\x01+")

@@ -14,17 +14,18 @@ or only hashes (:func:`digest`), which is how a derived artifact is re-derived b
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
 
 import attrs
 
-from vmforensics.errors import EvidenceError, UsageError
+from vmforensics.custody.derived import Sink
+from vmforensics.errors import EvidenceError, MemoryFormatError, UsageError
 from vmforensics.memory import elf_layout as efmt
 from vmforensics.memory import lime
 from vmforensics.memory.base import CHUNK, PAGE, GuestMemory
+from vmforensics.progress import Progress, ProgressOption
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ ZERO_CHUNK = bytes(CHUNK)
 ZERO_PAGE = bytes(PAGE)
 MAX_SEGMENTS = 32768
 
-Progress = Callable[[int], None]
+Advance = Callable[[int], None]
 
 
 @attrs.frozen
@@ -48,35 +49,6 @@ class Conversion:
     segments: int
 
 
-class _Sink:
-    """Sequential output that hashes what it writes; holes are hashed as zeros (and seeked over)."""
-
-    def __init__(self, fd: int | None):
-        self.fd, self.position, self.hash = fd, 0, hashlib.sha256()
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.hash.update(data)
-        if self.fd is not None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
-        self.position += len(data)
-
-    def hole(self, length: int) -> None:
-        left = length
-        while left:
-            step = min(left, CHUNK)
-            self.hash.update(memoryview(ZERO_CHUNK)[:step])
-            left -= step
-        if self.fd is not None and length:
-            os.lseek(self.fd, length, os.SEEK_CUR)
-        self.position += length
-
-    def finish(self) -> None:
-        if self.fd is not None:
-            os.ftruncate(self.fd, self.position)
-
-
 def min_gap(memory: GuestMemory) -> int:
     """Zero stretches at least this long split ELF/LiME segments."""
     return max(PAGE, -(-memory.size // MAX_SEGMENTS) // PAGE * PAGE)
@@ -84,11 +56,12 @@ def min_gap(memory: GuestMemory) -> int:
 
 def _nonzero(data: bytes, address: int) -> Iterator[tuple[int, int, int]]:
     """(address, index, length) of the non-zero page runs in ``data`` (pages counted from ``address``)."""
-    if data == ZERO_CHUNK[: len(data)]:
+    if (data == ZERO_CHUNK) if len(data) == CHUNK else data.count(0) == len(data):
         return
     start = None
     for index in range(0, len(data), PAGE):
-        zero = data[index : index + PAGE] == ZERO_PAGE[: min(PAGE, len(data) - index)]
+        page = data[index : index + PAGE]
+        zero = (page == ZERO_PAGE) if len(page) == PAGE else page.count(0) == len(page)
         if zero and start is not None:
             yield address + start, start, index - start
             start = None
@@ -98,7 +71,7 @@ def _nonzero(data: bytes, address: int) -> Iterator[tuple[int, int, int]]:
         yield address + start, start, len(data) - start
 
 
-def plan(memory: GuestMemory, progress: Progress | None = None) -> list[tuple[int, int]]:
+def plan(memory: GuestMemory, progress: Advance | None = None) -> list[tuple[int, int]]:
     """(guest-physical start, length) of the segments an ELF or LiME output holds, ascending."""
     gap = min_gap(memory)
     ranges = memory.info().ranges
@@ -115,7 +88,19 @@ def plan(memory: GuestMemory, progress: Progress | None = None) -> list[tuple[in
     return [(start, end - start) for start, end, _ in segments]
 
 
-def _raw(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[int, int]:
+def max_raw_size(memory: GuestMemory) -> int:
+    """A raw image may be mostly hole (the PCI hole, a BIOS just below 4 GiB), but not absurdly:
+    a state claiming RAM at 16 TiB for a small guest is refused rather than hashed for hours."""
+    return max(2 * memory.info().memory_size, 4 << 30) + (4 << 30)
+
+
+def _raw(memory: GuestMemory, sink: Sink, progress: Advance | None) -> tuple[int, int]:
+    if memory.size > max_raw_size(memory):
+        raise MemoryFormatError(
+            f"a raw image would be {memory.size} bytes for {memory.info().memory_size} bytes of memory "
+            "(the highest range lies far above the rest); convert to elf or lime instead",
+            path=str(memory.path),
+        )
     stored = stretches = 0
     for address, data in memory.chunks():
         view = memoryview(data)
@@ -131,7 +116,7 @@ def _raw(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[i
 
 
 def _segments_data(
-    memory: GuestMemory, segments: list[tuple[int, int]], sink: _Sink, progress: Progress | None, header
+    memory: GuestMemory, segments: list[tuple[int, int]], sink: Sink, progress: Advance | None, header
 ) -> None:
     for start, length in segments:
         if header is not None:
@@ -154,7 +139,7 @@ def machine_of(memory: GuestMemory) -> int:
     return efmt.EM_X86_64 if machine.startswith(("pc", "q35")) else 0
 
 
-def _elf(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[int, int]:
+def _elf(memory: GuestMemory, sink: Sink, progress: Advance | None) -> tuple[int, int]:
     segments = plan(memory, progress)
     data_at = -(-(efmt.EHDR.size + efmt.PHDR.size * len(segments)) // PAGE) * PAGE
     header = efmt.EHDR.pack(
@@ -175,7 +160,7 @@ def _elf(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[i
     return sum(length for _, length in segments), len(segments)
 
 
-def _lime(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[int, int]:
+def _lime(memory: GuestMemory, sink: Sink, progress: Advance | None) -> tuple[int, int]:
     segments = plan(memory, progress)
     _segments_data(memory, segments, sink, progress, lime.header)
     return sum(length for _, length in segments), len(segments)
@@ -184,36 +169,57 @@ def _lime(memory: GuestMemory, sink: _Sink, progress: Progress | None) -> tuple[
 _WRITERS = {"raw": _raw, "elf": _elf, "lime": _lime}
 
 
-def _emit(memory: GuestMemory, format: str, sink: _Sink, progress: Progress | None) -> Conversion:
+def _emit(memory: GuestMemory, format: str, sink: Sink, progress: Advance | None) -> Conversion:
     if format not in _WRITERS:
         raise UsageError(f"unknown memory image format {format!r}: use one of {', '.join(FORMATS)}")
     stored, segments = _WRITERS[format](memory, sink, progress)
     sink.finish()
-    return Conversion(format, sink.position, sink.hash.hexdigest(), stored, segments)
+    return Conversion(format, sink.position, sink.sha256, stored, segments)
 
 
 def convert(
-    memory: GuestMemory, out: str | os.PathLike[str], format: str = "raw", *, progress: Progress | None = None
+    memory: GuestMemory,
+    out: str | os.PathLike[str],
+    format: str = "raw",
+    *,
+    progress: ProgressOption = True,
 ) -> Conversion:
-    """Write ``memory`` to a new file ``out`` (never an existing one) in ``format``."""
+    """Write ``memory`` to a new file ``out`` (never an existing one) in ``format``.
+
+    ``progress``: True shows tqdm bars, a callable receives ProgressUpdate, False shows nothing.
+    """
     if format not in _WRITERS:
         raise UsageError(f"unknown memory image format {format!r}: use one of {', '.join(FORMATS)}")
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except FileExistsError:
         raise EvidenceError(f"{out} exists; a memory image is never written over an existing file") from None
+    bar = None
+    if progress:
+        passes = 1 if format == "raw" else 2  # ELF and LiME scan for zero pages first
+        bar = Progress(progress, total=memory.extents.stored * passes, description=f"convert to {format}")
+        bar.start_file(os.fspath(out), bar.total)
     try:
-        result = _emit(memory, format, _Sink(fd), progress)
-        os.fsync(fd)
+        result = _emit(memory, format, Sink(fd), bar.advance if bar else None)
     except BaseException:
         os.close(fd)
         os.unlink(out)
         raise
+    finally:
+        if bar is not None:
+            bar.close()
     os.close(fd)
     log.info("wrote %s (%s, %d bytes, sha256 %s)", out, format, result.size, result.sha256)
     return result
 
 
-def digest(memory: GuestMemory, format: str = "raw", *, progress: Progress | None = None) -> Conversion:
+def write(
+    memory: GuestMemory, sink: Sink, format: str = "raw", *, progress: Advance | None = None
+) -> Conversion:
+    """Stream the ``format`` image of ``memory`` into ``sink`` (a file, or only a hash)."""
+    return _emit(memory, format, sink, progress)
+
+
+def digest(memory: GuestMemory, format: str = "raw", *, progress: Advance | None = None) -> Conversion:
     """What :func:`convert` would write, hashed and measured but not written anywhere."""
-    return _emit(memory, format, _Sink(None), progress)
+    return _emit(memory, format, Sink(None), progress)

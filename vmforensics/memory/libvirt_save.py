@@ -55,15 +55,16 @@ def read_header(fd: int, path: Path) -> dict[str, Any]:
         if fields[1] in (1, 2):
             break
     else:
+        version = struct.unpack_from("<I", raw, 16)[0]
         raise MemoryFormatError(
-            f"libvirt save header version {fields[1]} is not supported", offset=16, path=str(path)
+            f"libvirt save header version {version} is not supported", offset=16, path=str(path)
         )
     _magic, version, data_len, was_running, format_, cookie = fields[:6]
     size = os.fstat(fd).st_size
     if data_len > MAX_XML or HEADER.size + data_len > size:
         raise MemoryFormatError(f"XML length {data_len} does not fit the file", offset=20, path=str(path))
     if format_ not in FORMATS:
-        raise MemoryFormatError(f"unknown save image format {format_}", offset=32, path=str(path))
+        raise MemoryFormatError(f"unknown save image format {format_}", offset=28, path=str(path))
     data = os.pread(fd, data_len, HEADER.size)
     end = cookie if version == 2 and 0 < cookie <= data_len else data_len
     xml = data[:end].split(b"\0", 1)[0].decode("utf-8", "replace")

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 WINDOW = 4 << 20
 ZERO_RUN = (1 << 64) - 1
+MISSING = (1 << 64) - 2
 TAIL = 16 << 20
 
 
@@ -96,10 +97,11 @@ class _Block:
         self.next_page = 0
         self.ordered = True
 
-    def add(self, page: int, offset: int, stride: int) -> None:
+    def add(self, page: int, offset: int, stride: int, count: int = 1) -> None:
+        """``count`` pages from ``page``: zero pages (``offset`` ZERO_RUN) or stored ``stride`` apart."""
         if page < self.next_page:
             self.ordered = False
-        self.next_page = max(self.next_page, page + 1)
+        self.next_page = max(self.next_page, page + count)
         if self.pages:
             last = len(self.pages) - 1
             if (
@@ -113,12 +115,24 @@ class _Block:
                     )
                 )
             ):
-                self.counts[last] += 1
+                self.counts[last] += count
                 return
         self.pages.append(page)
-        self.counts.append(1)
+        self.counts.append(count)
         self.offsets.append(offset)
         self.strides.append(stride)
+
+    def check_complete(self, page_size: int, path: Path) -> None:
+        """QEMU sends every page of a RAM block at least once (zero pages as a flag); a block with
+        fewer records than pages is an incomplete stream or a block size that lies."""
+        pages = self.length // page_size
+        sent = sum(self.counts)
+        if sent < pages or (self.ordered and self.next_page < pages):
+            raise MemoryFormatError(
+                f"RAM block {self.name!r} has {pages} pages but the stream holds {sent} page records: "
+                "the stream is incomplete",
+                path=str(path),
+            )
 
     def data_runs(self, page_size: int) -> list[tuple[int, int, int, int]]:
         """(byte offset in the block, length, file offset, stride) of the stored pages, ascending;
@@ -130,13 +144,15 @@ class _Block:
                 if self.offsets[n] != ZERO_RUN
             ]
         log.info("RAM block %s has pages sent more than once; the last copy of each counts", self.name)
-        where = array("Q", [ZERO_RUN]) * (self.length // page_size)
+        where = array("Q", [MISSING]) * (self.length // page_size)
         for n in range(len(self.pages)):
             for k in range(self.counts[n]):
                 offset = self.offsets[n]
                 where[self.pages[n] + k] = ZERO_RUN if offset == ZERO_RUN else offset + k * self.strides[n]
         runs: list[tuple[int, int, int, int]] = []
         for page, offset in enumerate(where):
+            if offset == MISSING:
+                raise MemoryFormatError(f"page {page} of RAM block {self.name!r} is not in the stream")
             if offset == ZERO_RUN:
                 continue
             if runs:
@@ -251,6 +267,8 @@ def _ram_records(
 ) -> tuple[_Block | None, bool]:
     mask = page_size - 1
     while True:
+        if current is not None:
+            _continued_pages(r, current, page_size)
         at = r.pos
         word = r.u64()
         flags, offset = word & mask, word & ~mask
@@ -283,6 +301,66 @@ def _ram_records(
         else:
             current.add(offset // page_size, r.pos, page_size + 8)
             r.skip(page_size)
+
+
+def _continued_pages(r: _Reader, block: _Block, page_size: int) -> None:
+    """The fast path for the bulk of a stream: CONTINUE zero/page records of one block, parsed
+    straight from the read window and added as runs. Anything else (or anything wrong) is left
+    at ``r.pos`` for the record-by-record path, which reports it."""
+    zero, page = qfmt.FLAG_ZERO | qfmt.FLAG_CONTINUE, qfmt.FLAG_PAGE | qfmt.FLAG_CONTINUE
+    unpack, mask, stride = qfmt.U64.unpack_from, page_size - 1, page_size + 8
+    while r.end - r.pos >= 9:
+        r.need(9)  # the window holds at least the next record's header
+        buf, base, length = r.buf, r.buf_at, block.length
+        i = r.pos - base
+        end = min(len(buf), r.end - base)
+        run_page = run_count = run_offset = 0
+        run_stride = -1
+        moved = False
+        while i + 9 <= end:
+            word = unpack(buf, i)[0]
+            flags = word & mask
+            number = (word ^ flags) // page_size
+            if (word ^ flags) + page_size > length:
+                break
+            if flags == zero:
+                if buf[i + 8]:
+                    break
+                if run_stride == 0 and run_page + run_count == number:
+                    run_count += 1
+                else:
+                    if run_stride >= 0:
+                        block.add(
+                            run_page, ZERO_RUN if run_stride == 0 else run_offset, run_stride, run_count
+                        )
+                    run_page, run_count, run_offset, run_stride = number, 1, 0, 0
+                i += 9
+            elif flags == page:
+                if base + i + stride > r.end:
+                    break
+                offset = base + i + 8
+                if (
+                    run_stride == stride
+                    and run_page + run_count == number
+                    and run_offset + run_count * stride == offset
+                ):
+                    run_count += 1
+                else:
+                    if run_stride >= 0:
+                        block.add(
+                            run_page, ZERO_RUN if run_stride == 0 else run_offset, run_stride, run_count
+                        )
+                    run_page, run_count, run_offset, run_stride = number, 1, offset, stride
+                i += stride
+            else:
+                break
+            moved = True
+        if run_stride >= 0:
+            block.add(run_page, ZERO_RUN if run_stride == 0 else run_offset, run_stride, run_count)
+        r.pos = base + i
+        if not moved or i + 9 <= end:  # stopped at a record the record-by-record path must see
+            return
+        # else the window ran out mid-stream: refill at the next record and go on
 
 
 def _unsupported(kind: int) -> str:
@@ -369,7 +447,10 @@ def layout(
         if ranges and start < ranges[-1].end:
             raise MemoryFormatError(f"RAM blocks overlap at 0x{start:x} ({name})", path=str(path))
         ranges.append(MemoryRange(start, length, name))
-        runs = runs_cache.setdefault(block.name, block.data_runs(page_size))
+        if block.name not in runs_cache:
+            block.check_complete(page_size, path)
+            runs_cache[block.name] = block.data_runs(page_size)
+        runs = runs_cache[block.name]
         for run_start, run_length, offset, stride in runs:
             lo, hi = max(run_start, base), min(run_start + run_length, base + length)
             if lo < hi:

@@ -14,10 +14,10 @@ from typing import Any
 
 from vmforensics.acquire.base import Acquirer
 from vmforensics.acquire.batch import BatchItem, BatchResult, Limits, plans_for, run_batch
-from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef
+from vmforensics.acquire.batch_plan import AcquisitionPlan, SignerRef
 from vmforensics.acquire.batch_progress import BatchCallback
 from vmforensics.custody.models import CaseInfo
-from vmforensics.custody.signing import SigningKey
+from vmforensics.custody.signing import Signer
 from vmforensics.errors import UsageError
 from vmforensics.survey.models import VMRecord
 
@@ -35,7 +35,7 @@ def acquire_many(
     limits: Limits | None = None,
     acquirer_factory: AcquirerFactory | None = None,
     max_parallel: int = 2,
-    signer: SigningKey | KeyRef | None = None,
+    signer: Signer | SignerRef | None = None,
     progress: bool | BatchCallback = True,
     resume: bool = False,
     worker_root: str | os.PathLike[str] | None = None,

@@ -92,7 +92,7 @@ def seal_report(
         started=started,
         finished=utc_now(),
     )
-    write_sealed_records(evidence.root, manifest, key)
+    manifest = write_sealed_records(evidence.root, manifest, key)
     make_read_only(evidence.root)
     return AcquisitionResult(Path(evidence.root), manifest, time.monotonic() - began)
 

@@ -92,7 +92,7 @@ class HTTPSDatastoreTransport(Transport):
         if not host or not datacenter or not datastore:
             raise UsageError("HTTPS datastore access needs host, datacenter and datastore")
         if sum(bool(option) for option in (tls_ca, tls_thumbprint, insecure)) > 1:
-            raise UsageError("give at most one of tls_ca, tls_thumbprint and insecure")
+            raise UsageError("give at most one of --tls-ca, --tls-thumbprint and --insecure")
         self.host = host
         self.port = port
         self.datacenter = datacenter

@@ -64,7 +64,7 @@ class HostKeyCheck:
         if insecure and (known_hosts or host_key_fingerprint):
             raise UsageError("insecure_accept_any_host_key excludes known_hosts and host_key_fingerprint")
         if host_key_fingerprint and known_hosts:
-            raise UsageError("give either known_hosts or host_key_fingerprint, not both")
+            raise UsageError("give either --known-hosts or --host-key-fingerprint, not both")
         if insecure:
             return cls(INSECURE)
         if host_key_fingerprint:

@@ -28,7 +28,7 @@ from vmforensics.errors import SourceError, UsageError, VMNotFoundError
 from vmforensics.hypervisors.qemu.blockdev import BlockDeviceTransport
 from vmforensics.hypervisors.qemu.files import Plan, safe_name
 from vmforensics.hypervisors.qemu.host import QemuHost
-from vmforensics.hypervisors.qemu.identify import BlockDevice, layers_from_list, vm_facts
+from vmforensics.hypervisors.qemu.identify import BlockDevice, layers_from_list, run_state, vm_facts
 from vmforensics.hypervisors.qemu.preserve import QemuControl
 from vmforensics.hypervisors.qemu.proxmox import (
     CONFIG_LIMIT,
@@ -216,7 +216,7 @@ class QemuAcquirer(Acquirer):
             overlay_dir=self.host_workdir,
         )
         with self._run.qmp(session.state["qemu_socket"]) as qmp:
-            state = qmp.execute("query-status")["status"]
+            state = run_state(qmp)
         session.vm = attrs.evolve(session.vm, power_state_after=state)
 
     def _control(self, session: Session) -> QemuControl:
@@ -304,7 +304,7 @@ class QemuAcquirer(Acquirer):
     def _quiet_state(self, session: Session) -> str | None:
         try:
             with self._run.qmp(session.state["qemu_socket"]) as qmp:
-                return qmp.execute("query-status")["status"]
+                return run_state(qmp)
         except SourceError:
             return None
 

@@ -172,20 +172,26 @@ def nic_macs(qmp: QMPClient) -> list[dict[str, Any]]:
     ]
 
 
+def run_state(qmp: QMPClient) -> str:
+    """``query-status``'s run state ("running", "paused", "postmigrate"...)."""
+    status = qmp.execute("query-status")
+    if not isinstance(status, dict) or not isinstance(status.get("status"), str):
+        raise SourceError(f"{qmp.where}: query-status did not return a run state")
+    return status["status"][:64]
+
+
 def vm_facts(qmp: QMPClient) -> dict[str, Any]:
     """name, uuid, status and the block layout of the VM behind ``qmp``."""
     name = qmp.execute("query-name")
     uuid = qmp.execute("query-uuid")
-    status = qmp.execute("query-status")
-    if not isinstance(status, dict) or not isinstance(status.get("status"), str):
-        raise SourceError("QMP query-status did not return a status")
+    state = run_state(qmp)
     devices = block_devices(qmp.execute("query-block"))
     nodes = node_files(qmp.execute("query-named-block-nodes", flat=True))
     return {
         "name": _str(name.get("name")) if isinstance(name, dict) else None,
         "uuid": _str(uuid.get("UUID")) if isinstance(uuid, dict) else None,
-        "status": status["status"],
-        "running": status.get("running") is True,
+        "status": state,
+        "running": state == "running",
         "qemu_version": qmp.version,
         "devices": devices,
         "nodes": nodes,

@@ -23,7 +23,13 @@ from typing import Any
 from vmforensics.acquire.base import Session
 from vmforensics.errors import SourceError
 from vmforensics.hypervisors.qemu.host import QemuHost
-from vmforensics.hypervisors.qemu.identify import BlockDevice, block_devices, node_files, overlay_name
+from vmforensics.hypervisors.qemu.identify import (
+    BlockDevice,
+    block_devices,
+    node_files,
+    overlay_name,
+    run_state,
+)
 from vmforensics.hypervisors.qemu.qmp import QMPClient
 
 log = logging.getLogger(__name__)
@@ -62,7 +68,7 @@ class QemuControl:
     ) -> None:
         """Pause, take the memory, snapshot every writable disk at once, and resume if asked."""
         with self.connect() as qmp:
-            status = qmp.execute("query-status")["status"]
+            status = run_state(qmp)
             if status not in _RUNNING_STATES:
                 raise SourceError(f"the VM is {status}: nothing runs to preserve; use preserve='none'")
             devices = [d for d in block_devices(qmp.execute("query-block")) if d.snapshottable]
@@ -88,7 +94,7 @@ class QemuControl:
     def _simple(self, qmp: QMPClient, command: str) -> None:
         with self.session.action(command) as details:
             qmp.execute(command)
-            details["status_now"] = qmp.execute("query-status")["status"]
+            details["status_now"] = run_state(qmp)
 
     def _dump(self, qmp: QMPClient, path: str) -> None:
         with self.session.action("memory-dump", format="elf", paging=False, file=path) as details:
@@ -146,17 +152,18 @@ class QemuControl:
             deadline = began + self.job_timeout
             while True:
                 result = qmp.execute("query-migrate")
-                state = result.get("status") if isinstance(result, dict) else None
+                result = result if isinstance(result, dict) else {}
+                state = result.get("status")
                 if state == "completed":
                     break
                 if state in ("failed", "cancelled") or time.monotonic() > deadline:
                     raise SourceError(f"migration to {path} ended {state}: {result.get('error-desc', '')}")
                 time.sleep(0.2)
-            ram = result.get("ram") if isinstance(result.get("ram"), dict) else {}
+            ram = result["ram"] if isinstance(result.get("ram"), dict) else {}
             details.update(
                 seconds=round(time.monotonic() - began, 3),
                 transferred=ram.get("transferred"),
-                status_now=qmp.execute("query-status")["status"],
+                status_now=run_state(qmp),
             )
 
     # -- cleanup ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from vmforensics.acquire.clock import measure_clock
 from vmforensics.custody.models import SourceInfo
 from vmforensics.errors import SourceError
 from vmforensics.hypervisors.qemu.host import QemuHost
+from vmforensics.hypervisors.qemu.identify import run_state
 from vmforensics.hypervisors.qemu.proxmox import (
     CONFIG_LIMIT,
     Section,
@@ -194,7 +195,7 @@ class _Survey:
             return "stopped"
         try:
             with self.node.qmp(socket_path, timeout=10) as qmp:
-                return str(qmp.execute("query-status")["status"])
+                return run_state(qmp)
         except SourceError as exc:
             self.notes.append(f"VM {vmid}: its QMP socket did not answer: {exc}")
             return "unknown"

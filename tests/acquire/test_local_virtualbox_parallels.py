@@ -1,0 +1,106 @@
+"""LocalAcquirer on a VirtualBox VM folder and a Parallels .pvm bundle: every file with the role it
+plays (config, its backups, logs, saved states, disks and their parts), and the disks' chains."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.images.parallels_builders import NULL, descriptor
+from tests.images.vdi_builders import build_vdi, header_of
+from vmforensics import CaseInfo, LocalAcquirer
+from vmforensics.images import parallels_layout as p
+from vmforensics.images import vdi_layout as v
+
+CASE = CaseInfo(case_id="T-19", examiner="Test Examiner")
+MiB = 1 << 20
+
+
+def qemu_img(*args: str | Path) -> None:
+    subprocess.run(["qemu-img", *map(str, args)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def virtualbox_vm(tmp_path: Path) -> tuple[Path, uuid.UUID, uuid.UUID]:
+    """A VirtualBox 7 VM folder: .vbox and .vbox-prev, Logs/, a base disk, a snapshot's
+    differencing disk and saved state in Snapshots/."""
+    vm = tmp_path / "VirtualBox VMs" / "win10"
+    (vm / "Logs").mkdir(parents=True)
+    (vm / "Snapshots").mkdir()
+    qemu_img("create", "-f", "vdi", vm / "win10.vdi", "8M")
+    base = header_of(vm / "win10.vdi")
+    child = uuid.uuid4()
+    build_vdi(vm / "Snapshots" / f"{{{child}}}.vdi", base.disk_size, {0: b"changed" * 512},
+              image_type=v.ImageType.DIFF, uuid_create=child, uuid_linkage=base.uuid_create,
+              uuid_parent_modify=base.uuid_modify)  # fmt: skip
+    registry = (
+        '<?xml version="1.0"?>\n<VirtualBox xmlns="http://www.virtualbox.org/" version="1.19-linux">\n'
+        f'<Machine uuid="{{{uuid.uuid4()}}}" name="win10" snapshotFolder="Snapshots"><MediaRegistry><HardDisks>'
+        f'<HardDisk uuid="{{{base.uuid_create}}}" location="win10.vdi" format="VDI">'
+        f'<HardDisk uuid="{{{child}}}" location="Snapshots/{{{child}}}.vdi" format="VDI"/></HardDisk>'
+        "</HardDisks></MediaRegistry></Machine></VirtualBox>\n"
+    )
+    (vm / "win10.vbox").write_text(registry)
+    (vm / "win10.vbox-prev").write_text(registry)
+    (vm / "win10.nvram").write_bytes(bytes(4096))
+    (vm / "Logs" / "VBox.log").write_text("00:00:00.000000 VirtualBox VM 7.0.14 r161095 linux.amd64\n")
+    (vm / "Logs" / "VBox.log.1").write_text("00:00:00.000000 VirtualBox VM 7.0.14 r161095 linux.amd64\n")
+    state = uuid.uuid4()
+    (vm / "Snapshots" / f"{{{state}}}.sav").write_bytes(b"\x7fVirtualBox SavedState V2.0\n" + bytes(4096))
+    return vm, child, state
+
+
+def test_virtualbox_folder_files_are_acquired_with_their_roles(virtualbox_vm, tmp_path: Path) -> None:
+    vm, child, state = virtualbox_vm
+    result = LocalAcquirer().acquire(vm, tmp_path / "out", case=CASE, progress=False)
+    roles = {f.local_path.split("/win10/", 1)[1]: f.role for f in result.manifest.files}
+    assert roles == {
+        "win10.vbox": "config",
+        "win10.vbox-prev": "config-backup",
+        "win10.nvram": "nvram",
+        "win10.vdi": "disk",
+        f"Snapshots/{{{child}}}.vdi": "disk",
+        f"Snapshots/{{{state}}}.sav": "saved-state",
+        "Logs/VBox.log": "log",
+        "Logs/VBox.log.1": "log",
+    }
+
+
+@pytest.fixture
+def parallels_vm(tmp_path: Path) -> Path:
+    """A Parallels Desktop .pvm bundle: config.pvs, a .hdd disk bundle with a snapshot, a log."""
+    pvm = tmp_path / "Windows 11.pvm"
+    hdd = pvm / "harddisk.hdd"
+    hdd.mkdir(parents=True)
+    snap = "{11111111-2222-4333-8444-555555555555}"
+    parts = {g: f"harddisk.hdd.0.{g}.hds" for g in (p.DEFAULT_TOP_GUID, snap)}
+    for part in parts.values():
+        qemu_img("create", "-f", "parallels", hdd / part, "8M")
+    images = [(g, "Compressed", name) for g, name in parts.items()]
+    text = descriptor(
+        [(0, 8 * MiB // 512, images)], [(p.DEFAULT_TOP_GUID, NULL), (snap, p.DEFAULT_TOP_GUID)], top=snap
+    )
+    (hdd / p.DESCRIPTOR_NAME).write_text(text)
+    (pvm / "config.pvs").write_text('<?xml version="1.0"?><ParallelsVirtualMachine/>\n')
+    (pvm / "config.pvs.backup").write_text('<?xml version="1.0"?><ParallelsVirtualMachine/>\n')
+    (pvm / "parallels.log").write_text("started\n")
+    (pvm / "NVRAM.dat").write_bytes(bytes(1024))
+    return pvm
+
+
+def test_parallels_bundle_files_are_acquired_with_their_roles(parallels_vm: Path, tmp_path: Path) -> None:
+    result = LocalAcquirer().acquire(parallels_vm, tmp_path / "out", case=CASE, progress=False)
+    roles = {f.local_path.split(".pvm/", 1)[1]: f.role for f in result.manifest.files}
+    assert roles == {
+        "config.pvs": "config",
+        "config.pvs.backup": "config-backup",
+        "parallels.log": "log",
+        "NVRAM.dat": "nvram",
+        "harddisk.hdd/DiskDescriptor.xml": "disk-descriptor",
+        f"harddisk.hdd/harddisk.hdd.0.{p.DEFAULT_TOP_GUID}.hds": "disk-extent",
+        "harddisk.hdd/harddisk.hdd.0.{11111111-2222-4333-8444-555555555555}.hds": "disk-extent",
+    }
+    assert result.manifest.omissions == ()  # the descriptor's chain opened through the readers

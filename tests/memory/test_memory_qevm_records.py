@@ -1,0 +1,172 @@
+"""QEVM streams built to the letter of QEMU's migration/savevm.c and ram.c for the cases this
+QEMU does not write on its own: configuration subsections (newer QEMU), pages sent twice, and
+record kinds that are refused rather than guessed (XBZRLE, compressed pages, mapped-ram)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from tests.memory import builders as b
+from vmforensics.errors import MemoryFormatError
+from vmforensics.memory import open_memory
+from vmforensics.memory.libvirt_save import HEADER, MAGIC
+
+PAGE = 4096
+MiB = 1 << 20
+
+
+def page(fill: bytes) -> bytes:
+    return (fill * PAGE)[:PAGE]
+
+
+def write(tmp_path: Path, data: bytes, name: str = "vm.qevm") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_configuration_subsections_of_newer_qemu_are_read(tmp_path: Path) -> None:
+    subsections = (
+        b.subsection("configuration/target-page-bits", struct.pack(">I", 12))
+        + b.capabilities("events", "zero-blocks")
+        + b.subsection("configuration/uuid", bytes(range(16)))
+    )
+    stream = b.qevm(
+        [("pc.ram", 4 * MiB)], [("pc.ram", 0, page(b"A")), ("pc.ram", PAGE, None)], subsections=subsections
+    )
+    with open_memory(write(tmp_path, stream)) as memory:
+        details = memory.info().details
+        assert details["capabilities"] == ["events", "zero-blocks"]
+        assert details["uuid"] == bytes(range(16)).hex()
+        assert memory.read(0, 2) == b"AA" and memory.read(PAGE, 4) == bytes(4)
+
+
+def test_unknown_configuration_subsection_is_refused_with_its_offset(tmp_path: Path) -> None:
+    stream = b.qevm([("pc.ram", MiB)], [], subsections=b.subsection("configuration/new-thing", b"\0" * 4))
+    with pytest.raises(
+        MemoryFormatError, match="unknown configuration subsection 'configuration/new-thing'"
+    ) as raised:
+        open_memory(write(tmp_path, stream))
+    assert raised.value.offset == 8 + 1 + 4 + len("pc-i440fx-7.2")
+
+
+@pytest.mark.parametrize("capability", ["mapped-ram", "multifd", "xbzrle", "postcopy-ram", "compress"])
+def test_capabilities_that_move_ram_elsewhere_are_refused(tmp_path: Path, capability: str) -> None:
+    stream = b.qevm([("pc.ram", MiB)], [], subsections=b.capabilities(capability))
+    with pytest.raises(MemoryFormatError, match=f"capability {capability}"):
+        open_memory(write(tmp_path, stream))
+
+
+def test_xbzrle_page_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    stream = b.qevm([("pc.ram", MiB)], [("pc.ram", 0, b"")], extra_flags=b.XBZRLE)
+    with pytest.raises(MemoryFormatError, match="XBZRLE"):
+        open_memory(write(tmp_path, stream))
+
+
+def test_a_page_sent_twice_keeps_its_last_copy(tmp_path: Path) -> None:
+    records = [
+        ("pc.ram", 0, page(b"1")),
+        ("pc.ram", PAGE, page(b"2")),
+        ("pc.ram", 0, page(b"3")),
+        ("pc.ram", PAGE, None),
+    ]
+    with open_memory(write(tmp_path, b.qevm([("pc.ram", MiB)], records))) as memory:
+        assert memory.read(0, PAGE) == page(b"3")
+        assert memory.read(PAGE, PAGE) == bytes(PAGE)  # re-sent as a zero page
+
+
+def test_zero_page_with_a_fill_byte_is_refused(tmp_path: Path) -> None:
+    stream = bytearray(b.qevm([("pc.ram", MiB)], [("pc.ram", 0, None)]))
+    fill = stream.index(b"\x06pc.ram", 60) + 7
+    stream[fill] = 0x5A
+    with pytest.raises(MemoryFormatError, match="filled with 0x5a"):
+        open_memory(write(tmp_path, bytes(stream)))
+
+
+def test_page_for_an_unlisted_block_is_refused(tmp_path: Path) -> None:
+    stream = b.qevm([("pc.ram", MiB)], [("vga.vram", 0, page(b"v"))])
+    with pytest.raises(MemoryFormatError, match=r"'vga\.vram', which the block list does not name"):
+        open_memory(write(tmp_path, stream))
+
+
+def test_page_beyond_its_block_is_refused(tmp_path: Path) -> None:
+    stream = b.qevm([("pc.ram", MiB)], [("pc.ram", MiB, page(b"x"))])
+    with pytest.raises(MemoryFormatError, match=r"beyond block 'pc\.ram'"):
+        open_memory(write(tmp_path, stream))
+
+
+def test_truncated_stream_is_refused_with_the_offset(tmp_path: Path) -> None:
+    stream = b.qevm([("pc.ram", MiB)], [("pc.ram", 0, page(b"A")), ("pc.ram", PAGE, page(b"B"))])
+    cut = stream[: len(stream) - 100 - PAGE]
+    with pytest.raises(MemoryFormatError, match="ends inside") as raised:
+        open_memory(write(tmp_path, cut))
+    assert raised.value.offset is not None and raised.value.offset <= len(cut)
+
+
+def test_device_section_before_ram_is_refused(tmp_path: Path) -> None:
+    stream = bytearray(b.qevm([("pc.ram", MiB)], []))
+    at = stream.index(b"\x03ram")
+    stream[at : at + 4] = b"\x03rtc"
+    with pytest.raises(MemoryFormatError, match="section 'rtc' comes before RAM"):
+        open_memory(write(tmp_path, bytes(stream)))
+
+
+def test_machine_without_a_known_ram_placement_is_refused(tmp_path: Path) -> None:
+    stream = b.qevm([("ram0", MiB)], [("ram0", 0, page(b"r"))], machine="some-board")
+    with pytest.raises(MemoryFormatError, match="no RAM block of machine type 'some-board'"):
+        open_memory(write(tmp_path, stream))
+
+
+def test_q35_guest_of_3_gib_splits_ram_at_2_gib(tmp_path: Path) -> None:
+    size = 3 << 30
+    records = [("pc.ram", (2 << 30) - PAGE, page(b"L")), ("pc.ram", 2 << 30, page(b"H"))]
+    stream = b.qevm([("pc.ram", size)], records, machine="pc-q35-7.2")
+    with open_memory(write(tmp_path, stream)) as memory:
+        assert memory.ranges() == ((0, 2 << 30), (4 << 30, 1 << 30))
+        assert memory.read((2 << 30) - PAGE, 1) == b"L"
+        assert memory.read(4 << 30, 1) == b"H"
+
+
+def test_vmdescription_gives_the_cpu_count(tmp_path: Path) -> None:
+    description = {"page_size": PAGE, "devices": [{"name": "cpu"}, {"name": "cpu"}, {"name": "apic"}]}
+    stream = b.qevm([("pc.ram", MiB)], [], description=description)
+    with open_memory(write(tmp_path, stream)) as memory:
+        assert memory.info().cpu_count == 2
+
+
+def test_unfinished_libvirt_save_is_refused(tmp_path: Path) -> None:
+    header = HEADER.pack(b"LibvirtQemudPart", 2, 0, 0, 0, 0, *([0] * 14))
+    with pytest.raises(MemoryFormatError, match="never completed"):
+        open_memory(write(tmp_path, header, "part.save"))
+
+
+def test_libvirt_save_header_past_the_file_is_refused(tmp_path: Path) -> None:
+    header = HEADER.pack(MAGIC, 2, 1 << 30, 1, 0, 0, *([0] * 14))
+    with pytest.raises(MemoryFormatError, match="XML length") as raised:
+        open_memory(write(tmp_path, header + b"<domain/>", "big.save"))
+    assert raised.value.offset == 20
+
+
+def test_libvirt_save_with_a_doctype_is_refused(tmp_path: Path) -> None:
+    xml = b'<!DOCTYPE d [<!ENTITY x "y">]><domain>&x;</domain>\0'
+    header = HEADER.pack(MAGIC, 2, len(xml), 1, 0, 0, *([0] * 14))
+    with pytest.raises(MemoryFormatError, match="DOCTYPE"):
+        open_memory(write(tmp_path, header + xml + b.qevm([("pc.ram", MiB)], []), "dtd.save"))
+
+
+def test_gzip_bomb_in_a_libvirt_save_stops_at_the_guests_size(tmp_path: Path) -> None:
+    import zlib
+
+    xml = b"<domain><memory unit='KiB'>1024</memory><os><type machine='pc-i440fx-7.2'>hvm</type></os></domain>\0"
+    packer = zlib.compressobj(wbits=31)
+    bomb = (
+        packer.compress(b.qevm([("pc.ram", MiB)], [])[:20])
+        + packer.compress(bytes(400 * MiB))
+        + packer.flush()
+    )
+    header = HEADER.pack(MAGIC, 2, len(xml), 1, 1, 0, *([0] * 14))
+    with pytest.raises(MemoryFormatError, match="decompresses to more than"):
+        open_memory(write(tmp_path, header + xml + bomb, "bomb.save"))
