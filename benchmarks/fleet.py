@@ -82,7 +82,7 @@ def start_sampler(dask_worker: Any) -> None:
     import threading
 
     import vmforensics.acquire.batch
-    import vmforensics.acquire.local  # noqa: F401
+    import vmforensics.hypervisors.local.acquirer  # noqa: F401
 
     dask_worker.vmf_rss_peak = _rss_mib()
 

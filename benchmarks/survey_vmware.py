@@ -24,8 +24,8 @@ from pyVim.connect import Connect, Disconnect
 from pyVmomi import vim
 
 from tests.acquire.vcsim.server import build, make_certificate
-from vmforensics.acquire.vmware_api import properties, retrieve
-from vmforensics.survey.vmware import VM_PATHS, retrieve_inventory, survey_vmware
+from vmforensics.hypervisors.vmware.api import properties, retrieve
+from vmforensics.hypervisors.vmware.survey import VM_PATHS, retrieve_inventory, survey_vmware
 
 USER, PASSWORD = "bench", "bench-pass"
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vmforensics.acquire.base import AcquisitionResult
     from vmforensics.custody.ledger import CustodyEvent
     from vmforensics.custody.models import Manifest, VMIdentity
     from vmforensics.custody.verify import VerificationReport
@@ -284,13 +283,13 @@ def _ledger_events(path: Path) -> list[CustodyEvent] | None:
         return None
 
 
-def result_html(result: AcquisitionResult) -> str:
+def result_html(path: Path, duration: float, manifest: Manifest) -> str:
     """An acquisition result: where the evidence is, how long it took, the manifest and its ledger."""
     head = (
-        f"<p>Evidence in <code>{escape(str(result.path))}</code>, acquired in {result.duration:.1f} s. "
-        f"Re-prove it with <code>vmforensics.verify({escape(repr(str(result.path)))})</code>.</p>"
+        f"<p>Evidence in <code>{escape(str(path))}</code>, acquired in {duration:.1f} s. "
+        f"Re-prove it with <code>vmforensics.verify({escape(repr(str(path)))})</code>.</p>"
     )
-    return head + manifest_html(result.manifest, events=_ledger_events(Path(result.path)))
+    return head + manifest_html(manifest, events=_ledger_events(Path(path)))
 
 
 # --- verification ----------------------------------------------------------------------------------

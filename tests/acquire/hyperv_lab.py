@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.acquire.hyperv_vhdx import write_differencing
-from vmforensics.acquire import hyperv_scripts as scripts
+from vmforensics.hypervisors.hyperv import scripts as scripts
 
 VM_ID = "6F1A4C52-93B0-4E55-A7D8-1B2C3D4E5F60"
 OTHER_VM_ID = "0D0D0D0D-1111-4222-8333-444455556666"

@@ -26,8 +26,8 @@ from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef, SecretRef, T
 from vmforensics.acquire.batch_record import BatchVerificationReport
 from vmforensics.cli import main
 from vmforensics.errors import UsageError
+from vmforensics.hypervisors.local.survey import survey_local
 from vmforensics.survey.acquire_many import acquire_many
-from vmforensics.survey.local import survey_local
 
 CASE = CaseInfo(case_id="2026-118", examiner="A. Analyst")
 

@@ -30,11 +30,11 @@ from tests.acquire.wsman_server import WSManServer
 from tests.transport.httpsd import TestPKI
 from tests.transport.smbd import SmbServer
 from vmforensics import CaseInfo, open_image, verify
-from vmforensics.acquire import hyperv_scripts as scripts
-from vmforensics.acquire.hyperv import HyperVAcquirer, _dest_name
-from vmforensics.acquire.hyperv_winrm import HyperVAccessDeniedError, HyperVCommandError
 from vmforensics.custody.ledger import Ledger
 from vmforensics.errors import HostVerificationError, UsageError, VMNotFoundError
+from vmforensics.hypervisors.hyperv import scripts as scripts
+from vmforensics.hypervisors.hyperv.acquirer import HyperVAcquirer, _dest_name
+from vmforensics.hypervisors.hyperv.winrm import HyperVAccessDeniedError, HyperVCommandError
 
 CASE = CaseInfo(case_id="2026-117", examiner="A. Analyst")
 

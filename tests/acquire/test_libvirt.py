@@ -29,10 +29,10 @@ from tests.acquire.libvirt_lab import (
 from tests.transport.sshd import SSHServer
 from vmforensics import CaseInfo, open_image, verify
 from vmforensics.acquire.base import Session
-from vmforensics.acquire.libvirt import LibvirtAcquirer
-from vmforensics.acquire.libvirt_xml import REDACTED, parse_domain, redact_secrets
 from vmforensics.custody.models import Manifest
 from vmforensics.errors import SourceError, VMNotFoundError
+from vmforensics.hypervisors.libvirt.acquirer import LibvirtAcquirer
+from vmforensics.hypervisors.libvirt.domain_xml import REDACTED, parse_domain, redact_secrets
 
 CASE = CaseInfo(case_id="KVM-1", examiner="lab")
 

@@ -30,10 +30,10 @@ from pyVmomi import vim
 from tests.acquire.vcsim.esxi_files import EVIDENCE_TEXT, write_delta, write_disk, write_memory_state
 from tests.acquire.vcsim.server import VCSim
 from vmforensics import CaseInfo, open_image, verify
-from vmforensics.acquire.vmware import VMwareAcquirer
-from vmforensics.acquire.vmware_api import properties, run_task
-from vmforensics.acquire.vmware_identify import snapshot_tree
 from vmforensics.errors import AuthenticationError, HostVerificationError, UsageError, VMNotFoundError
+from vmforensics.hypervisors.vmware.acquirer import VMwareAcquirer
+from vmforensics.hypervisors.vmware.api import properties, run_task
+from vmforensics.hypervisors.vmware.identify import snapshot_tree
 
 VM = "DC0_H0_VM0"
 CASE = CaseInfo(case_id="2026-117", examiner="A. Analyst")
@@ -459,7 +459,7 @@ def test_host_transport_presents_a_fresh_ticket_per_request(vcsim: VCSim, tmp_pa
     records each request; the tickets come from vcsim's real AcquireGenericServiceTicket. Then
     the host goes away and the file comes from vCenter's /folder, which the record says."""
     from tests.transport.httpsd import DatastoreServer, TestPKI
-    from vmforensics.acquire.vmware_hostdirect import (
+    from vmforensics.hypervisors.vmware.hostdirect import (
         HostEndpoint,
         HostFirst,
         HostLocator,
@@ -512,7 +512,7 @@ def test_host_transport_presents_a_fresh_ticket_per_request(vcsim: VCSim, tmp_pa
 
 
 def test_host_certificate_as_vcenter_records_it(vcsim: VCSim) -> None:
-    from vmforensics.acquire.vmware_hostdirect import management_addresses, recorded_thumbprint
+    from vmforensics.hypervisors.vmware.hostdirect import management_addresses, recorded_thumbprint
 
     si = api(vcsim)
     try:

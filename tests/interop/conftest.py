@@ -21,7 +21,7 @@ import pytest
 from tests.interop.guest import write_guest_delta, write_guest_disk, write_vmx
 from tests.interop.vmware_state import write_memory_state
 from vmforensics import CaseInfo
-from vmforensics.acquire.vmware import VMwareAcquirer
+from vmforensics.hypervisors.vmware.acquirer import VMwareAcquirer
 
 CASE = CaseInfo(case_id="2026-117", examiner="A. Analyst")
 SNAPSHOT_VM, SUSPEND_VM = "DC0_H0_VM0", "DC0_H0_VM1"

@@ -26,7 +26,7 @@ from tests.acquire.hyperv_lab import (
     dotnet_time,
 )
 from tests.acquire.hyperv_vhdx import write_differencing
-from vmforensics.survey import hyperv_scripts as survey_scripts
+from vmforensics.hypervisors.hyperv import survey_scripts as survey_scripts
 
 HOME = r"C:\Hyper-V"
 

@@ -23,7 +23,7 @@ from tests.acquire.wsman_server import WSManServer
 from tests.survey.hyperv_survey_lab import HOME, SurveyHyperV
 from tests.transport.smbd import SmbServer
 from vmforensics import cli
-from vmforensics.survey.hyperv import READING_SCRIPTS, survey_hyperv
+from vmforensics.hypervisors.hyperv.survey import READING_SCRIPTS, survey_hyperv
 from vmforensics.survey.models import SurveyReport
 
 #: Cmdlet verbs that change a Hyper-V host or its files; no survey script may contain one.

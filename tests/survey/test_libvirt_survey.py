@@ -23,7 +23,7 @@ from tests.acquire import libvirt_lab
 from tests.acquire.libvirt_lab import VNC_PASSWORD, LibvirtLab, run, virsh
 from tests.transport.sshd import SSHServer
 from vmforensics import cli
-from vmforensics.survey.libvirt import SYSTEM_LOG_DIR, commands_sent, reading_only, survey_libvirt
+from vmforensics.hypervisors.libvirt.survey import SYSTEM_LOG_DIR, commands_sent, reading_only, survey_libvirt
 from vmforensics.survey.models import SurveyReport, Thresholds
 
 LOGS = Path(SYSTEM_LOG_DIR)

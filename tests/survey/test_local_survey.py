@@ -15,8 +15,8 @@ import attrs
 import pytest
 
 from tests.survey.estate import NOW, add_vm, set_vmx, take_snapshots
+from vmforensics.hypervisors.local.survey import survey_local
 from vmforensics.survey.findings import with_findings
-from vmforensics.survey.local import survey_local
 from vmforensics.survey.models import SurveyReport, Thresholds
 
 DAY = dt.timedelta(days=1)

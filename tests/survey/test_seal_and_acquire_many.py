@@ -13,8 +13,8 @@ import pytest
 from tests.survey.estate import add_vm
 from vmforensics import CaseInfo, LocalAcquirer, SigningKey, verify
 from vmforensics.errors import EvidenceError
+from vmforensics.hypervisors.local.survey import survey_local
 from vmforensics.survey.acquire_many import acquire_many
-from vmforensics.survey.local import survey_local
 from vmforensics.survey.models import SurveyReport
 from vmforensics.survey.seal import seal_report
 

@@ -22,9 +22,9 @@ from pyVim.connect import Connect, Disconnect
 from pyVmomi import vim
 
 from tests.acquire.vcsim.server import VCSim
-from vmforensics.acquire.vmware_api import retrieve, run_task
+from vmforensics.hypervisors.vmware.api import retrieve, run_task
+from vmforensics.hypervisors.vmware.survey import survey_vmware
 from vmforensics.survey.models import SurveyReport, Thresholds
-from vmforensics.survey.vmware import survey_vmware
 
 VM0, VM1 = "DC0_H0_VM0", "DC0_H0_VM1"
 
@@ -248,7 +248,7 @@ def test_dormant_vm_from_its_log_age_and_power_events(vcsim: VCSim, si: Any) -> 
 
 def test_acquire_many_from_a_vmware_survey(vcsim: VCSim, tmp_path: Path) -> None:
     from vmforensics import CaseInfo, verify
-    from vmforensics.acquire.vmware import VMwareAcquirer
+    from vmforensics.hypervisors.vmware.acquirer import VMwareAcquirer
     from vmforensics.survey.acquire_many import acquire_many
 
     report = survey(vcsim)

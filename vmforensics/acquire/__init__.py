@@ -1,1 +1,4 @@
-"""Acquirers: one per hypervisor, all on the same template (acquire/base.py)."""
+"""The acquisition template (base.py), the copier, the clock and the generic file-set rules.
+
+Each hypervisor's acquirer lives in its package under :mod:`vmforensics.hypervisors`.
+"""

@@ -95,7 +95,7 @@ class AcquisitionResult:
     def _repr_html_(self) -> str:
         from vmforensics.reports import result_html
 
-        return result_html(self)
+        return result_html(self.path, self.duration, self.manifest)
 
 
 class Session:

@@ -23,14 +23,13 @@ import attrs
 from vmforensics.acquire.base import Acquirer
 from vmforensics.custody.signing import Signer, SigningKey
 from vmforensics.errors import UsageError
+from vmforensics.hypervisors import hypervisors, load
 
-#: Acquirer kinds -> the public class that implements them (the hypervisor registry will name them).
+#: Acquirer kinds -> "module:Class": every registered hypervisor (vmforensics.hypervisors), and files.
 ACQUIRER_KINDS = {
-    "local": "LocalAcquirer",
-    "vmware": "VMwareAcquirer",
-    "hyperv": "HyperVAcquirer",
-    "libvirt": "LibvirtAcquirer",
-    "ssh-files": "FilesAcquirer",  # files over SSH: settings are SSHTransport's plus paths/recursive
+    **{hypervisor.name: hypervisor.acquirer for hypervisor in hypervisors()},
+    # files over SSH: settings are SSHTransport's plus paths/recursive
+    "ssh-files": "vmforensics.acquire.files:FilesAcquirer",
 }
 _SECRET_NAME = re.compile(r"pass(word|phrase)|secret|token|private", re.IGNORECASE)
 
@@ -160,7 +159,7 @@ class AcquisitionPlan:
         """The acquirer, made here with the secrets resolved here (call it on the worker)."""
         import vmforensics
 
-        cls = getattr(vmforensics, ACQUIRER_KINDS[self.kind])
+        cls = load(ACQUIRER_KINDS[self.kind])
         arguments = {**self.settings, **{name: ref.resolve() for name, ref in self.secrets.items()}}
         try:
             if self.kind == "ssh-files":

@@ -1,16 +1,17 @@
-"""``vmforensics acquire SOURCE …``: one sub-command per kind of source."""
+"""``vmforensics acquire SOURCE …``: one sub-command per registered hypervisor, and ``files``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 
-#: Modules under vmforensics.cli that each provide ``register(acquire_subparsers)``.
-SOURCE_MODULES = ("acquire_local", "acquire_files", "acquire_vmware", "acquire_hyperv", "acquire_libvirt")
+from vmforensics.cli import acquire_files
+from vmforensics.hypervisors import hypervisors, load
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("acquire", help="acquire a VM (or files) into a signed evidence directory")
     sources = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
-    for name in SOURCE_MODULES:
-        importlib.import_module(f"vmforensics.cli.{name}").register(sources)
+    for hypervisor in hypervisors():
+        if hypervisor.acquire_cli is not None:
+            load(hypervisor.acquire_cli)(sources)
+    acquire_files.register(sources)

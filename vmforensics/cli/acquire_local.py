@@ -24,6 +24,6 @@ def register(sources: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vmforensics.acquire.local import LocalAcquirer
+    from vmforensics.hypervisors.local.acquirer import LocalAcquirer
 
     return run_acquisition(LocalAcquirer(), args.source, args, exclude=tuple(args.exclude))

@@ -1,4 +1,8 @@
-"""``vmforensics survey local|vmware|libvirt|hyperv …``: what runs where, read-only, with findings."""
+"""``vmforensics survey SOURCE …``: what runs where, read-only, with findings.
+
+One sub-command per registered hypervisor with a survey (vmforensics.hypervisors); each adds its
+own options, then :func:`add_survey_options`, and hands its report to :func:`finish`.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from vmforensics.cli.common import add_case_options, add_signing_options, case_from_args, signer_from_args
-from vmforensics.cli.connections import (
-    add_libvirt_host_options,
-    add_vsphere_options,
-    add_winrm_options,
-    libvirt_host_settings,
-    vsphere_settings,
-    winrm_settings,
-)
+from vmforensics.hypervisors import hypervisors, load
 
 if TYPE_CHECKING:
     from vmforensics.survey.models import SurveyReport, Thresholds
@@ -25,54 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "survey", help="inventory VMs, snapshots, MACs and hosts, with findings (changes nothing)"
     )
     sources = parser.add_subparsers(dest="survey_source", metavar="SOURCE", required=True)
-
-    local = sources.add_parser("local", help="a datastore or folder of VM folders reachable as files")
-    local.add_argument("path", help="the datastore (or any folder above VM folders)")
-    _common(local)
-    local.set_defaults(handler=_run_local)
-
-    vmware = sources.add_parser(
-        "vmware",
-        help="vCenter or ESXi (vSphere API)",
-        description="Password: $VMFORENSICS_PASSWORD, else prompted (never on the command line).",
-    )
-    add_vsphere_options(vmware)
-    vmware.add_argument("--no-events", action="store_true", help="do not read moves and power history")
-    vmware.add_argument(
-        "--no-datastore-files", action="store_true", help="do not list datastores for files no VM uses"
-    )
-    _common(vmware)
-    vmware.set_defaults(handler=_run_vmware)
-
-    libvirt = sources.add_parser(
-        "libvirt",
-        help="a KVM/QEMU host: virsh and qemu-img over SSH (reading commands only)",
-        description="Every domain, snapshot, disk chain and storage pool of one libvirt host.",
-    )
-    where = add_libvirt_host_options(libvirt)
-    where.add_argument(
-        "--log-dir", default="/var/log/libvirt/qemu", help="the QEMU driver's log folder on the host"
-    )
-    _common(libvirt)
-    libvirt.set_defaults(handler=_run_libvirt)
-
-    hyperv = sources.add_parser(
-        "hyperv",
-        help="a Hyper-V host: reviewed PowerShell over WinRM, folders listed over SMB",
-        description="Password: $VMFORENSICS_PASSWORD, else prompted (never on the command line). "
-        "The account needs WinRM access and Hyper-V Administrators membership; listing the VM "
-        "folders for orphaned files needs read access to the administrative shares (C$...).",
-    )
-    add_winrm_options(hyperv)
-    hyperv.add_argument("--smb-port", type=int, default=445)
-    hyperv.add_argument(
-        "--no-files", action="store_true", help="do not list VM folders over SMB (no orphaned-file search)"
-    )
-    _common(hyperv)
-    hyperv.set_defaults(handler=_run_hyperv)
+    for hypervisor in hypervisors():
+        if hypervisor.survey_cli is not None:
+            load(hypervisor.survey_cli)(sources)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def add_survey_options(parser: argparse.ArgumentParser) -> None:
+    """The options every ``survey <name>`` has: output, finding thresholds, sealing."""
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as JSON")
     out.add_argument("--csv", metavar="FILE", help="also write the per-VM table as CSV")
@@ -89,7 +45,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add_signing_options(seal)
 
 
-def _thresholds(args: argparse.Namespace) -> Thresholds:
+def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
+    """The finding thresholds of :func:`add_survey_options`."""
     from vmforensics.survey.models import Thresholds
 
     return Thresholds(
@@ -102,48 +59,8 @@ def _thresholds(args: argparse.Namespace) -> Thresholds:
     )
 
 
-def _run_local(args: argparse.Namespace) -> int:
-    from vmforensics.survey.local import survey_local
-
-    return _finish(survey_local(args.path, thresholds=_thresholds(args)), args)
-
-
-def _run_vmware(args: argparse.Namespace) -> int:
-    from vmforensics.survey.vmware import survey_vmware
-
-    report = survey_vmware(
-        **vsphere_settings(args),
-        thresholds=_thresholds(args),
-        events=not args.no_events,
-        datastore_files=not args.no_datastore_files,
-    )
-    return _finish(report, args)
-
-
-def _run_libvirt(args: argparse.Namespace) -> int:
-    from vmforensics.survey.libvirt import survey_libvirt
-
-    report = survey_libvirt(
-        **libvirt_host_settings(args),
-        log_dir=args.log_dir or None,
-        thresholds=_thresholds(args),
-    )
-    return _finish(report, args)
-
-
-def _run_hyperv(args: argparse.Namespace) -> int:
-    from vmforensics.survey.hyperv import survey_hyperv
-
-    report = survey_hyperv(
-        **winrm_settings(args),
-        smb_port=args.smb_port,
-        files=not args.no_files,
-        thresholds=_thresholds(args),
-    )
-    return _finish(report, args)
-
-
-def _finish(report: SurveyReport, args: argparse.Namespace) -> int:
+def finish(report: SurveyReport, args: argparse.Namespace) -> int:
+    """Seal, write CSV and print the report as :func:`add_survey_options` asked; the exit status."""
     if args.seal:
         from vmforensics.survey.seal import seal_report
 

@@ -8,11 +8,11 @@ import attrs
 import pytsk3
 
 from vmforensics.acquire.base import AcquisitionResult
-from vmforensics.acquire.local import LocalAcquirer
 from vmforensics.custody.models import CaseInfo
 from vmforensics.custody.signing import SigningKey
 from vmforensics.custody.verify import VerificationReport, verify
 from vmforensics.demo.vm import VM_NAME, build_demo_vm
+from vmforensics.hypervisors.local.acquirer import LocalAcquirer
 from vmforensics.images import open_image
 
 

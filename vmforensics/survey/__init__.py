@@ -3,7 +3,8 @@
 ``survey_local(path)``, ``survey_vmware(host, ...)``, ``survey_libvirt(host, ...)`` and
 ``survey_hyperv(host, ...)`` return a :class:`SurveyReport`;
 ``seal_report`` documents it as signed evidence; ``acquire_many`` acquires a selection of it.
-Names load lazily so that pyVmomi is only imported for a VMware survey.
+Each hypervisor's survey source lives in its package under :mod:`vmforensics.hypervisors`;
+names load lazily so that pyVmomi is only imported for a VMware survey.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "survey_local": "vmforensics.survey.local",
-    "survey_vmware": "vmforensics.survey.vmware",
-    "survey_libvirt": "vmforensics.survey.libvirt",
-    "survey_hyperv": "vmforensics.survey.hyperv",
+    "survey_local": "vmforensics.hypervisors.local.survey",
+    "survey_vmware": "vmforensics.hypervisors.vmware.survey",
+    "survey_libvirt": "vmforensics.hypervisors.libvirt.survey",
+    "survey_hyperv": "vmforensics.hypervisors.hyperv.survey",
     "SurveyReport": "vmforensics.survey.models",
     "VMRecord": "vmforensics.survey.models",
     "Finding": "vmforensics.survey.models",

@@ -1,0 +1,5 @@
+"""Deprecated: moved to :mod:`vmforensics.hypervisors.vmware.acquirer` (this path goes away in the next release)."""
+
+from vmforensics._moved import alias
+
+alias(__name__, "vmforensics.hypervisors.vmware.acquirer")
