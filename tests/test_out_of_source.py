@@ -82,3 +82,21 @@ def test_non_empty_out_is_a_usage_error_that_names_resume_only_for_an_interrupte
     err = capsys.readouterr().err
     assert "not empty" in err and "--resume" not in err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_vmx_naming_a_file_inside_the_evidence_directory_is_omitted_not_acquired(tmp_path):
+    """The .vmx names the custody ledger this very acquisition is writing."""
+    from vmforensics import LocalAcquirer, verify
+    from vmforensics.demo.vm import build_demo_vm
+
+    vm = build_demo_vm(tmp_path / "ds").parent
+    out = tmp_path / "ev"
+    vmx = vm / "web01.vmx"
+    vmx.write_text(vmx.read_text() + f'extendedConfigFile = "{out}/custody.log.jsonl"\n')
+    result = LocalAcquirer().acquire(str(vm), out, case=CASE, progress=False)
+    assert not any("custody.log.jsonl" in f.local_path for f in result.files)
+    omitted = [o for o in result.omissions if o.source_path.endswith("custody.log.jsonl")]
+    assert omitted, result.omissions
+    # this template's rule; the confinement policy (outside the VM's folder) may refuse it first
+    assert omitted[0].reason == "inside the evidence directory" or "outside" in omitted[0].reason
+    assert verify(out).ok

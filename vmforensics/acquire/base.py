@@ -266,6 +266,8 @@ class Acquirer(abc.ABC):
                 session.ledger.append("enumerated", files=[p.label or p.source_path for p in planned])
             with self._phase(session, "stream"):
                 transport = self.transport(session)
+                if transport.scheme == "file":  # a local source: never acquire the evidence itself
+                    planned = self._outside_evidence(session, planned)
                 if bar is not None:
                     bar.set_total(sum(p.size_reported or 0 for p in planned) or None)
                 self._stream(session, transport, planned, algorithms, bar, resume, remote_hash)
@@ -407,6 +409,18 @@ class Acquirer(abc.ABC):
                 session.omit(label, item.role, "excluded by the examiner")
             elif matched is not None:
                 session.omit(label, item.role, f"excluded by the examiner (--exclude {matched})")
+            else:
+                kept.append(item)
+        return kept
+
+    @staticmethod
+    def _outside_evidence(session: Session, planned: list[PlannedFile]) -> list[PlannedFile]:
+        """A local file the source names inside the evidence directory is an omission, not a copy."""
+        evidence = Path(os.path.realpath(session.evidence.root))
+        kept = []
+        for item in planned:
+            if Path(os.path.realpath(item.source_path)).is_relative_to(evidence):
+                session.omit(item.label or item.source_path, item.role, "inside the evidence directory")
             else:
                 kept.append(item)
         return kept
