@@ -181,7 +181,7 @@ def test_keep_running_false_leaves_the_vm_paused_on_its_original_images(sshd):
 def test_save_while_kept_paused_is_refused_before_any_change(sshd):
     root = short_root("qr")
     with Guest(root, name="rf01") as guest:
-        with pytest.raises(UsageError, match="keep_running"):
+        with pytest.raises(UsageError, match="drop --keep-paused"):
             acquirer(sshd, keep_running=False).acquire(
                 str(guest.qmp_path), root / "out", case=CASE, preserve="save", progress=False
             )

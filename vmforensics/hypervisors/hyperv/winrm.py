@@ -90,7 +90,7 @@ class PowerShellSession:
         if not https and auth not in _ENCRYPTING:
             raise UsageError(
                 "Basic authentication over plain HTTP would send the password and every script in the "
-                "clear: use HTTPS (winrm_https=True) or NTLM/Kerberos/CredSSP with message encryption"
+                "clear: use HTTPS (without --http) or NTLM/Kerberos/CredSSP (--auth) with message encryption"
             )
         if not https and not verify_certificate:
             raise UsageError("verify_certificate only applies to HTTPS")
@@ -180,7 +180,7 @@ class PowerShellSession:
             ) from exc
         except requests.exceptions.SSLError as exc:
             raise HostVerificationError(
-                f"WinRM {self.endpoint}: the TLS certificate could not be verified ({exc}); pass ca_bundle= "
+                f"WinRM {self.endpoint}: the TLS certificate could not be verified ({exc}); give --tls-ca "
                 "with the CA that issued the host's WinRM certificate"
             ) from exc
         except WSManFaultError as exc:

@@ -231,7 +231,7 @@ class LibvirtAcquirer(Acquirer):
         state = control.state()
         running = state.split(" (")[0] in _RUNNING
         if mode != "none" and not running:
-            raise SourceError(f"{domain.name} is {state}: its disks do not change; use preserve='none'")
+            raise SourceError(f"{domain.name} is {state}: its disks do not change; use --preserve none")
         if isolate:
             if not running:
                 raise SourceError(f"{domain.name} is {state}: there is no live link to take down")

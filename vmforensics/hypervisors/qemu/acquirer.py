@@ -198,11 +198,11 @@ class QemuAcquirer(Acquirer):
                 )
             return
         if "qemu_socket" not in session.state:
-            raise SourceError("the VM is not running (no QMP socket): use preserve='none'")
+            raise SourceError("the VM is not running (no QMP socket): use --preserve none")
         if mode == "save" and not self.keep_running:
             raise UsageError(
-                "preserve='save' leaves QEMU's images inactive until the VM runs again, so its overlays "
-                "cannot be committed while it stays paused: use keep_running=True or preserve='pause'"
+                "--preserve save leaves QEMU's images inactive until the VM runs again, so its overlays "
+                "cannot be committed while it stays paused: drop --keep-paused, or use --preserve pause"
             )
         tag = "vmf" + session.state["acquisition_id"].replace("-", "")[:12]
         control = self._control(session)

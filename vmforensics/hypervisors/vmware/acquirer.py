@@ -293,7 +293,7 @@ class VMwareAcquirer(Acquirer):
             session.ledger.append("note", text="the VM was already suspended; nothing to do")
             return
         if power != "poweredOn":
-            raise UsageError(f"the VM is {power}; it cannot be suspended (use preserve='none')")
+            raise UsageError(f"the VM is {power}; it cannot be suspended (use --preserve none)")
         with session.action("suspend") as details:
             details["task"], _ = run_task(self._si, vm.SuspendVM_Task, "suspend the VM")
             session.state["suspended"] = True

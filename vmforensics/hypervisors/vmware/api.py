@@ -42,7 +42,7 @@ def login(host: str, port: int, user: str, password: str, context: ssl.SSLContex
     except ssl.SSLError as exc:
         raise HostVerificationError(
             f"the TLS certificate of {host}:{port} was refused: {exc} "
-            "(pass tls_ca= a CA bundle or tls_thumbprint= the certificate's SHA-256)"
+            "(give --tls-ca with a CA bundle, or --tls-thumbprint with the certificate's SHA-256)"
         ) from exc
     except vim.fault.HostConnectFault as exc:
         raise HostVerificationError(f"{host}:{port}: {exc.msg or exc}") from exc

@@ -36,7 +36,7 @@ class TLSPolicy:
 
     def __attrs_post_init__(self) -> None:
         if sum(bool(option) for option in (self.tls_ca, self.tls_thumbprint, self.insecure)) > 1:
-            raise UsageError("give at most one of tls_ca, tls_thumbprint and insecure=True")
+            raise UsageError("give at most one of --tls-ca, --tls-thumbprint and --insecure")
 
     @property
     def mode(self) -> str:
