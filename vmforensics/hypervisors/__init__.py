@@ -18,7 +18,7 @@ import attrs
 from vmforensics.errors import UsageError
 
 #: The hypervisor packages under vmforensics.hypervisors, in the order the CLI lists them.
-PACKAGES = ("local", "vmware", "hyperv", "libvirt")
+PACKAGES = ("local", "vmware", "hyperv", "libvirt", "qemu", "proxmox")
 
 
 @attrs.frozen
