@@ -1,0 +1,262 @@
+"""E01 export under custody, checked by independent readers: Debian's ewf-tools (ewfverify with
+the stored MD5, ewfinfo's case fields, ewfexport back to raw) and libewf's Python bindings (pyewf),
+against the raw bytes qemu-img convert gives for the same sealed VMDK."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vmforensics.cli as cli
+from tests.custody.conftest import make_writable
+from vmforensics import CaseInfo, LocalAcquirer, verify
+from vmforensics.custody.ewf import E01Case, export_e01
+from vmforensics.custody.ledger import LEDGER_NAME
+from vmforensics.demo.vm import build_demo_vm
+from vmforensics.errors import UsageError
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("ewfverify") and shutil.which("qemu-img")),
+    reason="ewf-tools and qemu-img (tests/apt-packages.txt) are the oracles",
+)
+DISK = "files/web01/web01.vmdk"
+CASE = CaseInfo(case_id="2026-117", examiner="A. Analyst", evidence_id="EV-7", notes="seized 1 Dec")
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(argv, capture_output=True, timeout=300, check=False)
+
+
+def qemu_raw(image: Path, out: Path) -> bytes:
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(out)], check=True, timeout=120)
+    return out.read_bytes()
+
+
+def _ctime(iso: str) -> str:
+    import datetime as dt
+    import time
+
+    return time.ctime(dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+
+
+def events(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / LEDGER_NAME).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    """A sealed demo acquisition whose disk was exported by the CLI in 8 MiB segments."""
+    base = tmp_path_factory.mktemp("e01")
+    vm = build_demo_vm(base / "datastore").parent
+    root = LocalAcquirer().acquire(str(vm), base / "ev", case=CASE, progress=False).path
+    code = cli.main(["export", str(root), "--format", "e01", "--disk", DISK, "--segment-size", "8M"])
+    assert code == 0
+    return root, qemu_raw(root / DISK, base / "oracle.raw")
+
+
+def test_e01_export_of_a_sealed_vmdk_passes_ewfverify_with_the_md5_of_the_raw_disk(exported) -> None:
+    root, raw = exported
+    segments = sorted((root / "derived" / "e01").iterdir())
+    assert [p.name for p in segments] == [f"web01.E0{n}" for n in range(1, 6)]  # 32 MiB in 8 MiB segments
+    assert all(p.stat().st_size <= 8 << 20 for p in segments)
+    result = run("ewfverify", "-q", "-d", "sha1", str(segments[0]))
+    out = result.stdout.decode()
+    assert result.returncode == 0, out
+    md5 = hashlib.md5(raw).hexdigest()
+    assert f"MD5 hash stored in file:\t\t{md5}" in out
+    assert f"MD5 hash calculated over data:\t\t{md5}" in out
+    sha1 = hashlib.sha1(raw).hexdigest()
+    assert f"SHA1 hash stored in file:\t\t{sha1}" in out  # the digest section
+    assert f"SHA1 hash calculated over data:\t\t{sha1}" in out
+    assert "ewfverify: SUCCESS" in out
+
+
+def test_ewfinfo_shows_the_case_fields_of_the_manifest(exported) -> None:
+    root, raw = exported
+    out = run("ewfinfo", str(root / "derived" / "e01" / "web01.E01")).stdout.decode()
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert "Case number:\t\t2026-117" in out
+    assert "Examiner name:\t\tA. Analyst" in out
+    assert "Evidence number:\tEV-7" in out
+    assert "Notes:\t\t\tseized 1 Dec" in out
+    assert "File format:\t\tEnCase 6" in out
+    assert f"Media size:\t\t32 MiB ({len(raw)} bytes)" in out
+    assert f"Acquisition date:\t{_ctime(manifest['finished'])}" in out  # from the manifest, not the clock
+
+
+def test_ewfexport_back_to_raw_equals_qemu_img_convert_byte_for_byte(exported, tmp_path: Path) -> None:
+    root, raw = exported
+    result = run(
+        "ewfexport",
+        "-q",
+        "-u",
+        "-f",
+        "raw",
+        "-t",
+        str(tmp_path / "back"),
+        str(root / "derived/e01/web01.E01"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "back.raw").read_bytes() == raw
+
+
+def test_pyewf_reads_the_segments_as_the_raw_disk(exported) -> None:
+    pyewf = pytest.importorskip("pyewf", reason="libewf-python (test extra)")
+    root, raw = exported
+    handle = pyewf.handle()
+    handle.open(pyewf.glob(str(root / "derived/e01/web01.E01")))
+    try:
+        assert handle.get_media_size() == len(raw)
+        assert handle.read(len(raw)) == raw
+        assert handle.get_header_value("case_number") == "2026-117"
+        assert handle.get_hash_value("MD5") == hashlib.md5(raw).hexdigest()
+    finally:
+        handle.close()
+
+
+def test_each_segment_is_a_derived_event_after_the_seal_with_the_raw_sha256_and_verify_rederives_it(
+    exported,
+) -> None:
+    root, raw = exported
+    sealed = json.loads((root / "manifest.json").read_text())["integrity"]["ledger_events"]
+    after = events(root)[sealed:]
+    assert [e["action"] for e in after] == ["derived"] * 5
+    details = [e["details"] for e in after]
+    assert [d["output"] for d in details] == [f"derived/e01/web01.E0{n}" for n in range(1, 6)]
+    for d in details:
+        assert d["kind"] == "e01" and d["status"] == "ok"
+        assert d["sha256"] == hashlib.sha256((root / d["output"]).read_bytes()).hexdigest()
+        assert d["inputs"][0]["path"] == DISK
+        assert not stat.S_IMODE((root / d["output"]).stat().st_mode) & 0o222
+    media = details[-1]["facts"]["media"]
+    assert media == {
+        "size": len(raw),
+        "md5": hashlib.md5(raw).hexdigest(),
+        "sha1": hashlib.sha1(raw).hexdigest(),
+        "sha256": hashlib.sha256(raw).hexdigest(),  # what `qemu-img convert | sha256sum` gives
+    }
+    report = verify(root)
+    assert report.ok, report
+    assert [c.status for c in report.post_seal] == ["OK"] * 5
+    assert all("re-derived byte for byte" in c.summary for c in report.post_seal)
+
+
+def test_a_changed_segment_fails_verify(exported, tmp_path: Path) -> None:
+    root, _ = exported
+    copy = tmp_path / "ev"
+    shutil.copytree(root, copy, symlinks=True)
+    make_writable(copy)
+    segment = copy / "derived/e01/web01.E03"
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    segment.write_bytes(bytes(data))
+    report = verify(copy)
+    assert not report.ok
+    (failed,) = [c for c in report.post_seal if c.status == "FAILED"]
+    assert "web01.E03" in failed.summary and "not the file the ledger recorded" in " ".join(failed.problems)
+
+
+def test_export_e01_is_deterministic_and_never_overwrites(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(3 << 20) + bytes(1 << 20) + b"tail" * 128 * 1024)
+    case = E01Case(
+        case_number="C-1", examiner="E", acquired=1764633600, guid="12345678-1234-5678-1234-567812345678"
+    )
+    first = export_e01(disk, tmp_path / "a.E01", case=case, segment_size=2 << 20, progress=False)
+    second = export_e01(disk, tmp_path / "b.E01", case=case, segment_size=2 << 20, progress=False)
+    assert len(first.segments) == 3
+    assert [s.sha256 for s in first.segments] == [s.sha256 for s in second.segments]
+    assert first.sha256 == hashlib.sha256(disk.read_bytes()).hexdigest()
+    assert run("ewfverify", "-q", str(tmp_path / "a.E01")).returncode == 0
+    with pytest.raises(UsageError, match="already exists"):
+        export_e01(disk, tmp_path / "a.E01", case=case, segment_size=2 << 20, progress=False)
+    assert [s.sha256 for s in first.segments] == [
+        hashlib.sha256(Path(s.path).read_bytes()).hexdigest() for s in first.segments
+    ]
+
+
+def test_tabs_and_line_breaks_in_case_fields_do_not_shift_ewfinfo_fields(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"x" * (1 << 20))
+    case = E01Case(case_number="C-2", examiner="Eve\tEvil\nCase number:\tforged", description="d\r\ne")
+    export_e01(disk, tmp_path / "h.E01", case=case, progress=False)
+    out = run("ewfinfo", str(tmp_path / "h.E01")).stdout.decode()
+    assert "Case number:\t\tC-2" in out and "forged" not in out.replace("Eve Evil Case number: forged", "")
+    assert "Examiner name:\t\tEve Evil Case number: forged" in out
+
+
+def test_a_disk_that_is_not_whole_sectors_is_refused(tmp_path: Path) -> None:
+    disk = tmp_path / "odd.raw"
+    disk.write_bytes(b"y" * 1000)
+    with pytest.raises(UsageError, match="whole number of 512-byte sectors"):
+        export_e01(disk, tmp_path / "odd.E01", case=E01Case(case_number="C", examiner="E"), progress=False)
+    assert not (tmp_path / "odd.E01").exists()
+
+
+def test_cli_e01_without_disk_or_with_a_disk_outside_the_manifest_is_a_usage_error(exported, capsys) -> None:
+    root, _ = exported
+    assert cli.main(["export", str(root), "--format", "e01"]) == 2
+    assert "--disk" in capsys.readouterr().err
+    assert cli.main(["export", str(root), "--format", "e01", "--disk", "files/web01/web01.vmx.missing"]) == 2
+    assert cli.main(["export", str(root), "--format", "e01", "--disk", DISK, "--output", "../x.E01"]) == 2
+
+
+_RSS_SCRIPT = """
+import sys
+from vmforensics.custody.ewf import E01Case, export_e01
+export_e01(sys.argv[1], sys.argv[2], case=E01Case(case_number="C", examiner="E"), progress=False)
+print([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1])
+"""
+
+
+def _sparse_export(tmp_path: Path, size: int, name: str) -> tuple[int, Path]:
+    disk = tmp_path / f"{name}.raw"
+    with open(disk, "wb") as f:
+        f.truncate(size)
+        for offset in (0, size // 3, size - 4096):
+            f.seek(offset)
+            f.write(name.encode() * (4096 // len(name)))
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(disk), str(tmp_path / f"{name}.E01")],
+        capture_output=True,
+        check=True,
+        timeout=1800,
+    )
+    return int(out.stdout.split()[-1]), disk
+
+
+@pytest.mark.slow
+def test_a_10_gib_sparse_disk_exports_with_flat_rss_and_every_chunk(tmp_path: Path) -> None:
+    small_kib, _ = _sparse_export(tmp_path, 256 << 20, "small")
+    large_kib, disk = _sparse_export(tmp_path, 10 << 30, "large")
+    assert large_kib - small_kib < 32 * 1024, (small_kib, large_kib)  # 40x the size, same memory
+    result = run("ewfinfo", str(tmp_path / "large.E01"))
+    assert "(10737418240 bytes)" in result.stdout.decode()
+    expected = hashlib.sha256()
+    with open(disk, "rb") as f:
+        while block := f.read(16 << 20):
+            expected.update(block)
+    exported = hashlib.sha256()
+    with subprocess.Popen(
+        ["ewfexport", "-q", "-u", "-f", "raw", "-t", "-", str(tmp_path / "large.E01")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    ) as reader:
+        assert reader.stdout is not None
+        left = 10 << 30  # ewfexport prints its verdict after the media on the same stream
+        while left:
+            block = reader.stdout.read(min(left, 16 << 20))
+            assert block, f"ewfexport stopped {left} bytes short"
+            exported.update(block)
+            left -= len(block)
+        reader.stdout.read()
+    assert reader.returncode == 0
+    assert exported.hexdigest() == expected.hexdigest()
