@@ -154,7 +154,6 @@ SPEC_SIGNATURES = {
     "virtualbox-saved-state": (b"\x7fVirtualBox SavedState V2.0\n", 0, b""),
     "bochs": (b"Bochs Virtual HD Image\0", 0, b""),
     "cd-raw-sectors": (b"\x00" + b"\xff" * 10 + b"\x00\x00\x02\x00\x01", 0, b""),
-    "qcow-unknown": (b"QFI\xfb\x00\x00\x00\x07", 0, b""),
     "7z": (b"7z\xbc\xaf\x27\x1c\x00\x04", 0, b""),
 }
 
@@ -198,6 +197,12 @@ def test_the_refusal_names_the_file_and_leaves_a_passed_file_object_open(tmp_pat
             open_image(handle)
         assert caught.value.path == str(image)
         assert handle.read(2) == b"\x1f\x8b"
+
+
+def test_a_qcow_of_an_unknown_version_goes_to_the_qcow2_reader_which_names_it(tmp_path: Path) -> None:
+    image = signature_only(tmp_path, "future.qcow2", b"QFI\xfb\x00\x00\x00\x07")
+    with pytest.raises(ImageFormatError, match="unsupported qcow2 version"):
+        open_image(image)
 
 
 def test_qcow2_is_still_detected_by_magic_after_the_signature_table(tmp_path: Path) -> None:

@@ -68,10 +68,6 @@ def _qcow_version(version: int) -> Callable[[Probe], bool]:
     return lambda probe: probe.at(0, b"QFI\xfb") and probe.u32be(4) == version
 
 
-def _qcow_other(probe: Probe) -> bool:
-    return probe.at(0, b"QFI\xfb") and probe.u32be(4) not in (1, 2, 3)
-
-
 def _vhd_footer(probe: Probe) -> bool:
     if probe.at(0, b"conectix"):
         return True
@@ -127,11 +123,9 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("vmdk", "VMware ESX sparse extent (COWD)", at(0, b"COWD")),
     Signature("vmdk", "VMware SE sparse extent", at(0, (0xCAFEBABE).to_bytes(8, "little"))),
     Signature("vhdx", "Microsoft VHDX", at(0, b"vhdxfile")),
-    Signature("qcow2", "QEMU qcow2", lambda p: _qcow_version(2)(p) or _qcow_version(3)(p)),
+    # any version but 1 goes to the qcow2 reader, which names an unsupported version itself
+    Signature("qcow2", "QEMU qcow2", lambda p: p.at(0, b"QFI\xfb") and p.u32be(4) != 1),
     Signature("qcow1", "QEMU qcow version 1", _qcow_version(1)),
-    Signature(
-        "qcow-unknown", "QEMU qcow of an unknown version", _qcow_other, None, "only versions 1-3 exist"
-    ),
     Signature("qed", "QEMU enhanced disk (QED)", at(0, b"QED\0")),
     Signature("vdi", "VirtualBox disk image (VDI)", at(64, b"\x7f\x10\xda\xbe")),
     Signature("parallels", "Parallels expanding disk (WithoutFreeSpace)", at(0, b"WithoutFreeSpace")),
