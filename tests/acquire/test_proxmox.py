@@ -8,6 +8,7 @@ Proxmox names its drives (``drive-scsi0``). Reached through a real sshd.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from tests.acquire.qemu_lab import ProxmoxNode, convert_to_raw, qemu_img, short_
 from tests.test_docs import RECIPE
 from tests.transport.sshd import SSHServer
 from vmforensics import CaseInfo, verify
+from vmforensics.cli import main
 from vmforensics.errors import SourceError, UsageError, VMNotFoundError
 from vmforensics.hypervisors.qemu.acquirer import ProxmoxAcquirer
 from vmforensics.hypervisors.qemu.proxmox import parse_storage_config, parse_vm_config, resolve_volume
@@ -196,3 +198,24 @@ def test_docs_proxmox_example_runs_and_prints_what_it_says(sshd, node, capsys):
     assert capsys.readouterr().out.strip() == promised
     assert any(f.role == "memory-state" and f.local_path.endswith(".qevm") for f in namespace["result"].files)
     assert guest.status() == "running"
+
+
+def test_cli_acquire_proxmox_of_a_stopped_vm(sshd, node, tmp_path, capsys):
+    node.write_vm(104, name="cold01", uuid=UUID, mac=MAC)
+    (node.images / "104").mkdir(parents=True, exist_ok=True)
+    qemu_img("create", "-q", "-f", "qcow2", str(node.images / "104" / "vm-104-disk-0.qcow2"), "1M")
+    (node.images / "104" / "vm-104-disk-1.raw").write_bytes(b"\1" * 4096)
+    ssh = ["--host", sshd.host, "--port", str(sshd.port), "--user", sshd.user]
+    ssh += ["--identity", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts)]
+    roots = ["--config-root", str(node.config_root), "--run-root", str(node.run_root)]
+    options = ["--vmid", "104", "--out", str(tmp_path / "out"), "--case", "C-17", "--preserve", "none"]
+    status = main(["acquire", "proxmox", *ssh, *roots, *options, "--no-progress", "--json"])
+    manifest = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert manifest["source"]["kind"] == "proxmox" and manifest["source"]["vm"]["name"] == "cold01"
+    assert {f["local_path"] for f in manifest["files"]} >= {
+        "files/config/qemu-server/104.conf",
+        "files/disks/scsi0/vm-104-disk-0.qcow2",
+        "files/disks/scsi1/vm-104-disk-1.raw",
+    }
+    assert verify(tmp_path / "out").ok

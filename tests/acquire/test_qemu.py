@@ -24,6 +24,7 @@ from tests.interop.vmware_state import BANNER
 from tests.test_docs import RECIPE
 from tests.transport.sshd import SSHServer
 from vmforensics import CaseInfo, verify
+from vmforensics.cli import main
 from vmforensics.errors import SourceError, UsageError
 from vmforensics.hypervisors.qemu.acquirer import QemuAcquirer
 from vmforensics.hypervisors.qemu.identify import MAX_DEPTH, layers_from_image, run_state
@@ -379,3 +380,20 @@ def test_backing_file_that_is_a_symbolic_link_is_omitted(sshd):
         result = acquirer(sshd).acquire(str(guest.qmp_path), root / "out", case=CASE, progress=False)
     reasons = {o.source_path: o.reason for o in result.omissions}
     assert "symbolic link" in reasons[str(root / "base.qcow2")]
+
+
+def test_cli_acquire_qemu_pauses_acquires_and_resumes(sshd, capsys):
+    root = short_root("qi")
+    with Guest(root, name="cli01") as guest:
+        ssh = ["--host", sshd.host, "--port", str(sshd.port), "--user", sshd.user]
+        ssh += ["--identity", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts)]
+        common = ["acquire", "qemu", *ssh, "--qmp", str(guest.qmp_path), "--case", "C-17", "--no-progress"]
+        status = main([*common, "--out", str(root / "out"), "--preserve", "pause", "--json"])
+        manifest = json.loads(capsys.readouterr().out)
+        assert status == 0
+        assert manifest["source"]["kind"] == "qemu" and manifest["source"]["vm"]["name"] == "cli01"
+        assert [a["action"] for a in manifest["actions"]][:4] == ["stop", "memory-dump", "snapshot", "cont"]
+        assert guest.tops()["drive-scsi0"] == str(guest.disk) and guest.status() == "running"
+        refused = main([*common, "--out", str(root / "out2"), "--isolate"])
+        assert refused == 2
+        assert guest.status() == "running"

@@ -8,6 +8,7 @@ a real sshd.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -16,6 +17,7 @@ import pytest
 from tests.acquire import qemu_lab
 from tests.acquire.qemu_lab import ProxmoxNode, short_root
 from tests.transport.sshd import SSHServer
+from vmforensics.cli import main
 from vmforensics.hypervisors.qemu.survey import survey_proxmox
 
 pytestmark = pytest.mark.skipif(qemu_lab.available() is not None, reason=str(qemu_lab.available()))
@@ -92,3 +94,21 @@ def test_a_broken_config_is_noted_and_files_no_config_names_are_listed(surveyed)
     assert any("102.conf" in note and "not a 'key: value' line" in note for note in report.notes)
     assert [f.path for f in report.unclaimed_files] == [str(node.images / "555/vm-555-disk-0.qcow2")]
     assert report.findings_of("orphaned-files")
+
+
+def test_cli_survey_proxmox_prints_the_report_as_json(tmp_path_factory, capsys):
+    node = ProxmoxNode(short_root("pvc"))
+    try:
+        node.write_vm(200, name="files01", uuid="2b5e7c9a-3f41-4d2b-8e6a-9c0d1e2f3a4b", mac=MAC)
+        with SSHServer(tmp_path_factory.mktemp("sshd-pvc")) as sshd:
+            ssh = ["--host", sshd.host, "--port", str(sshd.port), "--user", sshd.user]
+            ssh += ["--identity", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts)]
+            roots = ["--config-root", str(node.config_root), "--run-root", str(node.run_root)]
+            status = main(["survey", "proxmox", *ssh, *roots, "--json"])
+        report = json.loads(capsys.readouterr().out)
+        assert status == 0
+        assert [(vm["reference"], vm["name"], vm["power_state"]) for vm in report["vms"]] == [
+            ("200", "files01", "stopped")
+        ]
+    finally:
+        node.stop()
