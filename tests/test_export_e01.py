@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -260,3 +261,48 @@ def test_a_10_gib_sparse_disk_exports_with_flat_rss_and_every_chunk(tmp_path: Pa
         reader.stdout.read()
     assert reader.returncode == 0
     assert exported.hexdigest() == expected.hexdigest()
+
+
+def _recipe(name: str) -> tuple[str, str]:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "exports.md").read_text()
+    ((lang, body),) = re.findall(rf"<!-- test: {name} -->\n```(\w+)\n(.*?)```", page, re.DOTALL)
+    return lang, body
+
+
+def test_the_exports_page_cli_recipe_runs_as_written(tmp_path: Path) -> None:
+    vm = build_demo_vm(tmp_path / "datastore").parent
+    LocalAcquirer().acquire(str(vm), tmp_path / "web01-evidence", case=CASE, progress=False)
+    lang, body = _recipe("e01-cli")
+    assert lang == "sh"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", body],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ewfverify: SUCCESS" in done.stdout
+    assert "Case number:\t\t2026-117" in done.stdout and "Examiner name:\t\tA. Analyst" in done.stdout
+    assert len(list((tmp_path / "web01-evidence/derived/e01").iterdir())) == 3  # 32 MiB in 16M segments
+
+
+def test_the_exports_page_python_recipe_writes_a_qcow2_disk_as_e01(tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(os.urandom(1 << 20) + bytes(2 << 20) + b"end!" * 1024)  # a hole, a partial last chunk
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(tmp_path / "disk.qcow2")], check=True)
+    expected = qemu_raw(tmp_path / "disk.qcow2", tmp_path / "oracle.raw")
+    lang, body = _recipe("e01-python")
+    assert lang == "python"
+    done = subprocess.run(
+        [sys.executable, "-c", body], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    md5, sha256, segments = done.stdout.split(" ", 2)
+    assert md5 == hashlib.md5(expected).hexdigest() and sha256 == hashlib.sha256(expected).hexdigest()
+    assert segments.strip() == "['disk.E01']"
+    back = run("ewfexport", "-q", "-u", "-f", "raw", "-t", str(tmp_path / "back"), str(tmp_path / "disk.E01"))
+    assert back.returncode == 0, back.stderr
+    assert (tmp_path / "back.raw").read_bytes() == expected
