@@ -395,11 +395,17 @@ class HTTPSReadStream:
             count -= self.readinto(scratch[: min(len(scratch), count)])
 
     def close(self) -> None:
-        """Release the connection; one with unread body bytes is closed rather than reused."""
-        if self.remaining:
+        """Release the connection; one with unread body bytes is closed rather than reused.
+
+        A body read to its announced end (or an empty one, never read at all) must still be
+        finished in http.client before its connection is reused: the pool would hand out a
+        connection whose previous response is open and the next request would fail.
+        """
+        if self.remaining or self._response.length_remaining != 0:
             _discard(self._response)
         else:
             with contextlib.suppress(HTTPError, OSError):
+                self._response.drain_conn()  # reads nothing: the announced length is exhausted
                 self._response.release_conn()
 
     def __enter__(self) -> HTTPSReadStream:
