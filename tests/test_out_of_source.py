@@ -100,3 +100,37 @@ def test_vmx_naming_a_file_inside_the_evidence_directory_is_omitted_not_acquired
     # this template's rule; the confinement policy (outside the VM's folder) may refuse it first
     assert omitted[0].reason == "inside the evidence directory" or "outside" in omitted[0].reason
     assert verify(out).ok
+
+
+@pytest.mark.parametrize("where", ["inside", "equal", "vmx-folder"])
+def test_out_inside_or_equal_to_a_local_vm_folder_is_a_usage_error_and_nothing_is_written(
+    tmp_path, where, capsys
+):
+    from vmforensics.demo.vm import build_demo_vm
+
+    vm = build_demo_vm(tmp_path / "ds").parent
+    target = vm / "web01.vmx" if where == "vmx-folder" else vm
+    out = vm if where == "equal" else vm / "evidence"
+    before = _tree(vm)
+    argv = ["acquire", "local", str(target), "--out", str(out), "--case", "O-2", "--no-progress"]
+    assert main(argv) == 2
+    assert main([*argv, "--resume"]) == 2  # the hint of the old error: still nothing written
+    err = capsys.readouterr().err
+    assert "inside the source" in err and "resume=True" not in err
+    assert _tree(vm) == before
+
+
+def test_swapped_source_and_out_are_refused_and_the_vm_folder_is_untouched(tmp_path, capsys):
+    """`acquire local EVIDENCE --out VMFOLDER --resume`: the evidence dir as the source."""
+    from vmforensics import LocalAcquirer
+    from vmforensics.demo.vm import build_demo_vm
+
+    vm = build_demo_vm(tmp_path / "ds").parent
+    evidence = LocalAcquirer().acquire(str(vm), tmp_path / "ev", case=CASE, progress=False).path
+    before = _tree(vm)
+    argv = ["acquire", "local", str(evidence), "--out", str(vm), "--case", "O-3", "--no-progress"]
+    assert main(argv) == 2
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "holds no interrupted acquisition" in err
+    assert _tree(vm) == before
