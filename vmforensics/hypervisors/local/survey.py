@@ -23,6 +23,9 @@ from vmforensics.acquire.clock import measure_clock
 from vmforensics.acquire.filesets import is_ignored, role_for
 from vmforensics.custody.models import SourceInfo
 from vmforensics.errors import ImageFormatError, SourceError, UsageError
+from vmforensics.hypervisors.local.parallels import describe_parallels
+from vmforensics.hypervisors.local.parallels import is_bundle as is_parallels_bundle
+from vmforensics.hypervisors.local.virtualbox import describe_virtualbox
 from vmforensics.hypervisors.local.vmsd import depths, parse_vmsd
 from vmforensics.hypervisors.local.vmx import disk_files, parse_vmx, referenced_files
 from vmforensics.survey.findings import with_findings
@@ -72,6 +75,14 @@ def survey_local(
                 record, files = _describe(folder, folder.path / name, top)
                 vms.append(record)
                 claimed |= files
+            elif name.lower().endswith(".vbox"):
+                record, files = describe_virtualbox(folder.path / name, top)
+                vms.append(record)
+                claimed |= files
+        if is_parallels_bundle(folder.path, folder.files.keys()):
+            record, files = describe_parallels(folder.path, top)
+            vms.append(record)
+            claimed |= files
     unclaimed = _unclaimed(folders, claimed, top)
     report = SurveyReport(
         source=SourceInfo(
