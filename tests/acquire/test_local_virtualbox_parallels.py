@@ -126,3 +126,10 @@ def test_parallels_bundle_files_are_acquired_with_their_roles(parallels_vm: Path
     }
     assert result.manifest.omissions == ()  # the descriptor's chain opened through the readers
 
+
+def test_virtualbox_snapshot_disk_chain_reaches_its_base_without_an_omission(
+    virtualbox_vm, tmp_path: Path
+) -> None:
+    vm, _, _ = virtualbox_vm
+    result = LocalAcquirer().acquire(vm, tmp_path / "out", case=CASE, progress=False)
+    assert result.manifest.omissions == ()
