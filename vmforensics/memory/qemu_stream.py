@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -134,15 +134,15 @@ class _Block:
                 path=str(path),
             )
 
-    def data_runs(self, page_size: int) -> list[tuple[int, int, int, int]]:
+    def data_runs(self, page_size: int) -> Iterable[tuple[int, int, int, int]]:
         """(byte offset in the block, length, file offset, stride) of the stored pages, ascending;
         a page sent more than once keeps its last copy."""
-        if self.ordered:
-            return [
+        if self.ordered:  # a generator: no list of tuples beside the arrays
+            return (
                 (self.pages[n] * page_size, self.counts[n] * page_size, self.offsets[n], self.strides[n])
                 for n in range(len(self.pages))
                 if self.offsets[n] != ZERO_RUN
-            ]
+            )
         log.info("RAM block %s has pages sent more than once; the last copy of each counts", self.name)
         where = array("Q", [MISSING]) * (self.length // page_size)
         for n in range(len(self.pages)):
@@ -442,16 +442,15 @@ def layout(
         )
     placed.sort(key=lambda p: p[0])
     ranges, extents = [], Extents(page_size)
-    runs_cache: dict[str, list[tuple[int, int, int, int]]] = {}
+    checked: set[str] = set()
     for start, length, name, block, base in placed:
         if ranges and start < ranges[-1].end:
             raise MemoryFormatError(f"RAM blocks overlap at 0x{start:x} ({name})", path=str(path))
         ranges.append(MemoryRange(start, length, name))
-        if block.name not in runs_cache:
+        if block.name not in checked:
             block.check_complete(page_size, path)
-            runs_cache[block.name] = block.data_runs(page_size)
-        runs = runs_cache[block.name]
-        for run_start, run_length, offset, stride in runs:
+            checked.add(block.name)
+        for run_start, run_length, offset, stride in block.data_runs(page_size):
             lo, hi = max(run_start, base), min(run_start + run_length, base + length)
             if lo < hi:
                 skip_pages = (lo - run_start) // page_size
