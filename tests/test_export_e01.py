@@ -306,3 +306,30 @@ def test_the_exports_page_python_recipe_writes_a_qcow2_disk_as_e01(tmp_path: Pat
     back = run("ewfexport", "-q", "-u", "-f", "raw", "-t", str(tmp_path / "back"), str(tmp_path / "disk.E01"))
     assert back.returncode == 0, back.stderr
     assert (tmp_path / "back.raw").read_bytes() == expected
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"chunks_per_segment": 0},
+        {"segment": "2"},
+        {"segment": 99},
+        {"compression": "lzma"},
+        {"case": {"case_number": "x"}},
+        {"case": "not a mapping"},
+    ],
+)
+def test_a_forged_conversion_in_an_event_after_the_seal_fails_verify_without_crashing(
+    exported, forged
+) -> None:
+    """The events after the signed head are not signed: verify reads their conversion as hostile."""
+    root, _ = exported
+    from vmforensics.custody.derived import check_event
+    from vmforensics.custody.export import load_manifest
+    from vmforensics.custody.ledger import CustodyEvent
+
+    line = events(root)[-1]
+    line["details"] = {**line["details"], "conversion": {**line["details"]["conversion"], **forged}}
+    check = check_event(root, CustodyEvent(**line), load_manifest(root)[0], {})
+    assert check.status == "FAILED"
+    assert any("EvidenceError" in problem for problem in check.problems), check.problems

@@ -61,12 +61,16 @@ class E01Case:
     evidence_number: str = ""
     description: str = ""
     notes: str = ""
-    acquired: int = 0
+    acquired: int = attrs.field(
+        default=0, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.lt(1 << 32))
+    )
     model: str = ""
     serial: str = ""
     software: str = attrs.field(factory=lambda: __import__("vmforensics").__version__[:11])
     platform: str = attrs.field(factory=lambda: platform.system()[:23])
-    guid: str = attrs.field(factory=lambda: str(uuid.uuid4()))
+    guid: str = attrs.field(
+        factory=lambda: str(uuid.uuid4()), validator=lambda _, __, value: uuid.UUID(value)
+    )
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, disk: str) -> E01Case:
@@ -444,18 +448,17 @@ def produce(inputs: Sequence[Path], params: Mapping[str, Any], sink: Sink) -> di
     the export of ``inputs[0]`` (a disk image) with the recorded case fields and layout."""
     from vmforensics.images import open_image
 
-    case = E01Case(**params["case"])
-    compression = str(params["compression"])
-    number = int(params["segment"])
+    case, compression, number, per_segment = _checked(params)
     with open_image(inputs[0]) as image:
         if image.size != params["media_size"]:
             raise EvidenceError(
                 f"{inputs[0]} reads as {image.size} bytes, not the recorded {params['media_size']}"
             )
-        layout = Layout(image.size, int(params["chunks_per_segment"]))
-        if layout.segments != params["segments"]:
+        layout = Layout(image.size, per_segment)
+        if layout.segments != params["segments"] or not 1 <= number <= layout.segments:
             raise EvidenceError(
-                f"the recorded layout gives {layout.segments} segments, not {params['segments']}"
+                f"the recorded layout ({per_segment} chunks per segment) gives {layout.segments} segments, "
+                f"not segment {number} of {params['segments']}"
             )
         first, count = layout.span(number)
         last = number == layout.segments
@@ -470,6 +473,27 @@ def produce(inputs: Sequence[Path], params: Mapping[str, Any], sink: Sink) -> di
         facts["media"] = {"size": image.size, **digests.facts()}
     facts["zlib"] = zlib.ZLIB_RUNTIME_VERSION
     return facts
+
+
+def _checked(params: Mapping[str, Any]) -> tuple[E01Case, str, int, int]:
+    """The recorded conversion, refused unless every field has its type (a ledger after the seal
+    is not signed: verify re-derives from what it says, so it is read as hostile)."""
+    case, compression = params.get("case"), params.get("compression")
+    numbers = [params.get(key) for key in ("segment", "segments", "chunks_per_segment", "media_size")]
+    fields = {f.name for f in attrs.fields(E01Case)}
+    if (
+        not isinstance(case, dict)
+        or set(case) != fields
+        or not all(isinstance(case[name], int if name == "acquired" else str) for name in fields)
+        or compression not in ewf.COMPRESSION
+        or not all(type(n) is int and n >= 1 for n in numbers)
+    ):
+        raise EvidenceError("the recorded E01 conversion is malformed; nothing can be re-derived from it")
+    try:
+        recorded = E01Case(**case)
+    except ValueError as exc:
+        raise EvidenceError(f"the recorded E01 case fields are refused: {exc}") from exc
+    return recorded, str(compression), int(numbers[0]), int(numbers[2])
 
 
 def export_e01_into(
