@@ -176,7 +176,9 @@ def test_resume_into_a_folder_without_a_ledger_is_a_usage_error_and_writes_nothi
 ):
     """The swapped-arguments case: --out names the VM folder and the error's old hint said resume."""
     before = sorted(p.name for p in vm_folder.iterdir())
-    argv = ["acquire", "local", str(tmp_path), "--out", str(vm_folder), "--case", "R-2", "--no-progress"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    argv = ["acquire", "local", str(elsewhere), "--out", str(vm_folder), "--case", "R-2", "--no-progress"]
     assert main([*argv, "--resume"]) == 2
     err = capsys.readouterr().err
     assert "--resume" in err and "resume=True" not in err
