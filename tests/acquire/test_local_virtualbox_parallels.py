@@ -70,6 +70,13 @@ def test_virtualbox_folder_files_are_acquired_with_their_roles(virtualbox_vm, tm
     vm, child, state = virtualbox_vm
     result = LocalAcquirer().acquire(vm, tmp_path / "out", case=CASE, progress=False)
     roles = {f.local_path.split("/win10/", 1)[1]: f.role for f in result.manifest.files}
+    vm_identity = result.manifest.source.vm
+    assert (vm_identity.name, vm_identity.uuid, vm_identity.mac_addresses) == (
+        "win10",
+        str(MACHINE),
+        ("08:00:27:d1:e2:f3",),
+    )
+    assert vm_identity.details["OSType (configured)"] == "Windows10_64"
     assert roles == {
         "win10.vbox": "config",
         "win10.vbox-prev": "config-backup",

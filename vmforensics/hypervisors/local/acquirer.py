@@ -18,6 +18,7 @@ from vmforensics.acquire.filesets import Vendor, guess_vendor, is_ignored, role_
 from vmforensics.confine import MISSING, ConfinedPath, Confinement, Refusal, open_named_file
 from vmforensics.custody.models import SourceInfo, VMIdentity
 from vmforensics.errors import ImageFormatError, RefusedPathError, SourceError, VMNotFoundError
+from vmforensics.hypervisors.local.virtualbox import parse_vbox, read_config
 from vmforensics.hypervisors.local.vmx import disk_files, mac_addresses, parse_vmx, referenced_files
 from vmforensics.transport.local import LocalTransport
 
@@ -63,7 +64,8 @@ class LocalAcquirer(Acquirer):
         locks = sorted(n for n in names if n.lower().endswith(".lck"))
         power = "unknown (lock files present: the VM may be running)" if locks else "unknown (no lock files)"
         if vmx_path is None:
-            return VMIdentity(name=folder.name, config_path=str(folder), power_state_before=power)
+            registry = _virtualbox_identity(folder, names, confinement) if vendor == "virtualbox" else None
+            return registry or VMIdentity(name=folder.name, config_path=str(folder), power_state_before=power)
         vmx = parse_vmx(_read_vmx(vmx_path, confinement, named=path.is_file()))
         session.state["vmx_entries"] = vmx
         return VMIdentity(
@@ -154,6 +156,35 @@ def _role(vendor: Vendor, found: ConfinedPath, confinement: Confinement) -> str:
         except (OSError, RefusedPathError):
             pass
     return role
+
+
+def _virtualbox_identity(folder: Path, names: list[str], confinement: Confinement) -> VMIdentity | None:
+    """The VM a VirtualBox folder's single .vbox registers (None when there is not exactly one,
+    or it cannot be read: the folder is then named by itself)."""
+    registries = [n for n in names if n.lower().endswith(".vbox")]
+    if len(registries) != 1:
+        return None
+    path = folder / registries[0]
+    try:
+        machine = parse_vbox(read_config(path, confinement), path=str(path))
+    except (ImageFormatError, RefusedPathError) as exc:
+        log.warning("%s: not read: %s", path, exc)
+        return None
+    return VMIdentity(
+        name=machine.name,
+        uuid=machine.uuid,
+        config_path=str(path),
+        mac_addresses=tuple(n.mac for n in machine.nics if n.enabled and n.mac),
+        power_state_before="saved (the registry names a saved state)"
+        if machine.state_file
+        else "unknown (VirtualBox keeps no lock file)",
+        details={
+            "vendor": "virtualbox",
+            "OSType (configured)": machine.os_type,
+            "current_snapshot": machine.current_snapshot,
+            "snapshots": len(machine.snapshots),
+        },
+    )
 
 
 def _single_vmx(folder: Path, confinement: Confinement) -> Path | None:

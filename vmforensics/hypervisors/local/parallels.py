@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from vmforensics.confine import Confinement
 from vmforensics.errors import ImageFormatError, RefusedPathError
 from vmforensics.hypervisors.local.virtualbox import (
     disk_record,
@@ -37,7 +38,9 @@ def describe_parallels(bundle: Path, top: Path) -> tuple[VMRecord, set[Path]]:
     config = bundle / CONFIG_NAME
     name, vm_uuid, nics, error = bundle.name[: -len(".pvm")], None, [], None
     try:
-        root = safe_xml.parse(read_config(config, top), path=str(config), what="Parallels config.pvs")
+        root = safe_xml.parse(
+            read_config(config, Confinement([top])), path=str(config), what="Parallels config.pvs"
+        )
     except (ImageFormatError, RefusedPathError) as exc:
         error = f"config.pvs unreadable: {exc.reason if isinstance(exc, ImageFormatError) else exc}"
     else:

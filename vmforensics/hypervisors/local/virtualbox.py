@@ -182,7 +182,7 @@ def describe_virtualbox(vbox_path: Path, top: Path) -> tuple[VMRecord, set[Path]
     folder = vbox_path.parent
     claimed = set(files_under(folder))
     try:
-        raw = read_config(vbox_path, top)
+        raw = read_config(vbox_path, Confinement([top]))
         machine = parse_vbox(raw, path=str(vbox_path))
     except (ImageFormatError, RefusedPathError) as exc:
         error = exc.reason if isinstance(exc, ImageFormatError) else str(exc)
@@ -252,9 +252,9 @@ def describe_virtualbox(vbox_path: Path, top: Path) -> tuple[VMRecord, set[Path]
     return record, claimed
 
 
-def read_config(path: Path, top: Path) -> bytes:
-    """A configuration file beneath ``top`` (confined: no symbolic link, regular file), bounded."""
-    fd = Confinement([top]).open_regular(str(path))
+def read_config(path: Path, confinement: Confinement) -> bytes:
+    """A configuration file within ``confinement`` (no symbolic link, a regular file), bounded."""
+    fd = confinement.open_regular(str(path))
     with open(fd, "rb") as f:
         return f.read(safe_xml.MAX_XML_BYTES + 1)
 
