@@ -179,9 +179,9 @@ def test_worker_killed_mid_acquisition_leaves_member_resumable_and_resume_seals_
     out = tmp_path / "out"
     killed: list[int] = []
 
-    def kill_on_first_progress(vm: str, update: Any) -> None:
-        if vm != "big01" or killed:
-            return
+    def kill_mid_file(vm: str, update: Any) -> None:
+        if vm != "big01" or killed or not update.file.endswith("big01.vmem") or update.file_done < 64 << 20:
+            return  # mid-way through the large file (not between sealing a file and logging it)
         started = [e for e in ledger_events_of(out / "batch.log.jsonl") if e["action"] == "started"]
         pid = next(e["details"]["pid"] for e in started if e["details"]["member"] == "big01")
         killed.append(pid)
@@ -194,7 +194,7 @@ def test_worker_killed_mid_acquisition_leaves_member_resumable_and_resume_seals_
             case=CASE,
             executor=client.get_executor(),
             limits=Limits(total=3),
-            progress=kill_on_first_progress,
+            progress=kill_mid_file,
         )
         assert killed and [item.vm for item in first.failed] == ["big01"]
         record = json.loads((out / "batch.json").read_bytes())

@@ -170,7 +170,10 @@ def run_member(task: MemberTask) -> MemberOutcome:
     task.events.send({"event": "started", "index": task.index, "time": started, **who})
     path = Path(task.directory)
     reporter = _Reporter(task.events, task.index)
-    if task.resume and (path / MANIFEST_NAME).is_file():  # sealed by an earlier run, on this worker's disk
+    if (path / MANIFEST_NAME).is_file():
+        # Sealed by an earlier attempt of this member: a resumed batch on a worker's own disk, or
+        # Dask recomputing a finished task whose result was lost with its worker (a fresh batch
+        # starts in an empty directory, so nothing else can have sealed it). Never acquired twice.
         return MemberOutcome(
             task.index, "sealed", None, sha256_file(path / MANIFEST_NAME), who, started, utc_now()
         )
@@ -233,7 +236,15 @@ class _Reporter:
         if self.pending is not None:
             p, self.pending = self.pending, None
             self.channel.send(
-                {"event": "progress", "index": self.index, "file": p.file, "done": p.done, "total": p.total}
+                {
+                    "event": "progress",
+                    "index": self.index,
+                    "file": p.file,
+                    "file_done": p.file_done,
+                    "file_total": p.file_total,
+                    "done": p.done,
+                    "total": p.total,
+                }
             )
 
 
@@ -514,7 +525,13 @@ class _Batch:
         elif message.get("event") == "progress" and self.view is not None:
             self.view.progress(
                 name,
-                ProgressUpdate(str(message.get("file")), 0, None, int(message["done"]), message.get("total")),
+                ProgressUpdate(
+                    str(message.get("file")),
+                    int(message.get("file_done") or 0),
+                    message.get("file_total"),
+                    int(message["done"]),
+                    message.get("total"),
+                ),
             )
 
     # -- scheduling --
