@@ -6,13 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.acquire.test_local_virtualbox_parallels import (
     MACHINE,
     SNAPSHOT,
     make_parallels_vm,
     make_virtualbox_vm,
 )
+from vmforensics.errors import ImageFormatError
 from vmforensics.hypervisors.local.survey import survey_local
+from vmforensics.hypervisors.local.virtualbox import parse_vbox
 
 
 def test_survey_describes_a_virtualbox_vm_and_a_parallels_bundle(tmp_path: Path) -> None:
@@ -51,3 +56,20 @@ def test_survey_reports_a_hostile_vbox_registry_instead_of_failing(tmp_path: Pat
     (record,) = survey_local(tmp_path / "store").vms
     assert record.details["vendor"] == "virtualbox"
     assert "document type" in record.details["error"]
+
+
+@settings(max_examples=200, deadline=2000)
+@given(
+    body=st.text(
+        alphabet="<>/=\"' {}-0123456789abcdefMachineHardDiskSnapshotAdapteruidlocationMACAddress",
+        max_size=300,
+    )
+)
+def test_arbitrary_registry_content_raises_only_image_format_errors(body: str) -> None:
+    raw = f'<?xml version="1.0"?><VirtualBox><Machine name="m">{body}</Machine></VirtualBox>'.encode()
+    try:
+        machine = parse_vbox(raw, path="fuzz.vbox")
+    except ImageFormatError as exc:
+        assert exc.reason
+    else:
+        assert all(n.mac is None or len(n.mac) == 17 for n in machine.nics)
