@@ -21,8 +21,9 @@ import attrs
 
 from vmforensics.acquire.clock import measure_clock
 from vmforensics.acquire.filesets import is_ignored, role_for
+from vmforensics.confine import MISSING, ConfinedPath, Confinement, Refusal
 from vmforensics.custody.models import SourceInfo
-from vmforensics.errors import ImageFormatError, SourceError, UsageError
+from vmforensics.errors import ImageFormatError, RefusedPathError, SourceError, UsageError
 from vmforensics.hypervisors.local.parallels import describe_parallels
 from vmforensics.hypervisors.local.parallels import is_bundle as is_parallels_bundle
 from vmforensics.hypervisors.local.virtualbox import describe_virtualbox
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 _LOG_TIME = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d))")
 _LOG_TAIL = 64 * 1024
+#: .vmx and .vmsd files are a few KiB; only this much of one is parsed.
+MAX_CONFIG_BYTES = 4 << 20
 _DISK_ROLES = {"disk-descriptor", "disk-extent", "change-tracking"}
 _STATE_SUFFIXES = (".vmsn", ".vmss")
 
@@ -128,8 +131,14 @@ def _walk(top: Path, max_depth: int) -> Iterator[_Folder]:
 
 
 def _describe(folder: _Folder, vmx_path: Path, top: Path) -> tuple[VMRecord, set[Path]]:
-    """The VM's record and every file it accounts for."""
-    vmx = parse_vmx(vmx_path.read_text(errors="replace"))
+    """The VM's record and every file it accounts for.
+
+    Every path the .vmx and .vmsd name is read only beneath the surveyed root, through no
+    symbolic link, and only as a regular file (vmforensics.confine); a disk elsewhere is reported
+    with the refusal as its error.
+    """
+    confinement = Confinement([top])
+    vmx = parse_vmx(_read_text(confinement, vmx_path) or "")
     claimed = {vmx_path}
     for name, _ in folder.files.items():
         if role_for("vmware", name) not in _DISK_ROLES and not name.lower().endswith(
@@ -140,13 +149,13 @@ def _describe(folder: _Folder, vmx_path: Path, top: Path) -> tuple[VMRecord, set
         claimed.add(_resolve(folder.path, name))
     disks = []
     for name in disk_files(vmx):
-        record, files = _disk(_resolve(folder.path, name))
+        record, files = _disk(_resolve(folder.path, name), confinement, name)
         disks.append(record)
         claimed |= files
     vmsd_path = _resolve(folder.path, vmx.get("snapshot.filename") or f"{vmx_path.stem}.vmsd")
     if vmsd_path.suffix.lower() != ".vmsd":
         vmsd_path = vmsd_path.with_suffix(".vmsd")
-    snapshots, snapshot_files = _snapshots(folder, vmsd_path)
+    snapshots, snapshot_files = _snapshots(folder, vmsd_path, confinement)
     claimed |= snapshot_files
     suspended = [
         folder.path / n for n in folder.files if n.lower().endswith(".vmss") and _in_use_suspend(vmx, n)
@@ -189,6 +198,21 @@ def _describe(folder: _Folder, vmx_path: Path, top: Path) -> tuple[VMRecord, set
     return record, {Path(os.path.normpath(p)) for p in claimed}
 
 
+def _regular(confinement: Confinement, path: Path) -> bool:
+    return isinstance(confinement.check(str(path)), ConfinedPath)
+
+
+def _read_text(confinement: Confinement, path: Path) -> str | None:
+    """A configuration file's text (its first MAX_CONFIG_BYTES), or None when it may not be read."""
+    try:
+        fd = confinement.open_regular(str(path))
+    except RefusedPathError as exc:
+        log.info("%s: not read: %s", path, exc)
+        return None
+    with open(fd, "rb") as f:
+        return f.read(MAX_CONFIG_BYTES).decode("utf-8", "replace")
+
+
 def _resolve(folder: Path, name: str) -> Path:
     return Path(os.path.normpath(name if os.path.isabs(name) else folder / name))
 
@@ -222,14 +246,19 @@ def _flag(value: str | None) -> bool | None:
     return None if value is None else value.strip().lower() in ("true", "1", "yes")
 
 
-def _disk(path: Path) -> tuple[DiskRecord, set[Path]]:
-    """The disk's chain as the image readers see it, and its files."""
+def _disk(path: Path, confinement: Confinement, reference: str) -> tuple[DiskRecord, set[Path]]:
+    """The disk's chain as the image readers see it (within the surveyed root), and its files."""
     from vmforensics.images import open_image
 
-    if not path.exists():
-        return DiskRecord(path=str(path), error="named in the .vmx but not found"), set()
+    found = confinement.check(str(path))
+    if isinstance(found, Refusal):
+        if found.kind == MISSING:
+            return DiskRecord(path=str(path), error="named in the .vmx but not found"), set()
+        return DiskRecord(
+            path=str(path), error=f"not read: {attrs.evolve(found, reference=reference)}"
+        ), set()
     try:
-        with open_image(path) as image:
+        with open_image(path, allowed_roots=confinement.roots) as image:
             info = image.info()
     except (ImageFormatError, SourceError, OSError) as exc:
         return DiskRecord(path=str(path), error=f"chain unreadable: {exc}"), {path}
@@ -249,18 +278,22 @@ def _disk(path: Path) -> tuple[DiskRecord, set[Path]]:
     )
 
 
-def _snapshots(folder: _Folder, vmsd_path: Path) -> tuple[list[SnapshotRecord], set[Path]]:
-    if not vmsd_path.is_file():
+def _snapshots(
+    folder: _Folder, vmsd_path: Path, confinement: Confinement
+) -> tuple[list[SnapshotRecord], set[Path]]:
+    text = _read_text(confinement, vmsd_path)
+    if text is None:
         return [], set()
-    listed = parse_vmsd(vmsd_path.read_text(errors="replace"))
+    listed = parse_vmsd(text)
     levels = depths(listed)
     records, claimed = [], {vmsd_path}
     for snapshot in listed:
         state = _resolve(vmsd_path.parent, snapshot.state_file) if snapshot.state_file else None
         memory = state.with_suffix(".vmem") if state is not None else None
-        sizes = [p.stat().st_size for p in (state, memory) if p is not None and p.is_file()]
+        present = [p for p in (state, memory) if p is not None and _regular(confinement, p)]
+        sizes = [p.stat().st_size for p in present]
         for name in snapshot.disks:
-            _, files = _disk(_resolve(vmsd_path.parent, name))
+            _, files = _disk(_resolve(vmsd_path.parent, name), confinement, name)
             claimed |= files
         claimed |= {p for p in (state, memory) if p is not None}
         records.append(
@@ -270,7 +303,7 @@ def _snapshots(folder: _Folder, vmsd_path: Path) -> tuple[list[SnapshotRecord], 
                 created=iso(snapshot.created),
                 parent=snapshot.parent,
                 depth=levels[snapshot.uid],
-                memory=bool(memory is not None and memory.is_file()),
+                memory=memory in present,
                 size=sum(sizes) if sizes else None,
                 description=snapshot.description,
             )
