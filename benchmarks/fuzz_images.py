@@ -359,15 +359,36 @@ def run_batch(args: tuple[int, int, int]) -> dict[str, object]:
     return {"counts": counts, "failures": failures, "slowest": slowest, "peak": peak}
 
 
-def fuzz(cases: int, master: int, workers: int, batch: int = 200) -> dict[str, object]:
+def fuzz(
+    cases: int, master: int, workers: int, batch: int = 200, progress: Path | None = None
+) -> dict[str, object]:
+    """Run ``cases`` cases; with ``progress``, the summary so far is rewritten there after every
+    batch (a run stopped early still leaves its figures). Ctrl-C stops early with the summary."""
     work = tempfile.mkdtemp(prefix="vmf-fuzz-")
     began = time.monotonic()
+    totals = {"ok": 0, "error": 0}
+    failures: list[dict[str, object]] = []
+    slowest, peak, done = 0.0, 0, 0
+    seeds: list[str] = []
+
+    def summary() -> dict[str, object]:
+        return {
+            "cases": done,
+            "cases_asked": cases,
+            "seed": master,
+            "seeds": seeds,
+            "opened_cleanly": totals["ok"],
+            "refused_with_vmforensics_error": totals["error"],
+            "failures": len(failures),
+            "failure_samples": [f for f in failures if "outcome" in f][:50],
+            "slowest_case_s": round(slowest, 3),
+            "peak_memory_above_baseline_mib": round(peak / MiB, 1),
+            "seconds": round(time.monotonic() - began, 1),
+        }
+
     try:
         seeds = [s.name for s in build_seeds(Path(tempfile.mkdtemp(dir=work)))]  # each opens cleanly
         jobs = [(master, start, min(batch, cases - start)) for start in range(0, cases, batch)]
-        totals = {"ok": 0, "error": 0}
-        failures: list[dict[str, object]] = []
-        slowest, peak = 0.0, 0
         with ProcessPoolExecutor(workers, initializer=_init, initargs=(work,)) as pool:
             for result in pool.map(run_batch, jobs):
                 for key in totals:
@@ -375,20 +396,14 @@ def fuzz(cases: int, master: int, workers: int, batch: int = 200) -> dict[str, o
                 failures += result["failures"]  # type: ignore[arg-type]
                 slowest = max(slowest, result["slowest"])  # type: ignore[type-var]
                 peak = max(peak, result["peak"])  # type: ignore[type-var]
+                done += sum(result["counts"].values()) + len(result["failures"])  # type: ignore[union-attr, arg-type]
+                if progress is not None:
+                    progress.write_text(json.dumps(summary(), indent=2) + "\n")
+    except KeyboardInterrupt:
+        pass
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {
-        "cases": cases,
-        "seed": master,
-        "seeds": seeds,
-        "opened_cleanly": totals["ok"],
-        "refused_with_vmforensics_error": totals["error"],
-        "failures": len(failures),
-        "failure_samples": [f for f in failures if "outcome" in f][:50],
-        "slowest_case_s": round(slowest, 3),
-        "peak_memory_above_baseline_mib": round(peak / MiB, 1),
-        "seconds": round(time.monotonic() - began, 1),
-    }
+    return summary()
 
 
 def main() -> int:
@@ -396,9 +411,9 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--json", type=Path, help="also write the summary here (updated after every batch)")
     args = parser.parse_args()
-    summary = fuzz(args.cases, args.seed, args.workers)
+    summary = fuzz(args.cases, args.seed, args.workers, progress=args.json)
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:

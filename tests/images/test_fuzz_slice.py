@@ -30,7 +30,7 @@ def test_a_seeded_slice_of_mutated_images_of_every_format_fails_only_with_vmfore
     fuzz_images,
 ) -> None:
     summary = fuzz_images.fuzz(cases=600, master=20261201, workers=1)
-    assert summary["failures"] == 0, summary["failure_samples"]
+    assert summary["cases"] == 600 and summary["failures"] == 0, summary["failure_samples"]
     assert len(summary["seeds"]) == 17
     assert summary["opened_cleanly"] > 0 and summary["refused_with_vmforensics_error"] > 0
     assert summary["slowest_case_s"] <= fuzz_images.TIME_LIMIT
