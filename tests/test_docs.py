@@ -153,7 +153,9 @@ def test_sums_recipe_refuses_a_replaced_file_with_edited_sums_and_the_pinned_rec
             for line in sums.read_bytes().splitlines(keepends=True)
         )
     )
-    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=evidence, capture_output=True).returncode == 0
+    assert (
+        subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=evidence, capture_output=True).returncode == 0
+    )
     done = _run(*recipes["sums"], evidence)
     assert done.returncode != 0 and "not the sealed one" in done.stdout
     assert _run(*recipes["pinned"], tmp_path).returncode == 1
