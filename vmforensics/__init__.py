@@ -54,7 +54,7 @@ _EXPORTS = {
     "KeyRef": "vmforensics.acquire.batch_plan",
     "TokenKeyRef": "vmforensics.acquire.batch_plan",
     "Limits": "vmforensics.acquire.batch",
-    "verify_batch": "vmforensics.acquire.batch_record",
+    "verify_batch": "vmforensics.custody.batch_record",
 }
 _ERRORS = (
     "VMForensicsError",

@@ -23,8 +23,8 @@ from tests.survey.estate import add_vm
 from vmforensics import CaseInfo, SigningKey, verify
 from vmforensics.acquire.batch import Limits, limit_keys
 from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef, SecretRef, TokenKeyRef, plans_from_file
-from vmforensics.acquire.batch_record import BatchVerificationReport
 from vmforensics.cli import main
+from vmforensics.custody.batch_record import BatchVerificationReport
 from vmforensics.errors import UsageError
 from vmforensics.hypervisors.local.survey import survey_local
 from vmforensics.survey.acquire_many import acquire_many

@@ -7,7 +7,7 @@ and the same logic holds on a local thread pool and on Dask (``Client.get_execut
 runs :func:`run_member` on a worker: the acquirer is built there from its picklable plan, secrets are
 resolved there, and events (started on which worker, progress) come back through Dask's structured
 events (``log_event`` / ``subscribe_topic``) or, in-process, directly. The driver writes the batch
-ledger and, at the end, the signed batch record (:mod:`vmforensics.acquire.batch_record`).
+ledger and, at the end, the signed batch record (:mod:`vmforensics.custody.batch_record`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import attrs
 from vmforensics.acquire.base import Acquirer, AcquisitionResult
 from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef, SignerRef, TokenKeyRef
 from vmforensics.acquire.batch_progress import BatchCallback, BatchView
-from vmforensics.acquire.batch_record import (
+from vmforensics.custody.batch_record import (
     BATCH_LEDGER,
     RECORD_NAME,
     RESERVED_NAMES,

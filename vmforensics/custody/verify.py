@@ -189,7 +189,7 @@ def verify(
     if not root.is_dir():
         raise UsageError(f"{root} is not an evidence directory")
     if (root / "batch.json").is_file() and not (root / MANIFEST_NAME).exists():
-        from vmforensics.acquire.batch_record import verify_batch  # a batch: the record and every member
+        from vmforensics.custody.batch_record import verify_batch  # a batch: the record and every member
 
         return verify_batch(root, public_key, **options)  # type: ignore[return-value]
     given = None
