@@ -333,3 +333,14 @@ def test_a_forged_conversion_in_an_event_after_the_seal_fails_verify_without_cra
     check = check_event(root, CustodyEvent(**line), load_manifest(root)[0], {})
     assert check.status == "FAILED"
     assert any("EvidenceError" in problem for problem in check.problems), check.problems
+
+
+def test_case_export_after_the_e01_export_lists_the_derived_events_after_the_seal(exported) -> None:
+    root, _ = exported
+    from vmforensics.custody.export import export_directory
+
+    graph = json.loads(export_directory(root, "case"))
+    names = [
+        node.get("uco-core:name") for node in graph["@graph"] if node.get("@type") == "uco-action:Action"
+    ]
+    assert names[-5:] == ["derived"] * 5 and names[:1] != ["derived"]
