@@ -232,18 +232,30 @@ class E01Export:
 
 
 class _Digests:
-    """MD5 and SHA-1 (the hash and digest sections) and SHA-256 of the media, in order."""
+    """MD5 and SHA-1 (the hash and digest sections) and SHA-256 of the media, in order. The three
+    run side by side on ``pool`` (hashlib releases the GIL); one block is in flight at a time."""
 
-    def __init__(self) -> None:
-        self.md5, self.sha1, self.sha256 = hashlib.md5(), hashlib.sha1(), hashlib.sha256()
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool = pool
+        self.hashes = (hashlib.md5(), hashlib.sha1(), hashlib.sha256())
+        self.pending: list[Future[None]] = []
 
     def update(self, data: bytes | memoryview) -> None:
-        self.md5.update(data)
-        self.sha1.update(data)
-        self.sha256.update(data)
+        self._drain()
+        self.pending = [self.pool.submit(h.update, data) for h in self.hashes]
+
+    def _drain(self) -> None:
+        for future in self.pending:
+            future.result()
+        self.pending = []
+
+    def md5_sha1(self) -> tuple[bytes, bytes]:
+        self._drain()
+        return self.hashes[0].digest(), self.hashes[1].digest()
 
     def facts(self) -> dict[str, str]:
-        return {"md5": self.md5.hexdigest(), "sha1": self.sha1.hexdigest(), "sha256": self.sha256.hexdigest()}
+        self._drain()
+        return dict(zip(("md5", "sha1", "sha256"), (h.hexdigest() for h in self.hashes), strict=True))
 
 
 def _store(chunk: bytes | memoryview, level: int) -> tuple[bytes, bool]:
@@ -367,8 +379,9 @@ def _write_segment(
         raise ValueError("the last segment needs the media's digests")
     if layout.segments == 1:
         put(b"data", volume)
-    put(b"digest", ewf.digest(digests.md5.digest(), digests.sha1.digest()))
-    put(b"hash", ewf.hash_(digests.md5.digest()))
+    md5, sha1 = digests.md5_sha1()
+    put(b"digest", ewf.digest(md5, sha1))
+    put(b"hash", ewf.hash_(md5))
     put(b"done", last=True)
 
 
@@ -399,11 +412,11 @@ def export_e01(
     try:
         layout = plan(image.size, segment_size, case)
         names = [Path(name) for name in segment_names(os.fspath(path), layout.segments)]
-        digests = _Digests()
         bar = Progress(progress, total=image.size, description="export e01") if progress else None
         written = []
         try:
             with ThreadPoolExecutor(_WORKERS, thread_name_prefix="e01") as pool:
+                digests = _Digests(pool)
                 for number, name in enumerate(names, 1):
                     try:
                         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -422,6 +435,7 @@ def export_e01(
                     finally:
                         os.close(fd)
                     written.append(SegmentFile(str(name), sink.position, sink.sha256))
+                facts = digests.facts()
         finally:
             if bar is not None:
                 bar.close()
@@ -432,7 +446,6 @@ def export_e01(
     finally:
         if owned:
             image.close()
-    facts = digests.facts()
     return E01Export(tuple(written), image.size, facts["md5"], facts["sha1"], facts["sha256"])
 
 
@@ -462,15 +475,16 @@ def produce(inputs: Sequence[Path], params: Mapping[str, Any], sink: Sink) -> di
             )
         first, count = layout.span(number)
         last = number == layout.segments
-        digests = _Digests() if last else None
         with ThreadPoolExecutor(_WORKERS, thread_name_prefix="e01") as pool:
+            digests = _Digests(pool) if last else None
             if digests is not None:
                 _hash_before(image, first * ewf.CHUNK_SIZE, digests)
             chunks = _stored_chunks(image, first, count, _level(compression), pool, digests, None)
             _write_segment(sink, layout, number, case, compression, chunks, digests)
+            media = digests.facts() if digests is not None else None
     facts: dict[str, Any] = {"segment": number, "segments": layout.segments, "chunks": [first, count]}
-    if digests is not None:
-        facts["media"] = {"size": image.size, **digests.facts()}
+    if media is not None:
+        facts["media"] = {"size": image.size, **media}
     facts["zlib"] = zlib.ZLIB_RUNTIME_VERSION
     return facts
 
