@@ -397,3 +397,12 @@ def test_cli_acquire_qemu_pauses_acquires_and_resumes(sshd, capsys):
         refused = main([*common, "--out", str(root / "out2"), "--isolate"])
         assert refused == 2
         assert guest.status() == "running"
+
+
+def test_stale_qmp_socket_of_a_crashed_vm_reports_what_socat_said(sshd, tmp_path):
+    stale = short_root("qz") / "dead.qmp"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(stale))
+    listener.close()  # the socket file stays, nobody listens: as after QEMU was killed
+    with pytest.raises(SourceError, match="Connection refused"):
+        acquirer(sshd).acquire(str(stale), tmp_path / "out", case=CASE, progress=False)

@@ -12,6 +12,7 @@ snapshots, disks on its storages) and works on VMs that are not running (``prese
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import posixpath
 import re
@@ -279,8 +280,6 @@ class QemuAcquirer(Acquirer):
 
     def chain_on_host(self, path: str, image_format: str | None) -> tuple[Any, bool]:
         """``qemu-img info -U --backing-chain`` on the host (for images no QEMU has open)."""
-        import json
-
         args = [self.qemu_img, "info", "-U", "--backing-chain", "--output=json"]
         args += ["-f", image_format] if image_format else []
         result = self._run.run([*args, "--", path], check=False)

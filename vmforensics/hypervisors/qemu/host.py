@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from vmforensics.errors import SourceError, UsageError
+from vmforensics.errors import ConnectionError_, SourceError, UsageError
 from vmforensics.hypervisors.qemu.qmp import QMPClient
 from vmforensics.transport.base import Transport
 from vmforensics.transport.local import LocalTransport
@@ -124,12 +124,28 @@ class QemuHost:
             stream = self.ssh.open_command([self.socat, "-", f"UNIX-CONNECT:{socket_path}"])
         try:
             return QMPClient(stream, where=where, timeout=timeout)
+        except ConnectionError_ as exc:
+            said = _stderr(stream)
+            stream.close()
+            if said:
+                raise SourceError(f"{where}: {said}") from exc
+            raise
         except BaseException:
             stream.close()
             raise
 
     def close(self) -> None:
         self.files.close()
+
+
+def _stderr(stream: Any) -> str:
+    """What socat said on its stderr (an SSH channel's), if anything arrived."""
+    try:
+        if hasattr(stream, "recv_stderr_ready") and stream.recv_stderr_ready():
+            return stream.recv_stderr(4096).decode("utf-8", "replace").strip()
+    except (OSError, EOFError):
+        pass
+    return ""
 
 
 def _run_here(argv: Sequence[str], timeout: float) -> CommandOutput:

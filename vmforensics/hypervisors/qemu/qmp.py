@@ -60,7 +60,11 @@ class QMPClient:
         self._ids = itertools.count(1)
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LIMIT)
         self.dropped_events = 0
-        self.greeting = self._read_message(time.monotonic() + timeout)
+        self.greeting = self._read_message(
+            time.monotonic() + timeout,
+            "QMP greeting (a QMP socket serves one client at a time: another one, such as Proxmox's "
+            "qm or pvestatd, may hold it; try again)",
+        )
         if not isinstance(self.greeting.get("QMP"), dict):
             raise SourceError(f"{where} did not greet as a QMP server: {_short(self.greeting)}")
         self.execute("qmp_capabilities")
