@@ -344,3 +344,27 @@ def test_case_export_after_the_e01_export_lists_the_derived_events_after_the_sea
         node.get("uco-core:name") for node in graph["@graph"] if node.get("@type") == "uco-action:Action"
     ]
     assert names[-5:] == ["derived"] * 5 and names[:1] != ["derived"]
+
+
+def test_the_issue_command_line_with_out_names_the_first_segment_under_derived(tmp_path: Path) -> None:
+    vm = build_demo_vm(tmp_path / "datastore").parent
+    root = LocalAcquirer().acquire(str(vm), tmp_path / "ev", case=CASE, progress=False).path
+    argv = [
+        "export",
+        str(root),
+        "--disk",
+        DISK,
+        "--format",
+        "e01",
+        "--out",
+        "exhibit7.E01",
+        "--compression",
+        "best",
+    ]
+    assert cli.main(argv) == 0
+    (segment,) = (root / "derived" / "e01").iterdir()
+    assert segment.name == "exhibit7.E01"
+    out = run("ewfinfo", str(segment)).stdout.decode()
+    assert "Compression level:\tbest compression" in out
+    assert run("ewfverify", "-q", str(segment)).returncode == 0
+    assert verify(root).ok
