@@ -296,7 +296,7 @@ class Confinement(PathPolicy):
 
         def open_confined(path: str) -> BinaryIO:
             try:
-                fd = self.open_regular(path)
+                fd = self.open_regular(os.path.abspath(path))  # relative to the working directory, as open()
             except RefusedPathError as exc:
                 if exc.refusal.kind == MISSING:
                     raise FileNotFoundError(errno.ENOENT, exc.refusal.reason, path) from exc

@@ -275,3 +275,10 @@ def test_a_callers_opener_takes_responsibility_and_is_not_confined(case) -> None
     with open_image(top, opener=opener) as disk:
         assert disk.read_at(0, 1) == b"E"
     assert asked[-1].endswith("examiner/passwd")
+
+
+def test_a_relative_image_path_in_a_subfolder_finds_its_extent(case, monkeypatch: pytest.MonkeyPatch) -> None:
+    qemu_img("create", "-f", "vmdk", "-o", "subformat=monolithicFlat", case["vm"] / "d.vmdk", "1M")
+    monkeypatch.chdir(case["vm"].parent)
+    with open_image("vm/d.vmdk") as disk:
+        assert disk.size == MiB and disk.info().files == ("vm/d.vmdk", "vm/d-flat.vmdk")
