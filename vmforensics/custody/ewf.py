@@ -15,6 +15,7 @@ Under custody, :func:`export_e01_into` writes each segment as a derived artifact
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import os
 import platform
@@ -233,12 +234,16 @@ class E01Export:
 
 class _Digests:
     """MD5 and SHA-1 (the hash and digest sections) and SHA-256 of the media, in order. The three
-    run side by side on ``pool`` (hashlib releases the GIL); one block is in flight at a time."""
+    run side by side on their own threads (hashlib releases the GIL), apart from the compression
+    queue; one block is in flight at a time. Close it to end the threads."""
 
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
-        self.pool = pool
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(3, thread_name_prefix="e01-hash")
         self.hashes = (hashlib.md5(), hashlib.sha1(), hashlib.sha256())
         self.pending: list[Future[None]] = []
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
     def update(self, data: bytes | memoryview) -> None:
         self._drain()
@@ -415,8 +420,10 @@ def export_e01(
         bar = Progress(progress, total=image.size, description="export e01") if progress else None
         written = []
         try:
-            with ThreadPoolExecutor(_WORKERS, thread_name_prefix="e01") as pool:
-                digests = _Digests(pool)
+            with (
+                ThreadPoolExecutor(_WORKERS, thread_name_prefix="e01") as pool,
+                contextlib.closing(_Digests()) as digests,
+            ):
                 for number, name in enumerate(names, 1):
                     try:
                         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -475,8 +482,8 @@ def produce(inputs: Sequence[Path], params: Mapping[str, Any], sink: Sink) -> di
             )
         first, count = layout.span(number)
         last = number == layout.segments
-        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="e01") as pool:
-            digests = _Digests(pool) if last else None
+        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="e01") as pool, contextlib.ExitStack() as stack:
+            digests = stack.enter_context(contextlib.closing(_Digests())) if last else None
             if digests is not None:
                 _hash_before(image, first * ewf.CHUNK_SIZE, digests)
             chunks = _stored_chunks(image, first, count, _level(compression), pool, digests, None)
