@@ -368,3 +368,15 @@ def test_the_issue_command_line_with_out_names_the_first_segment_under_derived(t
     assert "Compression level:\tbest compression" in out
     assert run("ewfverify", "-q", str(segment)).returncode == 0
     assert verify(root).ok
+
+
+def test_compression_none_stores_every_chunk_with_its_adler32_and_libewf_reads_it(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(1 << 20) + bytes(1 << 20))
+    case = E01Case(case_number="C-3", examiner="E")
+    result = export_e01(disk, tmp_path / "n.E01", case=case, compression="none", progress=False)
+    assert result.segments[0].size > 2 << 20  # nothing compressed, zeros included
+    assert "Compression level:\tno compression" in run("ewfinfo", str(tmp_path / "n.E01")).stdout.decode()
+    back = run("ewfexport", "-q", "-u", "-f", "raw", "-t", str(tmp_path / "back"), str(tmp_path / "n.E01"))
+    assert back.returncode == 0, back.stderr
+    assert (tmp_path / "back.raw").read_bytes() == disk.read_bytes()
