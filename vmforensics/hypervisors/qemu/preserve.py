@@ -71,7 +71,9 @@ class QemuControl:
             status = run_state(qmp)
             if status not in _RUNNING_STATES:
                 raise SourceError(f"the VM is {status}: nothing runs to preserve; use --preserve none")
-            devices = [d for d in block_devices(qmp.execute("query-block")) if d.snapshottable]
+            every = block_devices(qmp.execute("query-block"))
+            self.session.state["qemu_devices"] = every  # the chains as they are frozen, for planning
+            devices = [d for d in every if d.snapshottable]
             overlays = {d.name: overlay_name(d.layers[0], d.name, tag, overlay_dir) for d in devices}
             memory_file = f"{workdir}/vmforensics-{tag}.elf" if memory and mode == "pause" else None
             state_file = f"{workdir}/vmforensics-{tag}.qevm" if mode == "save" else None
