@@ -64,6 +64,8 @@ _ERRORS = (
     "HostVerificationError",
     "SourceError",
     "VMNotFoundError",
+    "VMVanishedError",
+    "ObjectVanishedError",
     "SourceChangedError",
     "EvidenceError",
     "UnsafePathError",

@@ -45,6 +45,19 @@ class VMNotFoundError(SourceError):
     """No VM matches the name, UUID or reference given."""
 
 
+class ObjectVanishedError(SourceError):
+    """A vSphere managed object (``reference``, e.g. ``datastore-12``) no longer exists: it was
+    removed between the call that listed it and the call that read it."""
+
+    def __init__(self, message: str, *, reference: str):
+        self.reference = reference
+        super().__init__(message)
+
+
+class VMVanishedError(VMNotFoundError):
+    """The VM being acquired was removed from the inventory (unregistered or deleted) during the run."""
+
+
 class RefusedPathError(SourceError):
     """A path taken from source content is outside the acquisition roots, is reached through a
     symbolic link, or is not a regular file (vmforensics.confine); ``refusal`` says which."""

@@ -11,10 +11,11 @@ compared with the datastore's bytes, and the disk with qemu-img's reading of the
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,19 @@ from pyVmomi import vim
 from tests.acquire.vcsim.esxi_files import EVIDENCE_TEXT, write_delta, write_disk, write_memory_state
 from tests.acquire.vcsim.server import VCSim
 from vmforensics import CaseInfo, open_image, verify
-from vmforensics.errors import AuthenticationError, HostVerificationError, UsageError, VMNotFoundError
+from vmforensics.errors import (
+    AuthenticationError,
+    ConnectionError_,
+    HostVerificationError,
+    UsageError,
+    VMNotFoundError,
+    VMVanishedError,
+)
 from vmforensics.hypervisors.vmware.acquirer import VMwareAcquirer
 from vmforensics.hypervisors.vmware.api import properties, run_task
 from vmforensics.hypervisors.vmware.identify import snapshot_tree
 
-VM = "DC0_H0_VM0"
+VCENTER_VM = "DC0_H0_VM0"  # the tests that need vCenter (host downloads) or serve their own vcsim
 CASE = CaseInfo(case_id="2026-117", examiner="A. Analyst")
 
 
@@ -51,20 +59,34 @@ class SimulatedESXi(VMwareAcquirer):
         if mode == "snapshot":
             write_delta(self.vm_dir)
             if memory:
-                write_memory_state(self.vm_dir / f"{VM}-Snapshot1.vmsn", self.vm_dir / f"{VM}-Snapshot1.vmem")
+                write_memory_state(
+                    self.vm_dir / f"{self.vm_dir.name}-Snapshot1.vmsn",
+                    self.vm_dir / f"{self.vm_dir.name}-Snapshot1.vmem",
+                )
         elif mode == "suspend":
-            write_memory_state(self.vm_dir / f"{VM}-4ad1e7f3.vmss", self.vm_dir / f"{VM}-4ad1e7f3.vmem")
+            write_memory_state(
+                self.vm_dir / f"{self.vm_dir.name}-4ad1e7f3.vmss",
+                self.vm_dir / f"{self.vm_dir.name}-4ad1e7f3.vmem",
+            )
 
 
-@pytest.fixture
-def vcsim(tmp_path: Path) -> Iterator[VCSim]:
-    with VCSim(tmp_path / "vcsim") as server:
+@pytest.fixture(params=["vcenter", "esx"])
+def vcsim(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VCSim]:
+    """vCenter, and a standalone ESXi host (``vcsim -esx``: HostAgent API, ha-datacenter).
+
+    One server per test (each changes its VM: snapshots, power, NICs); vcsim starts in < 0.1 s.
+    """
+    with VCSim(tmp_path / "vcsim", esx=request.param == "esx") as server:
         yield server
+
+
+#: For the tests of what only vCenter has (downloads from its ESXi hosts with service tickets).
+vcenter_only = pytest.mark.parametrize("vcsim", ["vcenter"], indirect=True)
 
 
 @pytest.fixture
 def vm_dir(vcsim: VCSim, tmp_path: Path) -> Path:
-    folder = vcsim.datastore_dir() / VM
+    folder = vcsim.datastore_dir() / vcsim.vm
     (tmp_path / "oracle").mkdir()
     write_disk(folder, tmp_path / "oracle")
     return folder
@@ -86,10 +108,10 @@ def api(server: VCSim) -> Any:
     return Connect(server.host, server.port, server.user, server.password, sslContext=context)
 
 
-def the_vm(si: Any) -> Any:
+def the_vm(si: Any, name: str) -> Any:
     view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
     for vm in view.view:
-        if properties(si, vm, ["name"])["name"] == VM:
+        if properties(si, vm, ["name"])["name"] == name:
             return vm
     raise AssertionError("no VM")
 
@@ -116,32 +138,32 @@ def test_snapshot_with_memory_acquires_every_file_and_removes_only_its_snapshot(
     vcsim: VCSim, vm_dir: Path, tmp_path: Path
 ) -> None:
     si = api(vcsim)
-    vm = the_vm(si)
+    vm = the_vm(si, vcsim.vm)
     run_task(
         si, lambda: vm.CreateSnapshot_Task("before-incident", "the admin's", False, False), "prior snapshot"
     )
     Disconnect(si)
 
     result = acquirer(vcsim, vm_dir).acquire(
-        VM, tmp_path / "out", case=CASE, preserve="snapshot", progress=False
+        vcsim.vm, tmp_path / "out", case=CASE, preserve="snapshot", progress=False
     )
 
     assert verify(result.path).ok
     acquired = names(result)
     for expected in (
-        f"{VM}.vmx",
-        f"{VM}.nvram",
+        f"{vcsim.vm}.vmx",
+        f"{vcsim.vm}.nvram",
         "disk1.vmdk",
         "disk1-flat.vmdk",
         "disk1-000001.vmdk",
-        f"{VM}-Snapshot1.vmsn",
-        f"{VM}-Snapshot1.vmem",
+        f"{vcsim.vm}-Snapshot1.vmsn",
+        f"{vcsim.vm}-Snapshot1.vmem",
         "vmware.log",
     ):
         assert expected in acquired
     roles = {f.local_path.rsplit("/", 1)[-1]: f.role for f in result.files}
-    assert roles[f"{VM}-Snapshot1.vmem"] == "memory" and roles["disk1-flat.vmdk"] == "disk-extent"
-    assert all(f.local_path.startswith(f"files/LocalDS_0/{VM}/") for f in result.files)
+    assert roles[f"{vcsim.vm}-Snapshot1.vmem"] == "memory" and roles["disk1-flat.vmdk"] == "disk-extent"
+    assert all(f.local_path.startswith(f"files/LocalDS_0/{vcsim.vm}/") for f in result.files)
     check_files_match_source(result, vcsim.datastore_dir())
     # vcsim's layoutEx also lists names without the VM folder ("[LocalDS_0] disk1.vmdk"): resolved, not lost
     assert result.omissions == ()
@@ -159,7 +181,7 @@ def test_snapshot_with_memory_acquires_every_file_and_removes_only_its_snapshot(
     )
 
     si = api(vcsim)
-    left = snapshot_tree(properties(si, the_vm(si), ["snapshot"]).get("snapshot"))
+    left = snapshot_tree(properties(si, the_vm(si, vcsim.vm), ["snapshot"]).get("snapshot"))
     Disconnect(si)
     assert [s["name"] for s in left] == ["before-incident"]
     assert ours not in {s["reference"] for s in left}
@@ -168,23 +190,36 @@ def test_snapshot_with_memory_acquires_every_file_and_removes_only_its_snapshot(
     assert source.connection["tls_verification"] == "pinned-thumbprint"
     assert source.connection["tls_certificate_sha256"].replace(":", "").lower() == vcsim.thumbprint_sha256
     downloads = source.connection["files"]["datastores"]["LocalDS_0"]
-    assert downloads["vcenter"]["verification"] == "pinned"
-    # vcsim records no certificate for its hosts, so the host-first default falls back, and says why
-    assert "no usable certificate thumbprint for host DC0_H0" in downloads["host_unavailable"]
-    assert all(f"vcenter https://127.0.0.1:{vcsim.port} (pinned)" in f.notes[-1] for f in result.files)
-    assert source.product["apiType"] == "VirtualCenter"
-    assert source.vm.name == VM and source.vm.reference.startswith("vm-") and source.vm.uuid
-    assert (
-        source.vm.host == "DC0_H0"
-        and source.vm.datacenter == "DC0"
-        and source.vm.datastores == ("LocalDS_0",)
-    )
+    assert source.vm.name == vcsim.vm and source.vm.reference.startswith("vm-") and source.vm.uuid
+    assert source.vm.datacenter == vcsim.datacenter and source.vm.datastores == ("LocalDS_0",)
     assert source.vm.mac_addresses and source.vm.power_state_before == "poweredOn"
-    assert any(e["type"] == "VmPoweredOnEvent" for e in source.vm.history)
-    assert [n["network"] for n in source.vm.details["nics"]] == ["DC0_DVPG0"]
-    assert result.manifest.clock.skew_seconds is not None and "CurrentTime" in result.manifest.clock.method
+    assert result.manifest.clock.skew_seconds is not None
+    ledger = (result.path / "custody.log.jsonl").read_text()
+    if vcsim.esx:
+        # the host is the file server: its own /folder, dcPath=ha-datacenter, its own certificate
+        assert source.product["apiType"] == "HostAgent" and source.product["name"] == "VMware ESXi"
+        assert source.product["version"] and source.product["build"]
+        assert source.connection["server_role"] == "standalone ESXi host (no vCenter)"
+        assert downloads["datacenter"] == "ha-datacenter" and downloads["verification"] == "pinned"
+        assert downloads["tls_certificate_sha256"] == source.connection["tls_certificate_sha256"]
+        assert "downloads" not in source.connection["files"]
+        # the host's datacenter lists a datastore that no longer exists: it drops only itself
+        assert ledger.count('"object-vanished"') == 1 and '"kind":"datastore"' in ledger
+        assert source.vm.details["host_product"]["fullName"].startswith("VMware ESXi")
+    else:
+        assert source.product["apiType"] == "VirtualCenter"
+        assert source.connection["server_role"] == "vCenter Server"
+        assert downloads["vcenter"]["verification"] == "pinned"
+        # vcsim records no certificate for its hosts, so the host-first default falls back, and says why
+        assert "no usable certificate thumbprint for host DC0_H0" in downloads["host_unavailable"]
+        assert all(f"vcenter https://127.0.0.1:{vcsim.port} (pinned)" in f.notes[-1] for f in result.files)
+        assert source.vm.host == "DC0_H0"
+        assert any(e["type"] == "VmPoweredOnEvent" for e in source.vm.history)
+        assert [n["network"] for n in source.vm.details["nics"]] == ["DC0_DVPG0"]
+        assert "CurrentTime" in result.manifest.clock.method
+        assert '"object-vanished"' not in ledger
 
-    disk = result.path / "files" / "LocalDS_0" / VM / "disk1.vmdk"
+    disk = result.path / "files" / "LocalDS_0" / vcsim.vm / "disk1.vmdk"
     expected = qemu_raw(vm_dir / "disk1.vmdk", tmp_path / "base.raw")
     with open_image(disk) as image:
         assert image.size == len(expected)
@@ -199,33 +234,33 @@ def test_suspend_keeps_vmss_beside_vmem_and_leaves_the_vm_suspended(
     vcsim: VCSim, vm_dir: Path, tmp_path: Path
 ) -> None:
     result = acquirer(vcsim, vm_dir).acquire(
-        VM, tmp_path / "out", case=CASE, preserve="suspend", progress=False
+        vcsim.vm, tmp_path / "out", case=CASE, preserve="suspend", progress=False
     )
 
     assert verify(result.path).ok
-    assert {f"{VM}-4ad1e7f3.vmss", f"{VM}-4ad1e7f3.vmem"} <= names(result)
+    assert {f"{vcsim.vm}-4ad1e7f3.vmss", f"{vcsim.vm}-4ad1e7f3.vmem"} <= names(result)
     check_files_match_source(result, vcsim.datastore_dir())
     assert [a.action for a in result.manifest.actions] == ["suspend"]
     assert result.manifest.source.vm.power_state_after == "suspended"
     si = api(vcsim)
-    assert properties(si, the_vm(si), ["runtime.powerState"])["runtime.powerState"] == "suspended"
+    assert properties(si, the_vm(si, vcsim.vm), ["runtime.powerState"])["runtime.powerState"] == "suspended"
     Disconnect(si)
 
 
 def test_none_on_a_powered_off_vm_changes_nothing(vcsim: VCSim, vm_dir: Path, tmp_path: Path) -> None:
     si = api(vcsim)
-    vm = the_vm(si)
+    vm = the_vm(si, vcsim.vm)
     run_task(si, vm.PowerOffVM_Task, "power off")
     Disconnect(si)
 
     result = acquirer(vcsim, tls_ca=str(vcsim.cert), tls_thumbprint=None).acquire(
-        VM, tmp_path / "out", case=CASE, preserve="none", progress=False
+        vcsim.vm, tmp_path / "out", case=CASE, preserve="none", progress=False
     )
 
     assert verify(result.path).ok
     assert result.manifest.actions == ()
     assert result.manifest.source.connection["tls_verification"] == "ca-file"
-    assert {"disk1.vmdk", "disk1-flat.vmdk", f"{VM}.vmx"} <= names(result)
+    assert {"disk1.vmdk", "disk1-flat.vmdk", f"{vcsim.vm}.vmx"} <= names(result)
     check_files_match_source(result, vcsim.datastore_dir())
     assert result.manifest.source.vm.power_state_before == "poweredOff"
 
@@ -234,14 +269,14 @@ def test_isolate_disconnects_every_nic_first_and_says_how_to_reconnect(
     vcsim: VCSim, vm_dir: Path, tmp_path: Path
 ) -> None:
     result = acquirer(vcsim).acquire(
-        VM, tmp_path / "out", case=CASE, preserve="none", isolate=True, progress=False
+        vcsim.vm, tmp_path / "out", case=CASE, preserve="none", isolate=True, progress=False
     )
 
     action = result.manifest.actions[0]
     assert action.action == "isolate" and action.outcome == "ok" and action.details["task"]
     assert action.details["nics"] and "Connected" in action.details["reconnect"]
     si = api(vcsim)
-    devices = properties(si, the_vm(si), ["config.hardware.device"])["config.hardware.device"]
+    devices = properties(si, the_vm(si, vcsim.vm), ["config.hardware.device"])["config.hardware.device"]
     Disconnect(si)
     nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
     assert nics and all(not n.connectable.connected and not n.connectable.startConnected for n in nics)
@@ -253,7 +288,7 @@ def test_wrong_password_is_an_authentication_error(vcsim: VCSim, tmp_path: Path)
         vcsim.host, port=vcsim.port, user=vcsim.user, password="wrong", tls_ca=str(vcsim.cert)
     )
     with pytest.raises(AuthenticationError, match="refused the user name or password"):
-        bad.acquire(VM, tmp_path / "out", case=CASE, progress=False)
+        bad.acquire(vcsim.vm, tmp_path / "out", case=CASE, progress=False)
 
 
 def test_wrong_thumbprint_and_unknown_ca_are_refused_even_on_loopback(tmp_path: Path) -> None:
@@ -262,20 +297,22 @@ def test_wrong_thumbprint_and_unknown_ca_are_refused_even_on_loopback(tmp_path: 
         options = {"port": server.port, "user": server.user, "password": server.password}
         with pytest.raises(HostVerificationError, match="not the pinned"):
             VMwareAcquirer(server.host, tls_thumbprint="ab" * 32, **options).acquire(
-                VM, tmp_path / "a", case=CASE, progress=False
+                VCENTER_VM, tmp_path / "a", case=CASE, progress=False
             )
         with pytest.raises(HostVerificationError, match="certificate"):
-            VMwareAcquirer(server.host, **options).acquire(VM, tmp_path / "b", case=CASE, progress=False)
+            VMwareAcquirer(server.host, **options).acquire(
+                VCENTER_VM, tmp_path / "b", case=CASE, progress=False
+            )
         sha1 = hashlib.sha1(ssl.PEM_cert_to_DER_cert(server.cert.read_text())).hexdigest()
         result = VMwareAcquirer(server.host, tls_thumbprint=sha1, **options).acquire(
-            VM, tmp_path / "c", case=CASE, progress=False
+            VCENTER_VM, tmp_path / "c", case=CASE, progress=False
         )
         assert verify(result.path).ok
 
 
 def test_insecure_opt_out_is_recorded(vcsim: VCSim, tmp_path: Path) -> None:
     result = acquirer(vcsim, tls_thumbprint=None, insecure=True).acquire(
-        VM, tmp_path / "out", case=CASE, progress=False
+        vcsim.vm, tmp_path / "out", case=CASE, progress=False
     )
     assert result.manifest.options["insecure_tls"] is True
     assert result.manifest.source.connection["tls_verification"] == "insecure-opt-out"
@@ -283,12 +320,12 @@ def test_insecure_opt_out_is_recorded(vcsim: VCSim, tmp_path: Path) -> None:
 
 def test_vm_found_by_uuid_instance_uuid_or_moref_and_unknown_vm_refused(vcsim: VCSim, tmp_path: Path) -> None:
     si = api(vcsim)
-    vm = the_vm(si)
+    vm = the_vm(si, vcsim.vm)
     props = properties(si, vm, ["config.uuid", "config.instanceUuid"])
     Disconnect(si)
     for number, target in enumerate((props["config.uuid"].upper(), props["config.instanceUuid"], vm._moId)):
         result = acquirer(vcsim).acquire(target, tmp_path / f"out{number}", case=CASE, progress=False)
-        assert result.manifest.source.vm.name == VM
+        assert result.manifest.source.vm.name == vcsim.vm
     with pytest.raises(VMNotFoundError, match="no VM named 'web01'"):
         acquirer(vcsim).acquire("web01", tmp_path / "missing", case=CASE, progress=False)
 
@@ -300,7 +337,7 @@ def test_download_cut_midway_is_resumed_from_the_bytes_on_disk(
     with faultproxy.FaultProxy((vcsim.host, vcsim.port)) as proxy:
         proxy.cut_after(5_000_000)
         result = acquirer(vcsim, datastore_endpoint=f"127.0.0.1:{proxy.port}").acquire(
-            VM, tmp_path / "out", case=CASE, preserve="none", progress=False
+            vcsim.vm, tmp_path / "out", case=CASE, preserve="none", progress=False
         )
         assert proxy.cuts == 1
     flat = next(f for f in result.files if f.local_path.endswith("disk1-flat.vmdk"))
@@ -309,6 +346,42 @@ def test_download_cut_midway_is_resumed_from_the_bytes_on_disk(
     check_files_match_source(result, vcsim.datastore_dir())
     ledger = (result.path / "custody.log.jsonl").read_text()
     assert "transfer-interrupted" in ledger
+    assert verify(result.path).ok
+
+
+def test_a_run_cut_for_good_is_resumed_by_the_next_with_the_prefix_proved(
+    vcsim: VCSim, vm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link dies in the flat extent and stays dead (every later connection is cut at its first
+    byte): the run fails after its reconnections (the copier's backoff waits are
+    skipped here, for speed). ``resume=True`` then continues the partial copy, straight from the
+    server, after re-reading its prefix, and reuses the sealed files."""
+    from types import SimpleNamespace
+
+    from vmforensics.acquire import copier
+
+    faultproxy = pytest.importorskip("tests.transport.faultproxy")
+    monkeypatch.setattr(copier, "time", SimpleNamespace(sleep=lambda seconds: None))
+    out = tmp_path / "out"
+    with faultproxy.FaultProxy((vcsim.host, vcsim.port)) as proxy:
+        counted = proxy._count_cut
+        proxy._count_cut = lambda: (counted(), proxy.cut_after(*[0] * 8))  # every later connection dies
+        proxy.cut_after(5_000_000)
+        with pytest.raises(ConnectionError_, match="gave up after 5 reconnections"):
+            acquirer(vcsim, datastore_endpoint=f"127.0.0.1:{proxy.port}").acquire(
+                vcsim.vm, out, case=CASE, preserve="none", progress=False
+            )
+        assert proxy.cuts == 6
+    result = acquirer(vcsim).acquire(vcsim.vm, out, case=CASE, preserve="none", progress=False, resume=True)
+    flat = next(f for f in result.files if f.local_path.endswith("disk1-flat.vmdk"))
+    assert 0 < flat.resumed < flat.size == 16 << 20
+    continued = {r.local_path: r for r in result.manifest.resumed}
+    assert (
+        continued[flat.local_path].outcome == "continued"
+        and continued[flat.local_path].offset == flat.resumed
+    )
+    check_files_match_source(result, vcsim.datastore_dir())
+    assert '"resume-proof"' in (result.path / "custody.log.jsonl").read_text()
     assert verify(result.path).ok
 
 
@@ -334,7 +407,7 @@ def test_cli_acquires_with_password_from_the_environment(
             "--user",
             vcsim.user,
             "--vm",
-            VM,
+            vcsim.vm,
             "--out",
             str(out),
             "--case",
@@ -347,7 +420,7 @@ def test_cli_acquires_with_password_from_the_environment(
         ]
     )
     assert code == 0
-    assert "acquired DC0_H0_VM0" in capsys.readouterr().out
+    assert f"acquired {vcsim.vm}" in capsys.readouterr().out
     assert verify(out).ok
 
 
@@ -370,18 +443,167 @@ def test_via_ssh_reads_vmfs_volumes_with_remote_sha256_cross_check(
             "vmfs_root": str(volumes),
         }
         result = acquirer(vcsim, vm_dir, via="ssh", ssh_options=ssh).acquire(
-            VM, tmp_path / "out", case=CASE, preserve="snapshot", remote_hash=True, progress=False
+            vcsim.vm, tmp_path / "out", case=CASE, preserve="snapshot", remote_hash=True, progress=False
         )
     assert verify(result.path).ok
     assert {f.transport for f in result.files} == {"ssh"}
     assert all(f.remote_hash is not None and f.remote_hash.matched for f in result.files)
     check_files_match_source(result, vcsim.datastore_dir())
-    assert f"{VM}-Snapshot1.vmem" in names(result)
+    assert f"{vcsim.vm}-Snapshot1.vmem" in names(result)
+
+
+# --- objects vanishing between the acquirer's calls (real API calls of the test, between its steps) ---
+
+
+class Hooked(SimulatedESXi):
+    """The simulated-ESXi acquirer; after its ``identify`` or ``enumerate`` step the test's call runs."""
+
+    def __init__(self, *args: Any, after: dict[str, Callable[[], Any]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.after = after
+
+    def identify(self, session: Any, target: str) -> Any:
+        found = super().identify(session, target)
+        if "identify" in self.after:
+            self.after.pop("identify")()
+        return found
+
+    def enumerate(self, session: Any) -> Any:
+        planned = super().enumerate(session)
+        if "enumerate" in self.after:
+            self.after.pop("enumerate")()
+        return planned
+
+
+def hooked(server: VCSim, vm_dir: Path, **after: Callable[[], Any]) -> Hooked:
+    return Hooked(
+        server.host,
+        port=server.port,
+        user=server.user,
+        password=server.password,
+        tls_thumbprint=server.thumbprint_sha256,
+        vm_dir=vm_dir,
+        after=after,
+    )
+
+
+def vanished_events(result: Any) -> list[dict[str, Any]]:
+    lines = (result.path / "custody.log.jsonl").read_text().splitlines()
+    return [event["details"] for event in map(json.loads, lines) if event["action"] == "object-vanished"]
+
+
+def test_a_datastore_destroyed_between_listing_and_reading_drops_only_itself(
+    vcsim: VCSim, vm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second datastore on the VM's host is destroyed (Destroy_Task) after the acquirer listed
+    the datacenter's datastores and before it reads their names: the retrieval over all of them
+    loses only that one, which the ledger records; every file of the VM is still acquired."""
+    from vmforensics.hypervisors.vmware import acquirer as module
+
+    si = api(vcsim)
+    host = properties(si, the_vm(si, vcsim.vm), ["runtime.host"])["runtime.host"]
+    system = properties(si, host, ["configManager.datastoreSystem"])["configManager.datastoreSystem"]
+    (tmp_path / "scratch").mkdir()
+    scratch = system.CreateLocalDatastore("Scratch", str(tmp_path / "scratch"))
+    destroyed: list[str] = []
+    real = module.retrieve
+
+    def destroy_then_retrieve(session_si: Any, objects: Any, kind: type, paths: Any, **options: Any) -> Any:
+        if kind is vim.Datastore and not destroyed and scratch._moId in {o._moId for o in objects}:
+            run_task(si, scratch.Destroy_Task, "destroy the Scratch datastore")
+            destroyed.append(scratch._moId)
+        return real(session_si, objects, kind, paths, **options)
+
+    monkeypatch.setattr(module, "retrieve", destroy_then_retrieve)
+    try:
+        result = acquirer(vcsim, vm_dir).acquire(
+            vcsim.vm, tmp_path / "out", case=CASE, preserve="snapshot", progress=False
+        )
+    finally:
+        Disconnect(si)
+
+    assert destroyed == [scratch._moId]
+    assert verify(result.path).ok
+    assert result.omissions == ()
+    assert {"disk1.vmdk", "disk1-flat.vmdk", "disk1-000001.vmdk", f"{vcsim.vm}.vmx"} <= names(result)
+    check_files_match_source(result, vcsim.datastore_dir())
+    gone = [e for e in vanished_events(result) if e["reference"] == scratch._moId]
+    assert gone == [{"kind": "datastore", "reference": scratch._moId, "during": "list the datastores"}]
+
+
+def test_a_snapshot_removed_between_listing_and_copying_is_an_omission_and_a_ledger_note(
+    vcsim: VCSim, vm_dir: Path, tmp_path: Path
+) -> None:
+    """After enumeration the admin's snapshot is removed (RemoveSnapshot_Task): the files that
+    went with it are omissions naming why, the rest is acquired, and cleanup notes the snapshot.
+
+    vcsim 0.24 deletes the file its layout keys to the snapshot (here ``disk1.vmdk``, the
+    descriptor) and leaves the ``.vmsn``, which the test then deletes as ESXi would. Whatever
+    disappeared from the datastore is exactly what the manifest omits.
+    """
+    si = api(vcsim)
+    vm = the_vm(si, vcsim.vm)
+    _, snapshot = run_task(
+        si, lambda: vm.CreateSnapshot_Task("admin-old", "the admin's", False, False), "prior snapshot"
+    )
+    state = vm_dir / f"{vcsim.vm}-Snapshot1.vmsn"
+    assert state.exists()  # vcsim writes the snapshot's state file and lists it in layoutEx
+    before = {p.name for p in vm_dir.iterdir()}
+
+    def remove() -> None:
+        run_task(
+            si, lambda: snapshot.RemoveSnapshot_Task(removeChildren=False), "remove the admin's snapshot"
+        )
+        state.unlink(missing_ok=True)
+
+    try:
+        result = hooked(vcsim, vm_dir, enumerate=remove).acquire(
+            vcsim.vm, tmp_path / "out", case=CASE, preserve="none", progress=False
+        )
+    finally:
+        Disconnect(si)
+
+    lost = before - {p.name for p in vm_dir.iterdir()}
+    assert state.name in lost
+    assert verify(result.path).ok
+    assert {o.source_path for o in result.omissions} == {f"[LocalDS_0] {vcsim.vm}/{name}" for name in lost}
+    assert all("could not be read" in o.reason and "HTTP 404" in o.reason for o in result.omissions)
+    assert names(result) == before - lost - {f"{vcsim.vm}.vmx.lck"}
+    check_files_match_source(result, vcsim.datastore_dir())
+    assert vanished_events(result)[-1] == {
+        "kind": "snapshot",
+        "reference": snapshot._moId,
+        "during": "the acquisition",
+        "name": "admin-old",
+    }
+
+
+def test_the_vm_unregistered_mid_run_is_fatal_with_a_clear_error(
+    vcsim: VCSim, vm_dir: Path, tmp_path: Path
+) -> None:
+    si = api(vcsim)
+    vm = the_vm(si, vcsim.vm)
+
+    def unregister() -> None:
+        run_task(si, vm.PowerOffVM_Task, "power off")  # vSphere unregisters powered-off VMs only
+        vm.UnregisterVM()
+
+    try:
+        with pytest.raises(VMVanishedError, match="removed from the server's inventory"):
+            hooked(vcsim, vm_dir, identify=unregister).acquire(
+                vcsim.vm, tmp_path / "out", case=CASE, preserve="snapshot", progress=False
+            )
+    finally:
+        Disconnect(si)
+    ledger = (tmp_path / "out" / "custody.log.jsonl").read_text()
+    assert '"failed"' in ledger and "VMVanishedError" in ledger
+    assert '"source-action-start"' not in ledger  # nothing was done to the source
 
 
 # --- on vCenter: downloads from the ESXi host, with a service ticket and its certificate pinned ---
 
 
+@vcenter_only
 def test_host_download_is_chosen_by_its_pinned_certificate_and_falls_back_per_file(
     vcsim: VCSim, vm_dir: Path, tmp_path: Path
 ) -> None:
@@ -399,7 +621,7 @@ def test_host_download_is_chosen_by_its_pinned_certificate_and_falls_back_per_fi
     ``test_host_transport_presents_a_fresh_ticket_per_request``.
     """
     result = acquirer(vcsim, host_thumbprints={"DC0_H0": vcsim.thumbprint_sha256}).acquire(
-        VM, tmp_path / "out", case=CASE, preserve="none", progress=False
+        VCENTER_VM, tmp_path / "out", case=CASE, preserve="none", progress=False
     )
 
     assert verify(result.path).ok
@@ -423,12 +645,13 @@ def test_host_download_is_chosen_by_its_pinned_certificate_and_falls_back_per_fi
     assert '"download-endpoint"' in ledger and ledger.count('"download-route"') == 2 * len(result.files)
 
 
+@vcenter_only
 def test_host_with_another_certificate_falls_back_to_vcenter_per_file(
     vcsim: VCSim, vm_dir: Path, tmp_path: Path
 ) -> None:
     """A pin the host's certificate does not match: every address is refused, vCenter serves the files."""
     result = acquirer(vcsim, host_thumbprints={"DC0_H0": "ab" * 32}).acquire(
-        VM, tmp_path / "out", case=CASE, preserve="none", progress=False
+        VCENTER_VM, tmp_path / "out", case=CASE, preserve="none", progress=False
     )
 
     assert verify(result.path).ok
@@ -444,10 +667,11 @@ def test_host_with_another_certificate_falls_back_to_vcenter_per_file(
         )
 
 
+@vcenter_only
 def test_download_from_vcenter_skips_the_host(vcsim: VCSim, vm_dir: Path, tmp_path: Path) -> None:
     result = acquirer(
         vcsim, download_from="vcenter", host_thumbprints={"DC0_H0": vcsim.thumbprint_sha256}
-    ).acquire(VM, tmp_path / "out", case=CASE, preserve="none", progress=False)
+    ).acquire(VCENTER_VM, tmp_path / "out", case=CASE, preserve="none", progress=False)
     files = result.manifest.source.connection["files"]
     assert files["datastores"]["LocalDS_0"]["verification"] == "pinned" and "downloads" not in files
     assert verify(result.path).ok
@@ -455,6 +679,7 @@ def test_download_from_vcenter_skips_the_host(vcsim: VCSim, vm_dir: Path, tmp_pa
         acquirer(vcsim, download_from="esx")
 
 
+@vcenter_only
 def test_host_transport_presents_a_fresh_ticket_per_request(vcsim: VCSim, tmp_path: Path) -> None:
     """A TLS datastore server (tests/transport/httpsd.py) stands in for the ESXi host's /folder and
     records each request; the tickets come from vcsim's real AcquireGenericServiceTicket. Then
@@ -512,12 +737,13 @@ def test_host_transport_presents_a_fresh_ticket_per_request(vcsim: VCSim, tmp_pa
     assert first.describe()["host_unavailable"].startswith("the host failed")
 
 
+@vcenter_only
 def test_host_certificate_as_vcenter_records_it(vcsim: VCSim) -> None:
     from vmforensics.hypervisors.vmware.hostdirect import management_addresses, recorded_thumbprint
 
     si = api(vcsim)
     try:
-        host = properties(si, the_vm(si), ["runtime.host"])["runtime.host"]
+        host = properties(si, the_vm(si, VCENTER_VM), ["runtime.host"])["runtime.host"]
         props = properties(
             si,
             host,

@@ -276,3 +276,69 @@ def test_acquire_many_from_a_vmware_survey(vcsim: VCSim, tmp_path: Path) -> None
         assert item.result.manifest.source.vm.reference == record.reference
         vmx = next(f for f in item.result.files if f.local_path.endswith(f"{record.name}.vmx"))
         assert vmx.size == (vcsim.datastore_dir() / record.name / f"{record.name}.vmx").stat().st_size
+
+
+def test_standalone_esxi_is_surveyed_and_acquired_like_vcenter(tmp_path: Path) -> None:
+    """``vcsim -esx``: the inventory recorded from a real ESXi (HostAgent API, ha-datacenter),
+    whose datacenter lists a datastore that no longer exists; the survey and a batch work."""
+    from vmforensics import CaseInfo, verify
+    from vmforensics.hypervisors.vmware.acquirer import VMwareAcquirer
+    from vmforensics.survey.acquire_many import acquire_many
+
+    with VCSim(tmp_path / "vcsim", esx=True) as esx:
+        report = survey(esx)
+        assert report.source.product["apiType"] == "HostAgent"
+        assert report.source.connection["server_role"] == "standalone ESXi host (no vCenter)"
+        assert [v.name for v in report.vms] == list(esx.vms)
+        assert {v.datacenter for v in report.vms} == {"ha-datacenter"}
+        assert {v.datastores for v in report.vms} == {("LocalDS_0",)}
+        (host,) = report.hosts
+        assert host.product.startswith("VMware ESXi") and host.datacenter == "ha-datacenter"
+        batch = acquire_many(
+            report.select(),
+            tmp_path / "evidence",
+            case=CaseInfo(case_id="2026-117", examiner="A. Analyst"),
+            acquirer_factory=lambda record: VMwareAcquirer(
+                esx.host,
+                port=esx.port,
+                user=esx.user,
+                password=esx.password,
+                tls_thumbprint=esx.thumbprint_sha256,
+            ),
+            max_parallel=2,
+            progress=False,
+            preserve="none",
+        )
+    assert batch.ok and [item.vm for item in batch.items] == list(esx.vms)
+    assert all(verify(item.path).ok for item in batch.items)
+
+
+@pytest.mark.parametrize("esx", [False, True], ids=["vcenter", "esx"])
+def test_vm_unregistered_mid_survey_is_a_finding_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, esx: bool
+) -> None:
+    """After the inventory is read and before the datastores are listed, the test unregisters a
+    VM through the API (a real call between the survey's steps): the survey finishes and says so."""
+    from vmforensics.hypervisors.vmware import survey as module
+
+    real = module.browse_datastores
+    with VCSim(tmp_path / "vcsim", esx=esx) as server:
+        context = ssl.create_default_context(cafile=str(server.cert))
+        si = Connect(server.host, server.port, server.user, server.password, sslContext=context)
+        victim = objects(si, vim.VirtualMachine, [])[server.vms[1]][0]
+
+        def unregister_then_browse(*args: Any) -> Any:
+            run_task(si, victim.PowerOffVM_Task, "power off")  # vSphere unregisters powered-off VMs only
+            victim.UnregisterVM()
+            return real(*args)
+
+        monkeypatch.setattr(module, "browse_datastores", unregister_then_browse)
+        try:
+            report = survey(server)
+        finally:
+            Disconnect(si)
+    (finding,) = report.findings_of("vm-vanished")
+    assert finding.subject == server.vms[1] and finding.severity == "high"
+    assert finding.facts["reference"] == victim._moId
+    assert any("removed from the inventory during the survey" in note for note in report.notes)
+    assert [v.name for v in report.vms if v.details.get("vanished_during_survey")] == [server.vms[1]]

@@ -219,6 +219,21 @@ def recent_moves(report: SurveyReport) -> list[Finding]:
     return found
 
 
+def vanished_vms(report: SurveyReport) -> list[Finding]:
+    return [
+        Finding(
+            "vm-vanished",
+            "high",
+            vm.name,
+            f"{vm.name} was removed from the inventory while the survey ran (unregistered or deleted): "
+            "its files may be gone or orphaned; look for them on its datastores now.",
+            {"reference": vm.reference, "config_path": vm.config_path, "datastores": list(vm.datastores)},
+        )
+        for vm in report.vms
+        if vm.details.get("vanished_during_survey")
+    ]
+
+
 CHECKS: tuple[Callable[[SurveyReport], list[Finding]], ...] = (
     duplicate_macs,
     macs_outside_range,
@@ -227,6 +242,7 @@ CHECKS: tuple[Callable[[SurveyReport], list[Finding]], ...] = (
     snapshot_sprawl,
     clock_skew,
     recent_moves,
+    vanished_vms,
 )
 
 

@@ -88,7 +88,9 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 class VCSim:
-    """A running vcsim (vCenter model: DC0, hosts, LocalDS_0, VMs DC0_H0_VM0/1) in ``workdir``."""
+    """A running vcsim in ``workdir``: the vCenter model (DC0, hosts, a cluster, LocalDS_0, VMs
+    DC0_H0_VM0/1...) or with ``esx=True`` a standalone ESXi host (ha-datacenter, LocalDS_0, VMs
+    ha-host_VM0/1)."""
 
     def __init__(
         self,
@@ -141,6 +143,24 @@ class VCSim:
             raise RuntimeError(f"vcsim did not start: {line!r}; see {self.workdir / 'vcsim.log'}")
         self.port = urlsplit(line).port or 443
         return self
+
+    @property
+    def kind(self) -> str:
+        """``"esx"`` (a standalone host: HostAgent API, ``ha-datacenter``) or ``"vcenter"``."""
+        return "esx" if self.esx else "vcenter"
+
+    @property
+    def vms(self) -> tuple[str, str]:
+        """The two VMs of the first host (the ESX inventory names them after its ``ha-host``)."""
+        return ("ha-host_VM0", "ha-host_VM1") if self.esx else ("DC0_H0_VM0", "DC0_H0_VM1")
+
+    @property
+    def vm(self) -> str:
+        return self.vms[0]
+
+    @property
+    def datacenter(self) -> str:
+        return "ha-datacenter" if self.esx else "DC0"
 
     @property
     def thumbprint_sha256(self) -> str:

@@ -8,6 +8,7 @@ clock, events) -> preserve (isolate, snapshot with memory / suspend / none) -> e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +19,13 @@ from pyVmomi import vim, vmodl
 from vmforensics.acquire.base import Acquirer, PlannedFile, Session
 from vmforensics.acquire.clock import measure_clock
 from vmforensics.custody.models import EvidenceFile, VMIdentity
-from vmforensics.errors import ConnectionError_, SourceError, UsageError
+from vmforensics.errors import (
+    ConnectionError_,
+    ObjectVanishedError,
+    SourceError,
+    UsageError,
+    VMVanishedError,
+)
 from vmforensics.hypervisors.vmware.api import (
     api_errors,
     login,
@@ -27,6 +34,7 @@ from vmforensics.hypervisors.vmware.api import (
     properties,
     retrieve,
     run_task,
+    vanished,
 )
 from vmforensics.hypervisors.vmware.files import DatastorePath, VMFiles
 from vmforensics.hypervisors.vmware.hostdirect import HostFirst, HostLocator, HostTicketTransport
@@ -36,6 +44,7 @@ from vmforensics.hypervisors.vmware.identify import (
     hosts_in_history,
     snapshot_tree,
     vm_events,
+    vm_properties,
 )
 from vmforensics.hypervisors.vmware.tls import (
     TLSPolicy,
@@ -143,8 +152,10 @@ class VMwareAcquirer(Acquirer):
             seen = certificate_facts(pinned or peer_certificate(self.host, self.port, self.timeout))
         except ConnectionError_ as exc:
             seen = {"tls_certificate": f"not recorded: {exc}"}
+        standalone = product.get("apiType") == "HostAgent"
         connection: dict[str, Any] = {
             "api": f"https://{self.host}:{self.port}/sdk",
+            "server_role": "standalone ESXi host (no vCenter)" if standalone else "vCenter Server",
             "user": self.user,
             "tls_verification": self.tls.mode,
             **seen,
@@ -171,7 +182,9 @@ class VMwareAcquirer(Acquirer):
         si = self._si
         found = find_vm(si, target)
         identity, location = describe_vm(si, found)
-        session.clock = self._clock(location.get("host"))
+        for kind, reference, where in location.pop("vanished"):
+            _note_vanished(session, kind, reference, where)
+        session.clock = self._clock(session, location.get("host"))
         with api_errors("read the VM's events"):
             try:
                 events, note = vm_events(si, found.vm)
@@ -183,20 +196,28 @@ class VMwareAcquirer(Acquirer):
             details["events_note"] = note
         if location.get("host") is not None:
             with api_errors("read the host's product"):
-                host_product = properties(si, location["host"], ["summary.config.product"]).get(
-                    "summary.config.product"
-                )
+                try:
+                    host_product = properties(si, location["host"], ["summary.config.product"]).get(
+                        "summary.config.product"
+                    )
+                except ObjectVanishedError as exc:
+                    _note_vanished(session, "host", exc.reference, "the VM's host product")
+                    host_product = None
             if host_product is not None:
                 details["host_product"] = {"fullName": host_product.fullName, "build": host_product.build}
         session.state.update(vm=found.vm, props=found.props, location=location)
         return attrs.evolve(identity, history=tuple(events), details=details)
 
-    def _clock(self, host: Any) -> Any:
+    def _clock(self, session: Session, host: Any) -> Any:
         si = self._si
         if host is not None:
-            system = properties(si, host, ["configManager.dateTimeSystem"]).get(
-                "configManager.dateTimeSystem"
-            )
+            try:
+                system = properties(si, host, ["configManager.dateTimeSystem"]).get(
+                    "configManager.dateTimeSystem"
+                )
+            except ObjectVanishedError as exc:
+                _note_vanished(session, "host", exc.reference, "the VM's host clock")
+                system = None
             if system is not None:
                 try:
                     return measure_clock(
@@ -230,7 +251,9 @@ class VMwareAcquirer(Acquirer):
         session.vm = attrs.evolve(session.vm, power_state_after=self._power_state(vm))
 
     def _isolate(self, session: Session, vm: Any) -> None:
-        devices = properties(self._si, vm, ["config.hardware.device"]).get("config.hardware.device", [])
+        devices = vm_properties(
+            self._si, vm, ["config.hardware.device"], "read the VM's network adapters"
+        ).get("config.hardware.device", [])
         nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
         with session.action(
             "isolate", method="disconnect every virtual NIC (connected and at power-on)"
@@ -299,8 +322,8 @@ class VMwareAcquirer(Acquirer):
             session.state["suspended"] = True
 
     def _power_state(self, vm: Any) -> str:
-        with api_errors("read the VM's power state"):
-            return str(properties(self._si, vm, ["runtime.powerState"]).get("runtime.powerState", "unknown"))
+        props = vm_properties(self._si, vm, ["runtime.powerState"], "read the VM's power state")
+        return str(props.get("runtime.powerState", "unknown"))
 
     # --- enumerate and transport -------------------------------------------------------------------
 
@@ -314,30 +337,44 @@ class VMwareAcquirer(Acquirer):
             if value:
                 where = DatastorePath.parse(value)
                 own.append(DatastorePath(where.datastore, where.directory) if key == "vmPathName" else where)
+        datastores = self._datastores(session)
         collector = VMFiles(
             self._si,
             vm,
-            self._datastores(session),
+            datastores,
             session.omit,
             lambda event, **facts: session.ledger.append(event, **facts),
+            gone=session.state["vanished_datastores"],
         )
         return collector.plan(own)
 
     def _datastores(self, session: Session) -> dict[str, Any]:
-        """Datastores by name: the VM's, and its datacenter's (a disk may live on any)."""
+        """Datastores by name: the VM's, and its datacenter's (a disk may live on any).
+
+        One that vanished since it was listed (unmounted, removed; a standalone ESXi lists stale
+        references) drops only itself, with a ledger note; its files become omissions.
+        """
         si = self._si
         location = session.state["location"]
         refs = list(session.state["props"].get("datastore", []))
         datacenter = location.get("datacenter")
         with api_errors("list the datastores"):
             if datacenter is not None:
-                refs += properties(si, datacenter, ["datastore"]).get("datastore", [])
-            found = {
-                props.get("name"): ds
-                for ds, props in retrieve(si, refs, vim.Datastore, ["name"])
-                if props.get("name")
-            }
+                try:
+                    refs += properties(si, datacenter, ["datastore"]).get("datastore", [])
+                except ObjectVanishedError as exc:
+                    _note_vanished(session, "datacenter", exc.reference, "the datacenter's datastores")
+            listed = retrieve(si, refs, vim.Datastore, ["name"])
+        found = {props.get("name"): ds for ds, props in listed if props.get("name")}
+        names = location.get("datastore_names", {})
+        gone = {}
+        for reference in vanished(refs, listed):
+            known = {"name": names[reference]} if reference in names else {}
+            _note_vanished(session, "datastore", reference, "list the datastores", **known)
+            if reference in names and names[reference] not in found:
+                gone[names[reference]] = reference
         session.state["datastores"] = found
+        session.state["vanished_datastores"] = gone
         return found
 
     def transport(self, session: Session) -> Transport:
@@ -397,13 +434,22 @@ class VMwareAcquirer(Acquirer):
 
         options = dict(self.ssh_options)
         root = options.pop("vmfs_root", "/vmfs/volumes")
-        host = options.pop("host", None) or (session.vm.host if session.vm and session.vm.host else self.host)
+        host = options.pop("host", None)
+        if host is None:  # a standalone host is the API server (its own name is often localhost.localdomain)
+            standalone = session.source.product.get("apiType") == "HostAgent"
+            host = self.host if standalone or not (session.vm and session.vm.host) else session.vm.host
         ssh = SSHTransport(host, **options)
         return DatastoreRouter("ssh", lambda datastore: ssh, vmfs_path(root))
 
     # --- cleanup and disconnect --------------------------------------------------------------------
 
     def cleanup(self, session: Session) -> None:
+        try:
+            self._cleanup(session)
+        except VMVanishedError as exc:  # nothing of ours can be left on a VM that is gone
+            session.ledger.append("note", text=f"cleanup: {exc}")
+
+    def _cleanup(self, session: Session) -> None:
         vm = session.state.get("vm")
         snapshot = session.state.pop("snapshot", None)
         if snapshot is not None:
@@ -417,8 +463,9 @@ class VMwareAcquirer(Acquirer):
     def _remove_snapshot(self, session: Session, vm: Any, snapshot: Any) -> None:
         reference = moref(snapshot)
         with session.action("remove-snapshot", snapshot=reference, consolidate=True) as details:
-            with api_errors("list the VM's snapshots"):
-                before = snapshot_tree(properties(self._si, vm, ["snapshot"]).get("snapshot"))
+            before = snapshot_tree(
+                vm_properties(self._si, vm, ["snapshot"], "list the VM's snapshots").get("snapshot")
+            )
             if reference not in {s["reference"] for s in before}:
                 details["result"] = "the snapshot no longer exists; nothing removed"
                 return
@@ -427,11 +474,27 @@ class VMwareAcquirer(Acquirer):
                 lambda: snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True),
                 f"remove the preservation snapshot {reference}",
             )
-            with api_errors("list the VM's snapshots"):
-                after = snapshot_tree(properties(self._si, vm, ["snapshot"]).get("snapshot"))
+            after = snapshot_tree(
+                vm_properties(self._si, vm, ["snapshot"], "list the VM's snapshots").get("snapshot")
+            )
             if reference in {s["reference"] for s in after}:
                 raise SourceError(f"snapshot {reference} is still there after its removal task succeeded")
             details["snapshots_left"] = [f"{s['reference']} {s['name']!r}" for s in after]
+
+    def _note_vanished_snapshots(self, session: Session, vm: Any) -> None:
+        """Snapshots the VM had when identified that are gone now (removed during the run)."""
+        earlier = session.vm.details.get("existing_snapshots") if session.vm is not None else None
+        if not earlier:
+            return
+        now = snapshot_tree(
+            vm_properties(self._si, vm, ["snapshot"], "list the VM's snapshots").get("snapshot")
+        )
+        left = {s["reference"] for s in now}
+        for snapshot in earlier:
+            if snapshot["reference"] not in left:
+                _note_vanished(
+                    session, "snapshot", snapshot["reference"], "the acquisition", name=snapshot["name"]
+                )
 
     def disconnect(self, session: Session) -> None:
         if self._router is not None:
@@ -447,8 +510,18 @@ class VMwareAcquirer(Acquirer):
             self._router = None
             self._host_first = []
         if self._si is not None:
+            vm = session.state.get("vm")
+            if vm is not None:
+                with contextlib.suppress(VMVanishedError):  # the run already failed and says why
+                    self._note_vanished_snapshots(session, vm)
             logout(self._si)
             self._si = None
+
+
+def _note_vanished(session: Session, kind: str, reference: str, during: str, **facts: Any) -> None:
+    """A ledger note for an object that no longer exists (it drops only itself)."""
+    log.warning("%s %s vanished while reading %s", kind, reference, during)
+    session.ledger.append("object-vanished", kind=kind, reference=reference, during=during, **facts)
 
 
 def _with_route(record: EvidenceFile, routes: list[dict[str, Any]] | None) -> EvidenceFile:

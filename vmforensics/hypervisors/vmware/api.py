@@ -3,6 +3,12 @@
 Properties are always read through the PropertyCollector (one round trip for many properties;
 pyVmomi's attribute accessors fetch one property at a time and make some servers fail on unset
 ones). Tasks are waited for by polling ``info`` through the PropertyCollector as well.
+
+Objects vanish between two calls (a datastore unmounted, a VM unregistered, a snapshot removed;
+a standalone ESXi even lists references that no longer exist): one retrieval over many objects
+asks the server to report missing objects instead of failing as a whole, so a missing object
+drops only itself (:func:`vanished` names them); :func:`properties` of one object that no longer
+exists raises :class:`ObjectVanishedError`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,13 @@ from typing import Any, TypeVar
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
-from vmforensics.errors import AuthenticationError, ConnectionError_, HostVerificationError, SourceError
+from vmforensics.errors import (
+    AuthenticationError,
+    ConnectionError_,
+    HostVerificationError,
+    ObjectVanishedError,
+    SourceError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +89,11 @@ def api_errors(action: str) -> Iterator[None]:
         ) from exc
     except vim.fault.NotAuthenticated as exc:
         raise AuthenticationError(f"{action}: the API session is no longer valid") from exc
+    except vmodl.fault.ManagedObjectNotFound as exc:
+        gone = moref(exc.obj) if exc.obj is not None else "an object"
+        raise ObjectVanishedError(
+            f"{action}: {gone} no longer exists on the server (removed since it was listed)", reference=gone
+        ) from exc
     except vmodl.MethodFault as exc:
         raise SourceError(f"{action}: {fault_text(exc)}") from exc
     except OSError as exc:
@@ -88,7 +105,8 @@ def retrieve(
 ) -> list[tuple[Any, dict[str, Any]]]:
     """``[(managed object, {path: value})]`` for ``objects`` (or every ``kind`` in ``container``).
 
-    Unset properties are simply absent from the dict.
+    Unset properties are simply absent from the dict. Objects that no longer exist are left out
+    (the server reports them instead of failing the whole retrieval; see :func:`vanished`).
     """
     content = si.content
     collector = content.propertyCollector
@@ -99,12 +117,18 @@ def retrieve(
         object_specs = [PC.ObjectSpec(obj=view, skip=True, selectSet=[traverse])]
     else:
         object_specs = [PC.ObjectSpec(obj=obj, skip=False) for obj in objects]
-    spec = PC.FilterSpec(objectSet=object_specs, propSet=[PC.PropertySpec(type=kind, pathSet=list(paths))])
+    spec = PC.FilterSpec(
+        objectSet=object_specs,
+        propSet=[PC.PropertySpec(type=kind, pathSet=list(paths))],
+        reportMissingObjectsInResults=True,
+    )
     found: list[tuple[Any, dict[str, Any]]] = []
     try:
         result = collector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
         while result is not None:
             for item in result.objects:
+                if not item.propSet and _gone(item.missingSet):
+                    continue
                 found.append((item.obj, {prop.name: prop.val for prop in item.propSet or ()}))
             result = collector.ContinueRetrievePropertiesEx(result.token) if result.token else None
     finally:
@@ -114,10 +138,27 @@ def retrieve(
     return found
 
 
+def _gone(missing: Sequence[Any] | None) -> bool:
+    """Whether a result's missingSet says the object itself no longer exists."""
+    return any(isinstance(entry.fault, vmodl.fault.ManagedObjectNotFound) for entry in missing or ())
+
+
+def vanished(objects: Sequence[Any], found: Sequence[tuple[Any, dict[str, Any]]]) -> list[str]:
+    """The morefs of ``objects`` that :func:`retrieve` did not return: they no longer exist."""
+    returned = {moref(obj) for obj, _ in found}
+    return list(dict.fromkeys(moref(obj) for obj in objects if moref(obj) not in returned))
+
+
 def properties(si: Any, obj: Any, paths: Sequence[str]) -> dict[str, Any]:
-    """The ``paths`` of one managed object (absent when unset)."""
+    """The ``paths`` of one managed object (absent when unset); ObjectVanishedError if it is gone."""
     found = retrieve(si, [obj], type(obj), paths)
-    return found[0][1] if found else {}
+    if not found:
+        raise ObjectVanishedError(
+            f"{type(obj).__name__.rsplit('.', 1)[-1]} {moref(obj)} no longer exists on the server "
+            "(removed since it was listed)",
+            reference=moref(obj),
+        )
+    return found[0][1]
 
 
 def wait_for_task(si: Any, task: Any, action: str, *, timeout: float = 3600.0) -> Any:
@@ -126,7 +167,10 @@ def wait_for_task(si: Any, task: Any, action: str, *, timeout: float = 3600.0) -
     delay = 0.05
     while True:
         with api_errors(action):  # not "info" whole: some servers put a non-entity in info.entity
-            info = properties(si, task, ["info.state", "info.error", "info.result"])
+            try:
+                info = properties(si, task, ["info.state", "info.error", "info.result"])
+            except ObjectVanishedError as exc:
+                raise SourceError(f"{action}: task {task._moId} vanished before it finished") from exc
         state = info.get("info.state")
         if state == vim.TaskInfo.State.success:
             return info.get("info.result")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -19,7 +19,9 @@ from pyVmomi import vim
 
 from vmforensics.acquire.base import PlannedFile
 from vmforensics.acquire.filesets import is_ignored, role_for
+from vmforensics.errors import ObjectVanishedError
 from vmforensics.hypervisors.vmware.api import api_errors, properties, run_task
+from vmforensics.hypervisors.vmware.identify import vm_errors, vm_properties
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +94,21 @@ class VMFiles:
         datastores: dict[str, Any],
         omit: Callable[[str, str, str], None],
         note: Callable[..., None],
+        *,
+        gone: Mapping[str, str] | None = None,
     ):
         self.si = si
         self.vm = vm
         self.datastores = datastores  # name -> vim.Datastore
+        self.gone = dict(gone or {})  # name -> moref of the VM's datastores that vanished
         self.omit = omit
         self.note = note
         self._browsers: dict[str, Any] = {}
 
     def plan(self, own_directories: list[DatastorePath]) -> list[PlannedFile]:
-        with api_errors("refresh the VM's storage information"):
+        with vm_errors(self.vm, "refresh the VM's storage information"):
             self.vm.RefreshStorageInfo()
-        with api_errors("read the VM's file layout"):
-            layout = properties(self.si, self.vm, ["layoutEx"]).get("layoutEx")
+        layout = vm_properties(self.si, self.vm, ["layoutEx"], "read the VM's file layout").get("layoutEx")
         planned: dict[DatastorePath, PlannedFile] = {}
         listed: dict[DatastorePath, Listed] = {}
         for directory in dict.fromkeys(own_directories):
@@ -229,12 +233,24 @@ class VMFiles:
     def _browser(self, datastore: str) -> Any:
         if datastore not in self._browsers:
             ds = self.datastores.get(datastore)
-            if ds is None:
+            if ds is None and datastore in self.gone:
+                self.omit(
+                    f"[{datastore}]",
+                    "other",
+                    f"the datastore ({self.gone[datastore]}) vanished during the acquisition "
+                    "(unmounted or removed): none of its files could be listed or read",
+                )
+                self._browsers[datastore] = None
+            elif ds is None:
                 self.omit(f"[{datastore}]", "other", "the datastore is not visible to this session")
                 self._browsers[datastore] = None
             else:
                 with api_errors(f"read the browser of datastore {datastore}"):
-                    self._browsers[datastore] = properties(self.si, ds, ["browser"]).get("browser")
+                    try:
+                        self._browsers[datastore] = properties(self.si, ds, ["browser"]).get("browser")
+                    except ObjectVanishedError as exc:
+                        self.omit(f"[{datastore}]", "other", f"{exc}: none of its files could be read")
+                        self._browsers[datastore] = None
         return self._browsers[datastore]
 
 

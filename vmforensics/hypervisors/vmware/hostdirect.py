@@ -29,6 +29,7 @@ from vmforensics.errors import (
     AuthenticationError,
     ConnectionError_,
     HostVerificationError,
+    ObjectVanishedError,
     SourceError,
     UsageError,
 )
@@ -147,6 +148,8 @@ class HostLocator:
             host, props = self._host_for(datastore)
         except (vmodl.MethodFault, OSError) as exc:
             return None, f"the hosts mounting the datastore could not be read: {fault_text(exc)}"
+        except ObjectVanishedError as exc:
+            return None, str(exc)
         if host is None:
             return None, props.get("reason", "no connected host mounts the datastore")
         host_name = str(props.get("name") or moref(host))

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 from pyVmomi import vim, vmodl
 
 from vmforensics.custody.models import VMIdentity
-from vmforensics.errors import VMNotFoundError
-from vmforensics.hypervisors.vmware.api import api_errors, moref, properties, retrieve
+from vmforensics.errors import ObjectVanishedError, VMNotFoundError, VMVanishedError
+from vmforensics.hypervisors.vmware.api import api_errors, moref, properties, retrieve, vanished
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +107,29 @@ def find_vm(si: Any, target: str) -> FoundVM:
         refs = ", ".join(moref(vm) for vm in matches)
         raise VMNotFoundError(f"{target!r} names {len(matches)} VMs ({refs}); give the instanceUuid or moref")
     vm = matches[0]
-    with api_errors(f"read the properties of {moref(vm)}"):
-        return FoundVM(vm, properties(si, vm, _VM_PATHS))
+    return FoundVM(vm, vm_properties(si, vm, _VM_PATHS, "read the VM's properties"))
+
+
+@contextlib.contextmanager
+def vm_errors(vm: Any, action: str) -> Iterator[None]:
+    """:func:`api_errors` for a call about the VM being acquired: its vanishing is the one fatal
+    disappearance (VMVanishedError); any other object's is left to the caller."""
+    try:
+        with api_errors(action):
+            yield
+    except ObjectVanishedError as exc:
+        if exc.reference != moref(vm):
+            raise
+        raise VMVanishedError(
+            f"{action}: the VM {moref(vm)} was removed from the server's inventory (unregistered "
+            "or deleted) during the acquisition; everything acquired so far is kept and recorded"
+        ) from exc
+
+
+def vm_properties(si: Any, vm: Any, paths: tuple[str, ...] | list[str], action: str) -> dict[str, Any]:
+    """Properties of the VM being acquired (VMVanishedError if it is gone)."""
+    with vm_errors(vm, action):
+        return properties(si, vm, paths)
 
 
 def inventory_path(si: Any, obj: Any) -> list[tuple[Any, str]]:
@@ -115,7 +138,11 @@ def inventory_path(si: Any, obj: Any) -> list[tuple[Any, str]]:
     root = si.content.rootFolder
     current = obj
     while current is not None and moref(current) != moref(root) and len(chain) < 64:
-        props = properties(si, current, ["name", "parent"])
+        try:
+            props = properties(si, current, ["name", "parent"])
+        except ObjectVanishedError:
+            log.info("%s vanished while its inventory path was read", moref(current))
+            break
         chain.append((current, props.get("name", moref(current))))
         current = props.get("parent")
     return list(reversed(chain))
@@ -129,11 +156,11 @@ def describe_vm(si: Any, found: FoundVM) -> tuple[VMIdentity, dict[str, Any]]:
     host_name = cluster = datacenter = None
     with api_errors("read the VM's location"):
         path = inventory_path(si, host if host is not None else found.vm)
-        datastores = {
-            moref(ds): p.get("name", moref(ds))
-            for ds, p in retrieve(si, props.get("datastore", []), vim.Datastore, ["name"])
-        }
+        refs = props.get("datastore", [])
+        listed = retrieve(si, refs, vim.Datastore, ["name"])
+        datastores = {moref(ds): p.get("name", moref(ds)) for ds, p in listed}
         nics = _nics(si, props.get("config.hardware.device", []))
+    location["vanished"] = [("datastore", ref, "the VM's datastores") for ref in vanished(refs, listed)]
     for index, (obj, name) in enumerate(path):
         if isinstance(obj, vim.Datacenter):
             datacenter = name
@@ -196,7 +223,10 @@ def _nics(si: Any, devices: list[Any]) -> list[dict[str, Any]]:
         if network is None and ref is not None:
             key = moref(ref)
             if key not in networks:
-                networks[key] = properties(si, ref, ["name"]).get("name", key)
+                try:
+                    networks[key] = properties(si, ref, ["name"]).get("name", key)
+                except ObjectVanishedError:
+                    networks[key] = f"{key} (vanished)"
             network = networks[key]
         connectable = device.connectable
         nics.append(
@@ -222,7 +252,7 @@ def _portgroup_name(si: Any, key: str | None, cache: dict[str, str]) -> str | No
         group = vim.dvs.DistributedVirtualPortgroup(key, si._stub)
         try:
             cache[key] = properties(si, group, ["name"]).get("name") or key
-        except vmodl.MethodFault:
+        except (vmodl.MethodFault, ObjectVanishedError):
             cache[key] = key
     return cache[key]
 

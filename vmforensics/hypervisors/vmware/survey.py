@@ -26,7 +26,16 @@ from vmforensics.acquire.filesets import role_for
 from vmforensics.custody.models import ClockReading, SourceInfo
 from vmforensics.errors import ConnectionError_
 from vmforensics.hypervisors.vmware.acquirer import VMwareAcquirer
-from vmforensics.hypervisors.vmware.api import PC, api_errors, fault_text, login, logout, moref, wait_for_task
+from vmforensics.hypervisors.vmware.api import (
+    PC,
+    api_errors,
+    fault_text,
+    login,
+    logout,
+    moref,
+    vanished,
+    wait_for_task,
+)
 from vmforensics.hypervisors.vmware.tls import certificate_facts, peer_certificate
 from vmforensics.survey.findings import with_findings
 from vmforensics.survey.models import (
@@ -140,6 +149,9 @@ def survey_vmware(
             product=product,
             connection={
                 "api": f"https://{host}:{port}/sdk",
+                "server_role": "standalone ESXi host (no vCenter)"
+                if product.get("apiType") == "HostAgent"
+                else "vCenter Server",
                 "user": user,
                 "tls_verification": settings.tls.mode,
                 **seen,
@@ -191,6 +203,7 @@ def survey_service_instance(
     vms = [
         inventory.vm_record(ref, history.get(ref, []), listing, clock.examiner_utc) for ref in inventory.vms
     ]
+    vms = _mark_vanished(si, inventory, vms, notes)
     unclaimed = inventory.unclaimed(listing) if datastore_files else []
     report = SurveyReport(
         source=source,
@@ -203,6 +216,23 @@ def survey_service_instance(
         notes=tuple(dict.fromkeys(notes)),
     )
     return with_findings(report)
+
+
+def _mark_vanished(si: Any, inventory: Inventory, vms: list[VMRecord], notes: list[str]) -> list[VMRecord]:
+    """VMs removed from the inventory while the survey ran: kept, marked (a finding), noted."""
+    objects = [inventory.objects[ref][0] for ref in inventory.vms]
+    with api_errors("check that the VMs still exist"):
+        gone = set(vanished(objects, _retrieve(si, objects, vim.VirtualMachine, ["name"])))
+    if not gone:
+        return vms
+    marked = []
+    for vm in vms:
+        if vm.reference in gone:
+            notes.append(f"VM {vm.name} ({vm.reference}) was removed from the inventory during the survey")
+            details = {**vm.details, "vanished_during_survey": True}
+            vm = attrs.evolve(vm, details=details)
+        marked.append(vm)
+    return marked
 
 
 def retrieve_inventory(si: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
