@@ -380,3 +380,14 @@ def test_compression_none_stores_every_chunk_with_its_adler32_and_libewf_reads_i
     back = run("ewfexport", "-q", "-u", "-f", "raw", "-t", str(tmp_path / "back"), str(tmp_path / "n.E01"))
     assert back.returncode == 0, back.stderr
     assert (tmp_path / "back.raw").read_bytes() == disk.read_bytes()
+
+
+def test_segment_names_run_past_e99_and_keep_the_case_of_the_first() -> None:
+    from vmforensics.custody.ewf import segment_names
+
+    names = segment_names("case/web01.E01", 101)
+    assert names[:2] == ["case/web01.E01", "case/web01.E02"]
+    assert names[98:] == ["case/web01.E99", "case/web01.EAA", "case/web01.EAB"]
+    assert segment_names("web01.e01", 2) == ["web01.e01", "web01.e02"]
+    with pytest.raises(UsageError, match=r"must end in \.E01"):
+        segment_names("web01.raw", 1)

@@ -204,11 +204,12 @@ _EXTENSIONS = _extensions()
 
 
 def segment_names(first: str, count: int) -> list[str]:
-    """``web01.E01`` -> ``web01.E01``, ``web01.E02``, ... (then .EAA ... .ZZZ after .E99)."""
+    """``web01.E01`` -> ``web01.E01``, ``web01.E02``, ... (then .EAA ... .ZZZ after .E99); the
+    extensions keep the case of the first (``web01.e01`` -> ``web01.e02``)."""
     stem, dot, suffix = first.rpartition(".")
     if not dot or suffix.upper() != "E01":
         raise UsageError(f"{first!r}: the first segment of an E01 export must end in .E01")
-    return [f"{stem}.{ext}" for ext in _EXTENSIONS[:count]]
+    return [f"{stem}.{ext if suffix.isupper() else ext.lower()}" for ext in _EXTENSIONS[:count]]
 
 
 @attrs.frozen
