@@ -127,7 +127,7 @@ def retrieve(
         result = collector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
         while result is not None:
             for item in result.objects:
-                if not item.propSet and _gone(item.missingSet):
+                if not item.propSet and is_gone(item.missingSet):
                     continue
                 found.append((item.obj, {prop.name: prop.val for prop in item.propSet or ()}))
             result = collector.ContinueRetrievePropertiesEx(result.token) if result.token else None
@@ -138,7 +138,7 @@ def retrieve(
     return found
 
 
-def _gone(missing: Sequence[Any] | None) -> bool:
+def is_gone(missing: Sequence[Any] | None) -> bool:
     """Whether a result's missingSet says the object itself no longer exists."""
     return any(isinstance(entry.fault, vmodl.fault.ManagedObjectNotFound) for entry in missing or ())
 

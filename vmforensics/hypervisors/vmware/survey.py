@@ -30,6 +30,7 @@ from vmforensics.hypervisors.vmware.api import (
     PC,
     api_errors,
     fault_text,
+    is_gone,
     login,
     logout,
     moref,
@@ -248,13 +249,17 @@ def retrieve_inventory(si: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
             *(PC.PropertySpec(type=kind, pathSet=["name", "parent"]) for kind in PLACE_KINDS),
         ]
         spec = PC.FilterSpec(
-            objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[traverse])], propSet=props
+            objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[traverse])],
+            propSet=props,
+            reportMissingObjectsInResults=True,  # one object deleted meanwhile must not fail the read
         )
         collector = content.propertyCollector
         found: dict[str, tuple[Any, dict[str, Any]]] = {}
         result = collector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
         while result is not None:
             for item in result.objects:
+                if not item.propSet and is_gone(item.missingSet):
+                    continue
                 found[moref(item.obj)] = (item.obj, {p.name: p.val for p in item.propSet or ()})
             result = collector.ContinueRetrievePropertiesEx(result.token) if result.token else None
     finally:
