@@ -391,3 +391,9 @@ def test_segment_names_run_past_e99_and_keep_the_case_of_the_first() -> None:
     assert segment_names("web01.e01", 2) == ["web01.e01", "web01.e02"]
     with pytest.raises(UsageError, match=r"must end in \.E01"):
         segment_names("web01.raw", 1)
+
+
+def test_e01_options_with_another_format_are_a_usage_error(exported, capsys) -> None:
+    root, _ = exported
+    assert cli.main(["export", str(root), "--format", "sums", "--compression", "best"]) == 2
+    assert "belong to --format e01" in capsys.readouterr().err

@@ -53,7 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e01.add_argument(
         "--compression",
         choices=("fast", "best", "none"),
-        default="fast",
         help="zlib level of the chunks (default fast)",
     )
     parser.set_defaults(handler=_run)
@@ -76,8 +75,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.fmt == "e01":
         return _run_e01(args)
-    if args.disk is not None or args.segment_size is not None:
-        raise UsageError("--disk and --segment-size belong to --format e01")
+    if args.disk is not None or args.segment_size is not None or args.compression is not None:
+        raise UsageError("--disk, --segment-size and --compression belong to --format e01")
 
     content = export_directory(args.directory, args.fmt)
     if args.output is None:
@@ -118,7 +117,7 @@ def _run_e01(args: argparse.Namespace) -> int:
         disk.as_posix(),
         name=args.output,
         segment_size=args.segment_size or DEFAULT_SEGMENT_SIZE,
-        compression=args.compression,
+        compression=args.compression or "fast",
     )
     for result in results:
         if not result.ok:
