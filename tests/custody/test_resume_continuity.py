@@ -253,3 +253,49 @@ def test_resume_over_ssh_rereads_the_prefix_from_the_server(sshd, tmp_path, tamp
     assert record.resumed == len(kept) and record.transport == "ssh"
     proofs = [e for e in ledger.events() if e.action == "resume-proof"]
     assert proofs[0].details["prefix_sha256"] == hashlib.sha256(kept).hexdigest()
+
+
+def _crash_after_sealing_before_recording(out: Path) -> str:
+    """Cut the ledger back to the state a crash leaves between a copy's seal and its ``acquire-file``
+    event (files begun after that point did not exist yet); returns the unrecorded file."""
+    ledger = out / "custody.log.jsonl"
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    events = [json.loads(line) for line in lines]
+    cut = max(i for i, e in enumerate(events) if e["action"] == "acquire-file")
+    unrecorded = events[cut]["details"]["local"]
+    for later in events[cut:]:
+        if later["action"] == "acquire-file-start" and later["details"]["local"] != unrecorded:
+            (out / later["details"]["local"]).unlink(missing_ok=True)
+    ledger.write_bytes(b"".join(lines[:cut]))
+    return unrecorded
+
+
+def test_a_file_sealed_but_not_yet_recorded_when_the_run_died_is_proved_against_the_source(interrupted):
+    out, vm, _ = interrupted
+    unrecorded = _crash_after_sealing_before_recording(out)
+    result = LocalAcquirer().acquire(str(vm), out, case=CASE, progress=False, resume=True)
+    reused = [r for r in result.manifest.resumed if r.local_path == unrecorded]
+    assert reused and reused[0].outcome == "reused", result.manifest.resumed
+    proofs = [
+        e for e in _events(out) if e["action"] == "resume-proof" and e["details"]["local"] == unrecorded
+    ]
+    assert proofs and proofs[0]["details"]["offset"] == (out / unrecorded).stat().st_size
+    entry = next(f for f in result.files if f.local_path == unrecorded)
+    source = vm / unrecorded.rsplit("/", 1)[-1]
+    assert entry.hashes["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert verify(out).ok
+
+
+def test_a_sealed_unrecorded_file_whose_source_changed_since_is_refused(interrupted):
+    out, vm, _ = interrupted
+    unrecorded = _crash_after_sealing_before_recording(out)
+    source = vm / unrecorded.rsplit("/", 1)[-1]
+    stat = source.stat()
+    content = bytearray(source.read_bytes())
+    content[0] ^= 0xFF
+    source.write_bytes(bytes(content))
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the attacker restores size and mtime
+    before = (out / unrecorded).read_bytes()
+    with pytest.raises(ResumeRefusedError):
+        LocalAcquirer().acquire(str(vm), out, case=CASE, progress=False, resume=True)
+    _assert_refused(out, out / unrecorded, before, "differ from the partial copy")

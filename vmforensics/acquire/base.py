@@ -21,7 +21,14 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from vmforensics.acquire.copier import RESUMED_NOTE, copy_file
-from vmforensics.acquire.resume import EarlierRun, check_identity, check_source, check_start, refuse
+from vmforensics.acquire.resume import (
+    EarlierRun,
+    check_identity,
+    check_partial,
+    check_source,
+    check_start,
+    refuse,
+)
 from vmforensics.confine import check_allowed_roots
 from vmforensics.custody import names
 from vmforensics.custody.derived import DerivedResult
@@ -481,13 +488,15 @@ class Acquirer(abc.ABC):
         label = item.label or item.source_path
         earlier: EarlierRun | None = session.state.get("earlier")
         facts = earlier.acquired.get(local) if earlier else None
+        path = session.evidence.local_path(item.dest_name)
+        size, digests = path.stat().st_size, hash_file(path, algorithms)
+        if facts is None and earlier is not None and local in earlier.begun:
+            facts = Acquirer._prove_unrecorded(session, earlier, local, label, item, transport, size, digests)
         if facts is None or facts.get("source") != label:
             refuse(
                 session.ledger,
                 f"{local} is sealed but the ledger records no acquisition of it from {label!r}",
             )
-        path = session.evidence.local_path(item.dest_name)
-        size, digests = path.stat().st_size, hash_file(path, algorithms)
         recorded = facts.get("hashes") or {}
         if size != facts.get("size") or any(recorded.get(n, v) != v for n, v in digests.items()):
             refuse(session.ledger, f"{local} no longer hashes as the interrupted run recorded", local=local)
@@ -526,6 +535,32 @@ class Acquirer(abc.ABC):
             source_path_b64=item.source_b64,
             name_escaped=item.name_escaped,
         )
+
+    @staticmethod
+    def _prove_unrecorded(
+        session: Session,
+        earlier: EarlierRun,
+        local: str,
+        label: str,
+        item: PlannedFile,
+        transport: Transport,
+        size: int,
+        digests: dict[str, str],
+    ) -> dict[str, Any]:
+        """A file the interrupted run sealed but died before recording (the crash window between
+        the copy's seal and its ``acquire-file`` event): reused only when the whole source, re-read
+        now, hashes as the copy does and its size and mtime equal the run's start event."""
+        now = transport.stat(item.source_path)
+        if size != now.size:
+            refuse(
+                session.ledger,
+                f"{local}: {size} bytes sealed, but the source is {now.size} bytes",
+                local=local,
+            )
+        check_partial(
+            session.ledger, earlier, local, label, now, transport, item.source_path, size, digests["sha256"]
+        )
+        return {"source": label, "size": size, "hashes": digests, "changed": False}
 
     def _seal(self, session: Session, key: Signer, algorithms: tuple[str, ...]) -> Manifest:
         session.ledger.append(
