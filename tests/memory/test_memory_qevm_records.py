@@ -170,3 +170,13 @@ def test_gzip_bomb_in_a_libvirt_save_stops_at_the_guests_size(tmp_path: Path) ->
     header = HEADER.pack(MAGIC, 2, len(xml), 1, 1, 0, *([0] * 14))
     with pytest.raises(MemoryFormatError, match="decompresses to more than"):
         open_memory(write(tmp_path, header + xml + bomb, "bomb.save"))
+
+
+def test_hyperv_saved_state_is_recognised_and_refused_never_guessed(tmp_path: Path) -> None:
+    """A HyperVStorage container header (signature 0x01282014, as dissect.hypervisor's c_hyperv
+    describes it): the memory encoding inside is not documented, so nothing is produced."""
+    vmrs = tmp_path / "web01.vmrs"
+    vmrs.write_bytes(struct.pack("<II", 0x01282014, 0) + bytes(8192))
+    with pytest.raises(MemoryFormatError, match="recognised but not converted") as raised:
+        open_memory(vmrs)
+    assert raised.value.offset == 0
