@@ -397,3 +397,15 @@ def test_e01_options_with_another_format_are_a_usage_error(exported, capsys) -> 
     root, _ = exported
     assert cli.main(["export", str(root), "--format", "sums", "--compression", "best"]) == 2
     assert "belong to --format e01" in capsys.readouterr().err
+
+
+def test_export_e01_into_reports_progress_once_per_segment(tmp_path: Path) -> None:
+    from vmforensics.custody.ewf import export_e01_into
+
+    vm = build_demo_vm(tmp_path / "datastore").parent
+    root = LocalAcquirer().acquire(str(vm), tmp_path / "ev", case=CASE, progress=False).path
+    updates = []
+    results = export_e01_into(root, DISK, segment_size=16 << 20, progress=updates.append)
+    assert [r.ok for r in results] == [True, True, True]
+    spans = [r.event.details["facts"]["chunks"][1] * 32768 for r in results]
+    assert [u.done for u in updates] == [0, spans[0], spans[0] + spans[1], 32 << 20]  # start, 3 segments

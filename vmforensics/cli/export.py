@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("fast", "best", "none"),
         help="zlib level of the chunks (default fast)",
     )
+    e01.add_argument("--no-progress", action="store_true", help="no progress bar (it moves once per segment)")
     parser.set_defaults(handler=_run)
 
 
@@ -118,6 +119,7 @@ def _run_e01(args: argparse.Namespace) -> int:
         name=args.output,
         segment_size=args.segment_size or DEFAULT_SEGMENT_SIZE,
         compression=args.compression or "fast",
+        progress=not args.no_progress,
     )
     for result in results:
         if not result.ok:

@@ -525,10 +525,12 @@ def export_e01_into(
     name: str | None = None,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     compression: str = "fast",
+    progress: ProgressOption = True,
 ) -> list[DerivedResult]:
     """Export the sealed disk ``disk`` (its local path in the manifest) of the evidence directory
     ``root`` as E01 under ``derived/e01/``: one "derived" ledger event per segment, re-derived by
-    ``verify``. Stops at the first failed segment (recorded, as every failure is)."""
+    ``verify``. Stops at the first failed segment (recorded, as every failure is). Progress moves
+    once per segment."""
     from vmforensics.custody.export import load_manifest
     from vmforensics.images import open_image
 
@@ -560,11 +562,20 @@ def export_e01_into(
         "segments": layout.segments,
     }
     results = []
-    for number, output in enumerate(segment_names(first, layout.segments), 1):
-        result = derive(root, manifest, KIND, inputs, {**params, "segment": number}, f"e01/{output}")
-        results.append(result)
-        if not result.ok:
-            break
+    bar = Progress(progress, total=size, description="export e01") if progress else None
+    try:
+        if bar is not None:
+            bar.start_file(first, size)
+        for number, output in enumerate(segment_names(first, layout.segments), 1):
+            result = derive(root, manifest, KIND, inputs, {**params, "segment": number}, f"e01/{output}")
+            results.append(result)
+            if not result.ok:
+                break
+            if bar is not None:
+                bar.advance(min(size, layout.span(number)[1] * ewf.CHUNK_SIZE))
+    finally:
+        if bar is not None:
+            bar.close()
     return results
 
 
