@@ -89,3 +89,17 @@ def test_survey_vmware_against_vcsim(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert len(report.vms) == 4 and report.source.connection["tls_verification"] == "pinned-thumbprint"
         monkeypatch.setenv("VMFORENSICS_PASSWORD", "wrong")
         assert cli.main([*args, "--tls-thumbprint", server.thumbprint_sha256]) == 1
+
+
+def test_survey_text_escapes_names_planted_in_the_vmx(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ds = tmp_path / "ds"
+    folder = add_vm(ds, "web01", mac="00:50:56:a1:00:03", staging=tmp_path / "s")
+    vmx = next(folder.glob("*.vmx"))
+    lines = vmx.read_text().splitlines()
+    assert any(line.startswith("displayName") for line in lines)
+    planted = 'displayName = "web01\x1b[2J\x1b[1;1HVERIFIED: all good"'
+    vmx.write_text("\n".join(planted if line.startswith("displayName") else line for line in lines) + "\n")
+    assert cli.main(["survey", "local", str(ds)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out  # no terminal escape reaches the examiner's screen
+    assert "web01\\x1b[2J" in out

@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from vmforensics.cli.common import add_case_options, add_signing_options, case_from_args, signer_from_args
+from vmforensics.custody.names import printable
 from vmforensics.hypervisors import hypervisors, load
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def finish(report: SurveyReport, args: argparse.Namespace) -> int:
 
 
 def summary(report: SurveyReport) -> str:
-    """A plain-text view: one line per VM, then the findings."""
+    """A plain-text view: one line per VM, then the findings, with every name escaped."""
     header = f"{'VM':<28} {'power':<10} {'host':<16} {'snaps':>5} {'last active':<20} MACs"
     lines = [
         f"survey of {report.source.kind} {report.source.host or ''} at {report.taken}: "
@@ -92,4 +93,4 @@ def summary(report: SurveyReport) -> str:
         lines.append("findings:")
         lines += [f"  [{f.severity}] {f.kind}: {f.explanation}" for f in report.findings]
     lines += [f"note: {n}" for n in report.notes]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # every field came from the surveyed host
