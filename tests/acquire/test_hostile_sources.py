@@ -225,3 +225,29 @@ def test_survey_with_a_fifo_as_the_snapshot_list_does_not_block(hostile) -> None
     set_vmx(hostile["vmx"], snapshot__fileName="pipe.vmsd")
     report = survey(hostile["folder"].parent)
     assert report.vms[0].snapshots == ()
+
+
+def test_a_fifo_met_first_in_a_resumed_run_leaves_no_empty_file_either(tmp_path: Path) -> None:
+    from vmforensics.acquire.copier import copy_file
+    from vmforensics.custody.evidence import EvidenceDirectory
+    from vmforensics.custody.ledger import Ledger
+    from vmforensics.errors import SourceError
+
+    os.mkfifo(tmp_path / "pipe")
+    EvidenceDirectory(tmp_path / "ev")  # the interrupted run's directory, with its ledger
+    Ledger.create(tmp_path / "ev" / "custody.log.jsonl", {})
+    again = EvidenceDirectory(tmp_path / "ev", resume=True)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            copy_file(LocalTransport(), str(tmp_path / "pipe"), again, "host/pipe", resume=True)
+        except SourceError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "opening the FIFO blocked"
+    assert outcome and "FIFO" in str(outcome[0])
+    assert not again.local_path("host/pipe").exists()

@@ -9,6 +9,7 @@ a custody event. The source's size and mtime are compared before and after.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -54,10 +55,11 @@ def copy_file(
         kind = "a directory" if before.is_dir else "a symbolic link"
         raise SourceError(f"{label} is {kind}, not a file")
     started = utc_now()
-    # a fresh copy opens the source before its evidence file exists: one that cannot be read
-    # (unreadable, a FIFO or socket, refused by the confinement) leaves no empty file behind
+    # a fresh copy (also a resumed run's file not begun yet) opens the source before its evidence
+    # file exists: one that cannot be read (unreadable, a FIFO or socket, refused by the
+    # confinement) leaves no empty file behind
     first = None
-    if not resume:
+    if not resume or not os.path.lexists(evidence.local_path(dest_name)):
         try:
             first = transport.open_read(remote_path, 0)
         except (HostVerificationError, AuthenticationError):
