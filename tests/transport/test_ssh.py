@@ -467,7 +467,7 @@ def test_cut_connections_resume_to_the_exact_digest(
             record = copy_file(transport, str(source), evidence, "disk.raw", retries=10, backoff=0.01)
             assert record.hashes["sha256"] == expected
             assert record.size == source.stat().st_size
-            assert record.resumed >= 1 and proxy.cuts > cuts_before
+            assert record.reconnections >= 1 and proxy.cuts > cuts_before
             assert not record.changed_during_acquisition
 
 
