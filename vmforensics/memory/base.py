@@ -26,6 +26,8 @@ from vmforensics.errors import MemoryFormatError
 PAGE = 4096
 #: Converters and readers move memory in pieces of at most this many bytes.
 CHUNK = 1 << 20
+#: Pages gathered by one ``preadv`` of a strided run (each page and each gap is one iovec; IOV_MAX is 1024).
+IOV_GROUP = 1000
 
 
 @attrs.frozen
@@ -151,9 +153,24 @@ class GuestMemory:
         """``length`` bytes from guest-physical ``address``; unbacked bytes read as zeros."""
         if address < 0 or length < 0:
             raise ValueError("address and length must not be negative")
+        ext = self.extents
+        index = max(ext.find(address), 0)
+        if (
+            index < len(ext)
+            and not ext.strides[index]
+            and ext.starts[index] <= address
+            and address + length <= ext.starts[index] + ext.lengths[index]
+        ):  # within one contiguous run: one pread, no copy
+            return self._pread(ext.offsets[index] + address - ext.starts[index], length)
         out = bytearray(length)
-        for start, piece in self._pieces(address, length):
-            out[start - address : start - address + len(piece)] = piece
+        view = memoryview(out)
+        end = address + length
+        while index < len(ext) and ext.starts[index] < end:
+            start, run = ext.starts[index], ext.lengths[index]
+            lo, hi = max(start, address), min(start + run, end)
+            if lo < hi:
+                self._read_into(index, lo - start, view[lo - address : hi - address])
+            index += 1
         return bytes(out)
 
     def chunks(self) -> Iterator[tuple[int, bytes]]:
@@ -164,32 +181,45 @@ class GuestMemory:
             done = 0
             while done < length:
                 step = min(CHUNK, length - done)
-                yield start + done, self._read_run(index, done, step)
+                if ext.strides[index]:
+                    piece = bytearray(step)
+                    self._read_into(index, done, memoryview(piece))
+                    yield start + done, bytes(piece)
+                else:
+                    yield start + done, self._pread(ext.offsets[index] + done, step)
                 done += step
 
-    def _pieces(self, address: int, length: int) -> Iterator[tuple[int, bytes]]:
+    def _read_into(self, index: int, within: int, target: memoryview) -> None:
+        """Fill ``target`` with bytes ``within`` run ``index`` onwards: one ``preadv`` per
+        IOV_GROUP pages, the stride's gaps (QEMU's record headers) read into a scratch buffer."""
         ext = self.extents
-        end = address + length
-        index = max(ext.find(address), 0)
-        while index < len(ext) and ext.starts[index] < end:
-            start, run = ext.starts[index], ext.lengths[index]
-            lo, hi = max(start, address), min(start + run, end)
-            if lo < hi:
-                yield lo, self._read_run(index, lo - start, hi - lo)
-            index += 1
-
-    def _read_run(self, index: int, within: int, length: int) -> bytes:
-        ext = self.extents
-        offset, stride = ext.offsets[index], ext.strides[index]
+        offset, stride, page = ext.offsets[index], ext.strides[index], ext.page_size
         if not stride:
-            return self._pread(offset + within, length)
-        page = ext.page_size
+            self._preadv([target], offset + within, len(target))
+            return
         first, skip = divmod(within, page)
-        last = (within + length - 1) // page
-        span = self._pread(offset + first * stride, (last - first) * stride + page)
-        view = memoryview(span)
-        parts = [view[n * stride : n * stride + page] for n in range(last - first + 1)]
-        return b"".join(parts)[skip : skip + length]
+        scratch = memoryview(bytearray(stride - page))
+        at, done = offset + first * stride + skip, 0
+        while done < len(target):
+            buffers, wanted = [], 0
+            while done < len(target) and len(buffers) < IOV_GROUP:
+                if buffers:
+                    buffers.append(scratch)
+                    wanted += len(scratch)
+                step = min(page - skip, len(target) - done)
+                buffers.append(target[done : done + step])
+                wanted, done, skip = wanted + step, done + step, 0
+            self._preadv(buffers, at, wanted)
+            at += wanted + len(scratch)
+
+    def _preadv(self, buffers: list[memoryview], offset: int, wanted: int) -> None:
+        got = os.preadv(self.fd, buffers, offset)
+        if got != wanted:
+            raise MemoryFormatError(
+                f"the file ends inside stored memory ({got} of {wanted} bytes)",
+                offset=offset + got,
+                path=str(self.path),
+            )
 
     def _pread(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)

@@ -60,8 +60,10 @@ def _nonzero(data: bytes, address: int) -> Iterator[tuple[int, int, int]]:
         return
     start = None
     for index in range(0, len(data), PAGE):
-        page = data[index : index + PAGE]
-        zero = (page == ZERO_PAGE) if len(page) == PAGE else page.count(0) == len(page)
+        if index + PAGE <= len(data):
+            zero = data.startswith(ZERO_PAGE, index)  # a memcmp in place, no slice
+        else:
+            zero = data.count(0, index) == len(data) - index
         if zero and start is not None:
             yield address + start, start, index - start
             start = None
