@@ -33,4 +33,8 @@ def __getattr__(name: str) -> Any:
         module = _EXPORTS[name]
     except KeyError:
         raise AttributeError(f"module 'vmforensics.survey' has no attribute {name!r}") from None
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    # importing vmforensics.survey.acquire_many binds that submodule to the name `acquire_many`
+    # here; the function must win, or `from vmforensics.survey import acquire_many` is a module
+    globals()[name] = value
+    return value
