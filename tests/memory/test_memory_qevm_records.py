@@ -180,3 +180,35 @@ def test_hyperv_saved_state_is_recognised_and_refused_never_guessed(tmp_path: Pa
     with pytest.raises(MemoryFormatError, match="recognised but not converted") as raised:
         open_memory(vmrs)
     assert raised.value.offset == 0
+
+
+def test_long_zero_runs_around_stored_pages_read_back_page_for_page(tmp_path: Path) -> None:
+    """Zero runs of thousands of records are matched in bulk; a stored page, a page number that
+    jumps (pages sent out of order) or the block's end must each stop a bulk match exactly."""
+    pages = 4096
+    stored = {100: page(b"a"), 101: page(b"b"), 1000: page(b"c"), 4095: page(b"z")}
+    ascending = [("pc.ram", number * PAGE, data) for number, data in sorted(stored.items())]
+    late = [("pc.ram", 3000 * PAGE, page(b"L")), ("pc.ram", 500 * PAGE, page(b"M"))]  # sent first
+    for name, records, extra in (("in-order", ascending, {}), ("jumps", late, {3000: b"L", 500: b"M"})):
+        expected = bytearray(pages * PAGE)
+        for number, data in {**stored, **{n: page(f) for n, f in extra.items()}}.items():
+            if name == "in-order" or number in extra:
+                expected[number * PAGE : (number + 1) * PAGE] = data
+        path = write(tmp_path, b.qevm([("pc.ram", pages * PAGE)], records), f"{name}.qevm")
+        with open_memory(path) as memory:
+            assert memory.read(0, pages * PAGE) == bytes(expected), name
+            assert (
+                memory.extents.stored
+                == sum(1 for page_ in range(pages) if any(expected[page_ * PAGE : (page_ + 1) * PAGE])) * PAGE
+            )
+
+
+def test_zero_page_with_a_fill_byte_deep_in_a_long_zero_run_is_refused_at_its_offset(tmp_path: Path) -> None:
+    stream = bytearray(b.qevm([("pc.ram", 16 * MiB)], []))
+    first = stream.index(b"\x06pc.ram", 60) + 7  # the fill byte of page 0's record
+    fill = first + 777 * 9  # page 777's: every record before it is 9 bytes (CONTINUE, zero)
+    assert stream[fill - 1] == 0x22 and stream[fill] == 0
+    stream[fill] = 0x5A
+    with pytest.raises(MemoryFormatError, match="filled with 0x5a") as raised:
+        open_memory(write(tmp_path, bytes(stream)))
+    assert raised.value.offset == fill - 8

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,6 +31,8 @@ WINDOW = 4 << 20
 ZERO_RUN = (1 << 64) - 1
 MISSING = (1 << 64) - 2
 TAIL = 16 << 20
+#: Zero-page records compared at once once a zero run is this long, and at most this many.
+BULK_MIN, BULK_MAX = 64, 4096
 
 
 def is_qevm(head: bytes) -> bool:
@@ -303,6 +306,30 @@ def _ram_records(
             r.skip(page_size)
 
 
+def _zero_records(word: int, count: int, page_size: int) -> bytes:
+    """The bytes of ``count`` zero-page records, the first with header ``word``, one page apart."""
+    words = array("Q", range(word, word + count * page_size, page_size))
+    if sys.byteorder == "little":
+        words.byteswap()
+    packed, records = words.tobytes(), bytearray(9 * count)  # each fill byte stays 0
+    for byte in range(8):
+        records[byte::9] = packed[byte::8]
+    return bytes(records)
+
+
+def _zero_bulk(buf: bytes, i: int, word: int, pages: int, page_size: int) -> int:
+    """How many zero-page records for consecutive pages (header ``word`` first) lie at ``buf[i:]``,
+    checked in one comparison of up to BULK_MAX records: a zero run costs no Python per page.
+    Tries the largest power of two up to ``pages`` (the run so far bounds it, so failed tries
+    cost no more than the records already read), then halves; 0 when none of BULK_MIN fits."""
+    count = 1 << min(pages, BULK_MAX).bit_length() - 1 if pages > 0 else 0
+    while count >= BULK_MIN:
+        if buf.startswith(_zero_records(word, count, page_size), i):
+            return count
+        count //= 2
+    return 0
+
+
 def _continued_pages(r: _Reader, block: _Block, page_size: int) -> None:
     """The fast path for the bulk of a stream: CONTINUE zero/page records of one block, parsed
     straight from the read window and added as runs. Anything else (or anything wrong) is left
@@ -317,6 +344,7 @@ def _continued_pages(r: _Reader, block: _Block, page_size: int) -> None:
         run_page = run_count = run_offset = 0
         run_stride = -1
         moved = False
+        retry_at = 0
         while i + 9 <= end:
             word = unpack(buf, i)[0]
             flags = word & mask
@@ -335,6 +363,12 @@ def _continued_pages(r: _Reader, block: _Block, page_size: int) -> None:
                         )
                     run_page, run_count, run_offset, run_stride = number, 1, 0, 0
                 i += 9
+                if run_count >= BULK_MIN and i >= retry_at:
+                    pages = min(run_count, (end - i) // 9, length // page_size - run_page - run_count)
+                    taken = _zero_bulk(buf, i, (run_page + run_count) * page_size | zero, pages, page_size)
+                    run_count, i = run_count + taken, i + 9 * taken
+                    if not taken:
+                        retry_at = i + 9 * BULK_MIN
             elif flags == page:
                 if base + i + stride > r.end:
                     break
