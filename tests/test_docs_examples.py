@@ -632,6 +632,8 @@ def test_survey_command_line_examples_write_json_and_seal_a_libvirt_survey(
 def test_readme_hypervisor_example_acquires_from_vmware_hyperv_and_libvirt(
     vcenter: Any, hyperv: dict[str, Any], kvm: dict[str, Any], tmp_path: Path
 ) -> None:
+    """All three servers at once; the Hyper-V side is the WS-Management test endpoint (no WinRM
+    server exists on Linux), everything else is real."""
     from vmforensics import SigningKey
 
     smb, winrm, sshd = hyperv["smb"], hyperv["winrm"], kvm["sshd"]
