@@ -266,11 +266,6 @@ def test_vdi_block_beyond_the_end_of_the_file_is_refused_on_read(tmp_path: Path)
         disk.read_at(0, 4096)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="confine.Confinement.opener resolves a relative path against the image's folder, not the "
-    "working directory, so every relative image path in a sub-folder loses its parents (qcow2 too)",
-)
 def test_vdi_parent_is_found_when_the_image_is_named_by_a_relative_path(
     vdi_parent: Path, base_raw: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
