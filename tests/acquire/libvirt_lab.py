@@ -92,6 +92,8 @@ def _pid(path: str) -> int | None:
 
 #: Domain names the test modules use; such domains found at start are leftovers of a crashed run.
 STALE_PREFIXES = ("vmf-", "svy-")
+#: Pools the lab creates (transient: gone with the daemon too); the survey module names its own.
+STALE_POOL_PREFIX = "vmf-pool-"
 
 
 class LibvirtLab:
@@ -101,6 +103,7 @@ class LibvirtLab:
         self.workdir = Path(workdir)
         self.started: list[int] = []
         self.domains: list[str] = []
+        self.pools: list[str] = []
 
     def start(self) -> LibvirtLab:
         prepare_host()
@@ -124,11 +127,16 @@ class LibvirtLab:
         for name in virsh("list", "--all", "--name").split():  # left by an earlier run that crashed
             if name.startswith(STALE_PREFIXES):
                 self.remove_domain(name)
+        for name in virsh("pool-list", "--all", "--name").split():
+            if name.startswith(STALE_POOL_PREFIX):
+                self.remove_pool(name)
         return self
 
     def stop(self) -> None:
         for name in list(self.domains):
             self.remove_domain(name)
+        for name in list(self.pools):
+            self.remove_pool(name)
         for pid in reversed(self.started):
             # gone for good before the next lab starts: a dying daemon that still answers the pid
             # check would be reused by the next test module and drop its connections
@@ -155,11 +163,18 @@ class LibvirtLab:
 
     # -- disks -----------------------------------------------------------------------------------
 
-    def make_chain(self, folder: Path) -> tuple[Path, Path]:
-        """base/base.qcow2 (ext4 holding hello.txt) <- vm/top.qcow2 (one extra write); returns both."""
+    def make_chain(self, folder: Path, *, pool: bool = True) -> tuple[Path, Path]:
+        """base/base.qcow2 (ext4 holding hello.txt) <- vm/top.qcow2 (one extra write); returns both.
+
+        ``base/`` is a (transient) directory storage pool, as golden images are on a real host: that
+        is what lets an acquisition read the backing file, which lies outside the disk's own folder.
+        ``pool=False`` leaves it a plain folder (then only ``allowed_roots`` reaches it).
+        """
         base_dir, vm_dir = folder / "base", folder / "vm"
         base_dir.mkdir(parents=True)
         vm_dir.mkdir(parents=True)
+        if pool:
+            self.pool(base_dir)
         content = folder / "content"
         content.mkdir()
         (content / "hello.txt").write_bytes(FILE_CONTENT)
@@ -174,6 +189,19 @@ class LibvirtLab:
         run("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(top))
         run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 15M 64k", str(top))
         return base, top
+
+    def pool(self, folder: Path) -> str:
+        """A transient directory pool on ``folder`` (removed at stop); returns its name."""
+        name = f"{STALE_POOL_PREFIX}{uuid.uuid4().hex[:12]}"
+        virsh("pool-create-as", name, "dir", "--target", str(folder))
+        self.pools.append(name)
+        return name
+
+    def remove_pool(self, name: str) -> None:
+        virsh("pool-destroy", name, check=False)
+        virsh("pool-undefine", name, check=False)
+        if name in self.pools:
+            self.pools.remove(name)
 
     # -- domains ---------------------------------------------------------------------------------
 

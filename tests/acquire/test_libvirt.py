@@ -126,6 +126,9 @@ def test_snapshot_with_memory_acquires_the_frozen_chain_and_commits_back(lab, ss
     chain = chain_of(manifest)
     assert chain["opens_in_evidence"] and chain["evidence_top"] == "files/disks/vda/top.qcow2"
     assert [layer["source"] for layer in chain["layers"]] == [str(guest["top"]), str(guest["base"])]
+    # base/ is reached because it is a storage pool (the lab's layout), not by an allowed root.
+    roots = next(e["details"] for e in _ledger(result.path) if e.get("action") == "backing-file-roots")
+    assert str(Path(guest["base"]).parent) in roots["pools"] and roots["allowed_roots"] == []
 
     # Memory state, domain XML without the VNC password, identity facts, clock.
     roles = {f.local_path: f.role for f in manifest.files}
@@ -376,6 +379,112 @@ def test_on_the_host_itself_without_ssh(lab, tmp_path):
         result = LibvirtAcquirer().acquire(name, tmp_path / "ev", case=CASE, preserve="none", progress=False)
         assert verify(result.path).ok and result.manifest.source.connection["transport"] == "file"
         assert evidence(result.path, "disks/vda/top.qcow2").read_bytes() == top.read_bytes()
+    finally:
+        lab.remove_domain(name)
+
+
+def _bait_layout(folder: Path) -> tuple[Path, Path]:
+    """vm/top.qcow2 whose header names ``../../elsewhere/bait.qcow2`` (relative text, as an attacker
+    writes it): a qcow2 full of 0x77 in a folder that is no disk folder, pool or allowed root."""
+    (folder / "vm").mkdir(parents=True)
+    (folder / "elsewhere").mkdir()
+    bait = folder / "elsewhere" / "bait.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", str(bait), "1M")
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 0x77 0 1M", str(bait))
+    top = folder / "vm" / "top.qcow2"
+    run(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        "../elsewhere/bait.qcow2",
+        "-F",
+        "qcow2",
+        str(top),
+        "1M",
+    )
+    return bait, top
+
+
+def _ledger(result_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (result_path / "custody.log.jsonl").read_text().splitlines()]
+
+
+def _evidence_files(result_path: Path) -> set[str]:
+    root = result_path / "files" / "disks"
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_backing_file_outside_the_roots_is_an_omission_and_never_read(lab, sshd, tmp_path):
+    bait, top = _bait_layout(tmp_path / "host")
+    name = "vmf-bait"
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:05:01"), start=False)
+    try:
+        result = acquirer(sshd).acquire(name, tmp_path / "ev", case=CASE, preserve="none", progress=False)
+        assert verify(result.path).ok
+        reasons = {o.source_path: o.reason for o in result.manifest.omissions}
+        named = str(top.parent / "../elsewhere/bait.qcow2")  # as qemu-img reports it, unfolded
+        assert named in reasons, reasons
+        assert f"{bait} lies outside the acquisition roots" in reasons[named]
+        assert "'../elsewhere/bait.qcow2'" in reasons[named]  # the header's exact text
+        assert _evidence_files(result.path) == {"vda/top.qcow2"}
+        chain = chain_of(result.manifest)
+        assert [layer["evidence"] for layer in chain["layers"]] == ["files/disks/vda/top.qcow2", None]
+        assert not chain["opens_in_evidence"]
+        roots = next(e["details"] for e in _ledger(result.path) if e.get("action") == "backing-file-roots")
+        assert roots["disk_folders"] == [str(top.parent)] and str(bait.parent) not in roots["pools"]
+    finally:
+        lab.remove_domain(name)
+
+
+def test_allowed_root_opt_in_acquires_the_backing_file_and_records_it(lab, sshd, tmp_path):
+    bait, top = _bait_layout(tmp_path / "host")
+    name = "vmf-allowed"
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:05:02"), start=False)
+    try:
+        result = acquirer(sshd).acquire(
+            name,
+            tmp_path / "ev",
+            case=CASE,
+            preserve="none",
+            progress=False,
+            allowed_roots=[str(bait.parent)],
+        )
+        assert verify(result.path).ok
+        assert not [o for o in result.manifest.omissions if o.role == "disk"]
+        assert evidence(result.path, "disks/vda/bait.qcow2").read_bytes() == bait.read_bytes()
+        assert chain_of(result.manifest)["opens_in_evidence"]
+        with open_image(evidence(result.path, "disks/vda/top.qcow2")) as image:
+            assert image.read() == qemu_img_raw(top, tmp_path / "src.raw")
+        roots = next(e["details"] for e in _ledger(result.path) if e.get("action") == "backing-file-roots")
+        assert roots["allowed_roots"] == [str(bait.parent)]
+        assert str(bait.parent) in json.dumps(result.manifest.options)
+    finally:
+        lab.remove_domain(name)
+
+
+def test_backing_file_through_a_symlinked_directory_is_an_omission(lab, sshd, tmp_path):
+    host = tmp_path / "host"
+    (host / "vm").mkdir(parents=True)
+    (host / "real").mkdir()
+    (host / "vm" / "link").symlink_to(host / "real")
+    hidden = host / "real" / "base.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", str(hidden), "1M")
+    top = host / "vm" / "top.qcow2"
+    backing = str(host / "vm" / "link" / "base.qcow2")  # lexically beneath vm/, the disk's folder
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", str(top))
+    name = "vmf-symlink"
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:05:03"), start=False)
+    try:
+        result = acquirer(sshd).acquire(name, tmp_path / "ev", case=CASE, preserve="none", progress=False)
+        assert verify(result.path).ok
+        reasons = {o.source_path: o.reason for o in result.manifest.omissions}
+        assert backing in reasons, reasons
+        assert f"reached through the symbolic link {host / 'vm' / 'link'}" in reasons[backing]
+        assert _evidence_files(result.path) == {"vda/top.qcow2"}
     finally:
         lab.remove_domain(name)
 

@@ -28,10 +28,11 @@ import attrs
 from vmforensics.acquire.base import Acquirer, PlannedFile, Session
 from vmforensics.acquire.clock import measure_clock
 from vmforensics.acquire.filesets import role_for
+from vmforensics.confine import OUTSIDE, Refusal, RemoteConfinement
 from vmforensics.custody.models import SourceInfo, VMIdentity
 from vmforensics.errors import SourceError, UsageError
 from vmforensics.hypervisors.libvirt.captured import PREFIX, CapturedTransport
-from vmforensics.hypervisors.libvirt.chain import Chain, read_chain
+from vmforensics.hypervisors.libvirt.chain import Chain, Layer, read_chain
 from vmforensics.hypervisors.libvirt.commands import Host
 from vmforensics.hypervisors.libvirt.domain_xml import (
     DiskSpec,
@@ -47,6 +48,7 @@ from vmforensics.hypervisors.libvirt.host import (
     virsh_fields,
 )
 from vmforensics.hypervisors.libvirt.preserve import DomainControl, overlay_path, snapshot_disks
+from vmforensics.hypervisors.libvirt.roots import check_member, disk_folders, pool_roots
 from vmforensics.transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -289,6 +291,15 @@ class LibvirtAcquirer(Acquirer):
         created = session.state.get("libvirt_created", {})
         captured: dict[str, bytes] = session.state["libvirt_captured"]
         plan = _Plan(session, self._files)
+        folders = disk_folders(domain.disks)
+        pools = pool_roots(self._run)
+        allowed = session.options.get("allowed_roots") or ()
+        if folders or pools or allowed:
+            plan.confinement = RemoteConfinement([*folders, *pools], allowed)
+            session.ledger.append(
+                "backing-file-roots", disk_folders=folders, pools=pools, allowed_roots=list(allowed)
+            )
+        plan.commands = self._run
         for virtual, data in captured.items():
             plan.add(
                 virtual, virtual[len(PREFIX) :], "domain-xml", len(data), f"virsh {virtual[len(PREFIX) :]}"
@@ -408,19 +419,40 @@ class LibvirtAcquirer(Acquirer):
         return entry
 
     def _plan_chain(self, session: Session, plan: _Plan, target: str, chain: Chain) -> dict[str, Any]:
+        """Plan the chain's files; all but the top one are named by an image header, so confined."""
         layers = []
-        for layer in chain.layers:
-            dest = plan.add_host_file(
-                layer.path, f"disks/{_safe(target)}/{_safe(posixpath.basename(layer.path))}", "disk"
-            )
-            item = {"source": layer.path, "evidence": f"files/{dest}" if dest else None, **layer.describe()}
-            if layer.data_file:
-                data_dest = plan.add_host_file(
-                    layer.data_file,
-                    f"disks/{_safe(target)}/{_safe(posixpath.basename(layer.data_file))}",
-                    "disk",
+        refused_above: str | None = None
+        for depth, layer in enumerate(chain.layers):
+            folder = f"disks/{_safe(target)}"
+            item: dict[str, Any] = {"source": layer.path, **layer.describe()}
+            if refused_above is not None:
+                session.omit(
+                    layer.path, "disk", f"named only by the refused backing file {refused_above}; not read"
                 )
+                dest = None
+            else:
+                dest = plan.add_host_file(
+                    layer.path,
+                    f"{folder}/{_safe(posixpath.basename(layer.path))}",
+                    "disk",
+                    confined=depth > 0,
+                    named_by=chain.layers[depth - 1] if depth else None,
+                )
+                if dest is None and depth > 0 and layer.path in plan.refused:
+                    refused_above = layer.path
+            item["evidence"] = f"files/{dest}" if dest else None
+            if layer.data_file:
+                data_dest = (
+                    plan.add_host_file(
+                        layer.data_file, f"{folder}/{_safe(posixpath.basename(layer.data_file))}", "disk",
+                        confined=True,
+                    )
+                    if refused_above is None
+                    else None
+                )  # fmt: skip
                 item["data_file_evidence"] = f"files/{data_dest}" if data_dest else None
+            if layer.path in plan.refused:
+                item["refused"] = plan.refused[layer.path]
             layers.append(item)
         names = [posixpath.basename(layer.path) for layer in chain.layers]
         opens = (
@@ -479,6 +511,11 @@ class _Plan:
         self.files: list[PlannedFile] = []
         self.by_source: dict[str, str] = {}
         self.taken: set[str] = set()
+        #: Checks host paths named by image headers (None: no root, so every such path is refused).
+        self.confinement: RemoteConfinement | None = None
+        self.commands: Host | None = None
+        #: Host paths refused by the confinement, with the reason.
+        self.refused: dict[str, str] = {}
 
     def add(self, source: str, dest: str, role: str, size: int | None, label: str) -> str:
         if source in self.by_source:
@@ -489,20 +526,40 @@ class _Plan:
         self.taken.add(dest)
         return dest
 
-    def add_host_file(self, path: str, dest: str, role: str) -> str | None:
-        """Plan a host file after checking it exists; else record the omission (None)."""
+    def add_host_file(
+        self, path: str, dest: str, role: str, *, confined: bool = False, named_by: Layer | None = None
+    ) -> str | None:
+        """Plan a host file after checking it exists; else record the omission (None).
+
+        ``confined``: the path was named by an image header and must pass the confinement;
+        ``named_by``: the image whose header names it (its exact text goes into a refusal).
+        """
         if path in self.by_source:
             return self.by_source[path]
         assert self.transport is not None
+        if confined:
+            if self.confinement is None or self.commands is None:
+                checked: Any = Refusal(
+                    path, "named by an image, and the acquisition has no root to confine it to", OUTSIDE
+                )
+            else:
+                checked = check_member(self.commands, self.confinement, path)
+            if isinstance(checked, Refusal):
+                self.refused[path] = checked.reason
+                header = f"; named {named_by.backing_name!r} in {named_by.path}" if named_by else ""
+                self.session.omit(path, role, f"{checked}{header}; not read")
+                return None
+        # the checked, normalised path is what is read: the host never folds a '..' after a link
+        source = checked.path if confined else path
         try:
-            info = self.transport.stat(path)
+            info = self.transport.stat(source)
         except SourceError as exc:
             self.session.omit(path, role, f"not readable on the host: {exc}")
             return None
         if info.is_dir:
             self.session.omit(path, role, "a directory where a file was expected")
             return None
-        return self.add(path, dest, role if role != "disk" else role_for("libvirt", path), info.size, path)
+        return self.add(source, dest, role if role != "disk" else role_for("libvirt", path), info.size, path)
 
     def _unique(self, dest: str) -> str:
         if dest not in self.taken:

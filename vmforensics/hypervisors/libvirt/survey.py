@@ -38,6 +38,7 @@ from vmforensics.hypervisors.libvirt.host import (
     ssh_transport_options,
     virsh_fields,
 )
+from vmforensics.hypervisors.libvirt.roots import FILE_POOLS
 from vmforensics.survey.findings import with_findings
 from vmforensics.survey.models import (
     DiskRecord,
@@ -55,8 +56,6 @@ from vmforensics.transport.base import RemoteStat, Transport
 
 log = logging.getLogger(__name__)
 
-#: Pool types whose volumes are plain files in one folder (the others are LVM, iSCSI, RBD...).
-FILE_POOLS = ("dir", "fs", "netfs")
 #: The QEMU driver's log folder for qemu:///system (qemu:///session keeps logs in the user's cache).
 SYSTEM_LOG_DIR = "/var/log/libvirt/qemu"
 #: ``virsh`` sub-commands a survey sends: each only reads (checked by the tests).
