@@ -7,6 +7,10 @@ folders. Only reading commands are sent: domains are listed and described (``dom
 (``snapshot-dumpxml``), each disk's backing chain followed, storage pools described and their
 folders listed (never ``pool-refresh``), and the tail of each domain's QEMU log read for the last
 time it ran. Every command sent is kept in the report's ``details``.
+
+Backing chains are not confined here (the acquirer confines them, roots.py): a survey reads no
+file's content, only lists the chain qemu-img reports and stats each member for its size, so a
+hostile backing name can show up as a path in the report but never brings data into it.
 """
 
 from __future__ import annotations
