@@ -456,6 +456,9 @@ def test_allowed_root_opt_in_acquires_the_backing_file_and_records_it(lab, sshd,
         assert verify(result.path).ok
         assert not [o for o in result.manifest.omissions if o.role == "disk"]
         assert evidence(result.path, "disks/vda/bait.qcow2").read_bytes() == bait.read_bytes()
+        # read at the folded path, not at the header's vm/../elsewhere text
+        sources = {f.local_path: f.source_path for f in result.manifest.files}
+        assert sources["files/disks/vda/bait.qcow2"] == str(bait)
         assert chain_of(result.manifest)["opens_in_evidence"]
         with open_image(evidence(result.path, "disks/vda/top.qcow2")) as image:
             assert image.read() == qemu_img_raw(top, tmp_path / "src.raw")

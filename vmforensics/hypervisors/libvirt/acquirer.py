@@ -559,7 +559,10 @@ class _Plan:
         if info.is_dir:
             self.session.omit(path, role, "a directory where a file was expected")
             return None
-        return self.add(source, dest, role if role != "disk" else role_for("libvirt", path), info.size, path)
+        # the manifest names what was read; the chain record keeps qemu-img's text
+        return self.add(
+            source, dest, role if role != "disk" else role_for("libvirt", path), info.size, source
+        )
 
     def _unique(self, dest: str) -> str:
         if dest not in self.taken:
