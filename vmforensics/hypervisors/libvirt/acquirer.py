@@ -28,7 +28,7 @@ import attrs
 from vmforensics.acquire.base import Acquirer, PlannedFile, Session
 from vmforensics.acquire.clock import measure_clock
 from vmforensics.acquire.filesets import role_for
-from vmforensics.confine import OUTSIDE, Refusal, RemoteConfinement
+from vmforensics.confine import OUTSIDE, ConfinedPath, Refusal, RemoteConfinement
 from vmforensics.custody.models import SourceInfo, VMIdentity
 from vmforensics.errors import SourceError, UsageError
 from vmforensics.hypervisors.libvirt.captured import PREFIX, CapturedTransport
@@ -539,7 +539,7 @@ class _Plan:
         assert self.transport is not None
         if confined:
             if self.confinement is None or self.commands is None:
-                checked: Any = Refusal(
+                checked: ConfinedPath | Refusal = Refusal(
                     path, "named by an image, and the acquisition has no root to confine it to", OUTSIDE
                 )
             else:
@@ -549,8 +549,8 @@ class _Plan:
                 header = f"; named {named_by.backing_name!r} in {named_by.path}" if named_by else ""
                 self.session.omit(path, role, f"{checked}{header}; not read")
                 return None
-        # the checked, normalised path is what is read: the host never folds a '..' after a link
-        source = checked.path if confined else path
+        # the checked, folded path is read: on the host a '..' after a symbolic link resolves elsewhere
+        source = checked.path if confined and isinstance(checked, ConfinedPath) else path
         try:
             info = self.transport.stat(source)
         except SourceError as exc:
