@@ -30,7 +30,7 @@ from vmforensics import CaseInfo, LocalAcquirer
 from vmforensics.acquire.batch import Limits
 from vmforensics.acquire.batch_plan import AcquisitionPlan
 from vmforensics.demo.vm import VM_NAME, build_demo_vm
-from vmforensics.survey.acquire_many import acquire_many
+from vmforensics.survey.acquisition import acquire_many
 
 CASE = CaseInfo(case_id="bench-fleet", examiner="benchmark")
 MiB = 1 << 20

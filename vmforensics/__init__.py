@@ -48,7 +48,7 @@ _EXPORTS = {
     "survey_hyperv": "vmforensics.hypervisors.hyperv.survey",
     "survey_proxmox": "vmforensics.hypervisors.qemu.survey",
     "seal_report": "vmforensics.survey.seal",
-    "acquire_many": "vmforensics.survey.acquire_many",
+    "acquire_many": "vmforensics.survey.acquisition",
     "AcquisitionPlan": "vmforensics.acquire.batch_plan",
     "SecretRef": "vmforensics.acquire.batch_plan",
     "KeyRef": "vmforensics.acquire.batch_plan",

@@ -27,7 +27,7 @@ from vmforensics.cli import main
 from vmforensics.custody.batch_record import BatchVerificationReport
 from vmforensics.errors import UsageError
 from vmforensics.hypervisors.local.survey import survey_local
-from vmforensics.survey.acquire_many import acquire_many
+from vmforensics.survey.acquisition import acquire_many
 
 CASE = CaseInfo(case_id="2026-118", examiner="A. Analyst")
 

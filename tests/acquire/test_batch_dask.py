@@ -24,7 +24,7 @@ from tests.transport.sshd import SSHServer
 from vmforensics import CaseInfo, SigningKey, verify
 from vmforensics.acquire.batch import Limits
 from vmforensics.acquire.batch_plan import AcquisitionPlan, KeyRef, SecretRef
-from vmforensics.survey.acquire_many import acquire_many
+from vmforensics.survey.acquisition import acquire_many
 
 distributed = pytest.importorskip("distributed", reason="Dask distributed (the dask extra)")
 cloudpickle = pytest.importorskip("cloudpickle")

@@ -14,7 +14,7 @@ from tests.survey.estate import add_vm
 from vmforensics import CaseInfo, LocalAcquirer, SigningKey, verify
 from vmforensics.errors import EvidenceError
 from vmforensics.hypervisors.local.survey import survey_local
-from vmforensics.survey.acquire_many import acquire_many
+from vmforensics.survey.acquisition import acquire_many
 from vmforensics.survey.models import SurveyReport
 from vmforensics.survey.seal import seal_report
 
@@ -109,3 +109,18 @@ def test_acquire_many_gives_repeated_or_hostile_names_their_own_directories(tmp_
 
     assert [item.path.name for item in batch.items] == ["web01", "web01-2", "etc"]
     assert batch.ok and all(item.path.parent == tmp_path / "out" for item in batch.items)
+
+
+def test_acquire_many_is_the_function_whatever_was_imported_first() -> None:
+    """Importing the implementing module first once bound the module object to the package name."""
+    import subprocess
+    import sys
+
+    code = (
+        "import vmforensics.survey.acquisition, vmforensics.acquire.batch\n"
+        "from vmforensics.survey import acquire_many\n"
+        "import vmforensics\n"
+        "assert callable(acquire_many) and vmforensics.acquire_many is acquire_many, acquire_many\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -249,7 +249,7 @@ def test_dormant_vm_from_its_log_age_and_power_events(vcsim: VCSim, si: Any) -> 
 def test_acquire_many_from_a_vmware_survey(vcsim: VCSim, tmp_path: Path) -> None:
     from vmforensics import CaseInfo, verify
     from vmforensics.hypervisors.vmware.acquirer import VMwareAcquirer
-    from vmforensics.survey.acquire_many import acquire_many
+    from vmforensics.survey.acquisition import acquire_many
 
     report = survey(vcsim)
     chosen = report.select(host="DC0_H0")
@@ -283,7 +283,7 @@ def test_standalone_esxi_is_surveyed_and_acquired_like_vcenter(tmp_path: Path) -
     whose datacenter lists a datastore that no longer exists; the survey and a batch work."""
     from vmforensics import CaseInfo, verify
     from vmforensics.hypervisors.vmware.acquirer import VMwareAcquirer
-    from vmforensics.survey.acquire_many import acquire_many
+    from vmforensics.survey.acquisition import acquire_many
 
     with VCSim(tmp_path / "vcsim", esx=True) as esx:
         report = survey(esx)

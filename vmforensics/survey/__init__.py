@@ -22,8 +22,8 @@ _EXPORTS = {
     "Finding": "vmforensics.survey.models",
     "Thresholds": "vmforensics.survey.models",
     "seal_report": "vmforensics.survey.seal",
-    "acquire_many": "vmforensics.survey.acquire_many",
-    "BatchResult": "vmforensics.survey.acquire_many",
+    "acquire_many": "vmforensics.survey.acquisition",
+    "BatchResult": "vmforensics.survey.acquisition",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -34,7 +34,5 @@ def __getattr__(name: str) -> Any:
     except KeyError:
         raise AttributeError(f"module 'vmforensics.survey' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(module), name)
-    # importing vmforensics.survey.acquire_many binds that submodule to the name `acquire_many`
-    # here; the function must win, or `from vmforensics.survey import acquire_many` is a module
     globals()[name] = value
     return value

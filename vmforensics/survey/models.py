@@ -3,7 +3,7 @@
 A :class:`SurveyReport` is the inventory of one hypervisor connection (or datastore folder) at
 one moment, plus the findings computed from it. It changes nothing on the source; it can be
 sealed into an evidence directory (:mod:`vmforensics.survey.seal`) and its VMs fed to
-:func:`vmforensics.survey.acquire_many.acquire_many`.
+:func:`vmforensics.survey.acquisition.acquire_many`.
 """
 
 from __future__ import annotations
