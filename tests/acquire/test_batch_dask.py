@@ -285,7 +285,7 @@ def test_acquire_batch_command_with_scheduler_runs_on_the_dask_workers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from vmforensics.cli import main
-    from vmforensics.survey.local import survey_local
+    from vmforensics.hypervisors.local.survey import survey_local
 
     make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
     plan = tmp_path / "plan.json"
