@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmforensics.custody.ledger import LEDGER_NAME, CustodyEvent, check_chain, line_hash
+from vmforensics.custody.ledger import LEDGER_NAME, CustodyEvent, check_chain
 from vmforensics.custody.models import EvidenceFile, Manifest
 from vmforensics.custody.seal import MANIFEST_NAME, sums_file
 from vmforensics.errors import EvidenceError, UsageError
@@ -64,13 +64,12 @@ def load_events(directory: str | Path, manifest: Manifest) -> list[CustodyEvent]
     (events after it, such as timestamps and derived artifacts, are chained to it)."""
     path = Path(directory) / LEDGER_NAME
     chain = check_chain(path)
-    lines = path.read_bytes().splitlines()
     signed = manifest.integrity.ledger_events
-    head = line_hash(lines[signed - 1]) if 0 < signed <= len(lines) else None
+    head = chain.head_after(signed) if signed else None
     if not chain.ok or head != manifest.integrity.ledger_head:
         reasons = "; ".join(chain.problems) or "it does not pass through the head signed in the manifest"
         raise EvidenceError(f"{path} does not match the sealed manifest ({reasons}); run vmforensics verify")
-    return [CustodyEvent(**json.loads(line)) for line in lines]
+    return [CustodyEvent(**json.loads(line)) for line in chain.lines]
 
 
 def export_directory(directory: str | Path, fmt: str) -> bytes:

@@ -46,6 +46,13 @@ class ChainCheck:
     events: int
     problems: tuple[str, ...]
     torn: bytes | None = None  # an unterminated last line (a write cut short); not counted in events
+    lines: tuple[bytes, ...] = ()  # the terminated lines checked, so callers never read the file again
+
+    def head_after(self, events: int) -> str | None:
+        """The chain's head after its first ``events`` lines (GENESIS for none); None past the end."""
+        if not 0 <= events <= len(self.lines):
+            return None
+        return line_hash(self.lines[events - 1]) if events else GENESIS
 
 
 def line_hash(line: bytes) -> str:
@@ -110,7 +117,8 @@ def check_chain(path: Path) -> ChainCheck:
         cut = raw.rfind(b"\n") + 1
         torn, raw = raw[cut:], raw[:cut]
         problems.append(f"the last line ({len(torn)} bytes) is not terminated: {TORN_ADVICE}")
-    for number, line in enumerate(raw.splitlines(), start=1):
+    lines = tuple(raw.splitlines())
+    for number, line in enumerate(lines, start=1):
         try:
             event = parse_event(line)
             canonical = event.line() == line
@@ -127,7 +135,7 @@ def check_chain(path: Path) -> ChainCheck:
             problems.append(f"line {number}: previous-hash does not match line {number - 1}")
         prev = line_hash(line)
         count += 1
-    return ChainCheck(not problems, prev, count, tuple(problems), torn)
+    return ChainCheck(not problems, prev, count, tuple(problems), torn, lines)
 
 
 class Ledger:

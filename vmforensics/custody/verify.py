@@ -26,13 +26,10 @@ import attrs
 from vmforensics.custody.certificates import CHAIN_NAME
 from vmforensics.custody.evidence import FILES_DIR, HASH_ALGORITHMS, READ_CHUNK, safe_relative_path
 from vmforensics.custody.ledger import (
-    GENESIS,
     LEDGER_NAME,
     CustodyEvent,
     check_chain,
-    line_hash,
     parse_event,
-    read_ledger,
 )
 from vmforensics.custody.models import EvidenceFile, Manifest, parse_json, utc_now
 from vmforensics.custody.names import printable, text
@@ -225,11 +222,10 @@ def _verify(root: Path, given: VerifyKey | None, options: dict[str, Any]) -> Ver
     else:
         ledger_status = "OK" if chain.ok else "BROKEN"
         problems += [f"ledger: {p}" for p in chain.problems]
-        lines = read_ledger(root / LEDGER_NAME).splitlines()[: chain.events] if chain.events else []
+        lines = list(chain.lines)
         if manifest is not None:
             signed = manifest.integrity.ledger_events
-            prefix_head = line_hash(lines[signed - 1]) if 0 < signed <= len(lines) else GENESIS
-            if signed > len(lines) or prefix_head != manifest.integrity.ledger_head:
+            if chain.head_after(signed) != manifest.integrity.ledger_head:
                 ledger_status = "BROKEN"
                 problems.append(
                     f"ledger: {len(lines)} events on disk do not begin with the {signed} events the manifest "
