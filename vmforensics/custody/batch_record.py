@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from vmforensics.custody.ledger import GENESIS, check_chain, line_hash
+from vmforensics.custody.ledger import check_chain
 from vmforensics.custody.models import canonical_json, utc_now
 from vmforensics.custody.seal import MANIFEST_NAME, signature_record, write_exclusive
 from vmforensics.custody.signing import Signer, VerifyKey
@@ -252,7 +252,7 @@ def _ledger(root: Path, record: dict[str, Any], problems: list[str]) -> str:
             f"signed {signed.get('events')} ending {str(signed.get('head'))[:16]}…"
         )
         status = "BROKEN"
-    heads = [GENESIS] + [line_hash(line) for line in ledger.read_bytes().splitlines()]
+    heads = [chain.head_after(events) for events in range(len(chain.lines) + 1)]
     earlier = record.get("supersedes")
     while earlier:
         if not isinstance(earlier.get("record"), str):
