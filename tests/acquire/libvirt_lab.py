@@ -12,6 +12,7 @@ MAC and a VNC display with a password (for the secret-removal checks).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -96,6 +97,11 @@ STALE_PREFIXES = ("vmf-", "svy-")
 STALE_POOL_PREFIX = "vmf-pool-"
 
 
+#: One lab at a time on this machine: the system libvirtd is shared, and a lab removes leftover
+#: vmf-* domains at start and stops the daemons it started, which would break a second test run.
+LOCK_FILE = Path("/run/lock/vmforensics-libvirt-lab.lock")
+
+
 class LibvirtLab:
     """libvirtd + virtlogd on this machine, and helpers to build and run small domains."""
 
@@ -104,8 +110,19 @@ class LibvirtLab:
         self.started: list[int] = []
         self.domains: list[str] = []
         self.pools: list[str] = []
+        self._lock: int | None = None
 
     def start(self) -> LibvirtLab:
+        LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # waits while another test run holds the lab
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> LibvirtLab:
         prepare_host()
         for daemon, pid_file in (
             ("virtlogd", "/var/run/virtlogd.pid"),
@@ -154,6 +171,9 @@ class LibvirtLab:
             if _pid(pid_file) is None:
                 Path(pid_file).unlink(missing_ok=True)
         self.started.clear()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
 
     def __enter__(self) -> LibvirtLab:
         return self.start()
