@@ -233,11 +233,21 @@ class GrainExtent(Extent):
         """Grain table ``index`` as byte offsets / sentinels, or None when the directory has none."""
         raise NotImplementedError
 
-    def _table_offset(self, index: int) -> int | None:
-        """Where grain table ``index`` lies in the file, or None when the directory has none
-        (32-bit directory entries in sectors; SESparse overrides)."""
-        sector = self.gd[index]
-        return sector * SECTOR if sector else None
+    def _tables_in_hole(self, page: array, blank: _BlankScan) -> bool:
+        """Whether the directory ``page`` names tables laid end to end (as qemu and VMware
+        preallocate them) that all lie in a hole of the sparse file: no grain, checked at once."""
+        step, spare = divmod(self.gt_entries * 4, SECTOR)
+        if spare or not page or not page[0]:
+            return False
+        first = page[0]
+        if page != array(page.typecode, range(first, first + len(page) * step, step)):
+            return False
+        return blank.is_hole(first * SECTOR, len(page) * step * SECTOR)
+
+    def _table_offset(self, index: int, entry: int) -> int | None:
+        """Where grain table ``index`` (directory entry ``entry``) lies in the file, or None when
+        the directory has none (32-bit directory entries in sectors; SESparse overrides)."""
+        return entry * SECTOR if entry else None
 
     # --- shared ---------------------------------------------------------------------------------
 
@@ -256,7 +266,7 @@ class GrainExtent(Extent):
     def _sector_table(self, index: int, *, zeroed_grains: bool) -> array | None:
         """Table ``index`` of 32-bit grain sectors (KDMV, COWD) as byte offsets; with
         ``zeroed_grains`` an entry of 1 is the zeroed-grain sentinel."""
-        at = self._table_offset(index)
+        at = self._table_offset(index, self.gd[index])
         if at is None:
             return None
         assert self.source is not None
@@ -380,8 +390,16 @@ class GrainExtent(Extent):
         most = source.size // (per_table * self.gd.width) + 1
         run_start = run_end = -1
         blank = _BlankScan(source)
-        for table_index in range(min(len(self.gd), -(-self.grains // per_table))):
-            where = self.gd[table_index]
+        tables = min(len(self.gd), -(-self.grains // per_table))
+        directory = (
+            (i, e)
+            for first, page in self.gd.pages(0, tables)
+            if not self._tables_in_hole(page, blank)
+            for i, e in enumerate(page, first)
+        )
+        for table_index, where in directory:
+            if table_index >= tables:
+                break
             if len(seen) >= most:
                 self.report(
                     f"grain directory names more grain tables than the file can hold ({most}); "
@@ -398,7 +416,7 @@ class GrainExtent(Extent):
                         None,
                     )
                 continue
-            at = self._table_offset(table_index)
+            at = self._table_offset(table_index, where)
             if at is None or blank.is_blank(at, self._table_entries(table_index) * self.gd.width):
                 continue  # a table of zeros maps no grain (qemu and VMware preallocate them)
             table = self._table(table_index)
@@ -448,6 +466,10 @@ class _BlankScan:
             return os.lseek(fd, offset, os.SEEK_DATA)
         except OSError as exc:  # ENXIO: no data after offset; others: no SEEK_DATA here
             return self.source.size if exc.errno == errno.ENXIO else offset
+
+    def is_hole(self, offset: int, length: int) -> bool:
+        """Whether ``[offset, offset+length)`` lies in a hole of the file (never read)."""
+        return offset + length <= self.source.size and self._hole_until(offset) >= offset + length
 
     def is_blank(self, offset: int, length: int) -> bool:
         if not (self._start <= offset and offset + length <= self._end):
@@ -551,8 +573,10 @@ class SesparseExtent(GrainExtent):
             start, length, source, grain=header.grain_sectors * SECTOR, gt_entries=gt_entries, gd=gd
         )
 
-    def _table_offset(self, index: int) -> int | None:
-        entry = self.gd[index]
+    def _tables_in_hole(self, page: array, blank: _BlankScan) -> bool:
+        return False  # directory entries are table numbers with a tag, not file sectors
+
+    def _table_offset(self, index: int, entry: int) -> int | None:
         assert self.source is not None
         if entry == 0:
             return None
@@ -566,7 +590,7 @@ class SesparseExtent(GrainExtent):
         return (h.gt_offset + (entry & 0xFFFFFFFF) * h.gt_sectors) * SECTOR
 
     def _load_table(self, index: int) -> array | None:
-        table_offset = self._table_offset(index)
+        table_offset = self._table_offset(index, self.gd[index])
         if table_offset is None:
             return None
         assert self.source is not None
