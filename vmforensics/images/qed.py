@@ -129,8 +129,11 @@ class QedImage(DiskImage):
 
     def _check(self, entry: int, cluster_index: int) -> int:
         if entry % self.cluster_size:
+            l1_index, slot = divmod(cluster_index, self.entries)
             raise ImageFormatError(
-                f"misaligned data cluster offset {entry} for guest cluster {cluster_index}", path=self.path
+                f"misaligned data cluster offset {entry} for guest cluster {cluster_index}",
+                offset=self.l1[l1_index] + 8 * slot,  # the L2 entry that names it
+                path=self.path,
             )
         return entry
 
