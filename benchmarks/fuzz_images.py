@@ -1,6 +1,7 @@
 """Mutation fuzzing of every image and saved-memory reader, beside the hypothesis suites.
 
     python benchmarks/fuzz_images.py [--cases 100000] [--seed 1] [--workers 2] [--json OUT]
+    python benchmarks/fuzz_images.py --seed 1 --replay CASE   # one case again, in this process
 
 Small valid seeds of every format are built with qemu-img/qemu-io and the tests' independent
 builders (VMDK sparse, streamOptimized, twoGbMaxExtentSparse, monolithicFlat, COWD, SESparse;
@@ -442,7 +443,24 @@ def _init(work: str) -> None:
 
 
 def _tally() -> dict[str, float]:
-    return {"cases": 0, "ok": 0, "error": 0, "failures": 0, "slowest_s": 0.0, "peak_mib": 0.0}
+    return {
+        "cases": 0,
+        "ok": 0,
+        "error": 0,
+        "failures": 0,
+        "slowest_s": 0.0,
+        "slowest_case": -1,
+        "peak_mib": 0.0,
+    }
+
+
+def _merge(tally: dict[str, float], part: dict[str, float]) -> None:
+    if part["slowest_s"] > tally["slowest_s"]:
+        tally["slowest_s"], tally["slowest_case"] = part["slowest_s"], part["slowest_case"]
+    if part["peak_mib"] > tally["peak_mib"]:
+        tally["peak_mib"], tally["peak_case"] = part["peak_mib"], part["peak_case"]
+    for key in ("cases", "ok", "error", "failures"):
+        tally[key] += part[key]
 
 
 def run_batch(args: tuple[int, int, int]) -> dict[str, object]:
@@ -470,8 +488,10 @@ def run_batch(args: tuple[int, int, int]) -> dict[str, object]:
         grew = _vm_hwm() - _BASELINE
         tally = by_seed.setdefault(seed.name, _tally())
         tally["cases"] += 1
-        tally["slowest_s"] = max(tally["slowest_s"], round(took, 3))
-        tally["peak_mib"] = max(tally["peak_mib"], round(grew / MiB, 1))
+        if took > tally["slowest_s"]:
+            tally["slowest_s"], tally["slowest_case"] = round(took, 3), number
+        if grew / MiB > tally["peak_mib"]:
+            tally["peak_mib"], tally["peak_case"] = round(grew / MiB, 1), number
         if outcome in ("ok", "error") and took > TIME_LIMIT:
             outcome = f"slow: {took:.2f} s"
         if outcome in ("ok", "error") and grew > MEMORY_LIMIT:
@@ -520,11 +540,7 @@ def fuzz(
         with ProcessPoolExecutor(workers, initializer=_init, initargs=(work,)) as pool:
             for result in pool.map(run_batch, jobs):
                 for name, part in result["by_seed"].items():  # type: ignore[union-attr]
-                    tally = by_seed.setdefault(name, _tally())
-                    for key, value in part.items():
-                        tally[key] = (
-                            max(tally[key], value) if key in ("slowest_s", "peak_mib") else tally[key] + value
-                        )
+                    _merge(by_seed.setdefault(name, _tally()), part)
                 samples += result["failures"]  # type: ignore[arg-type]
                 if progress is not None:
                     progress.write_text(json.dumps(summary(), indent=2) + "\n")
@@ -535,13 +551,38 @@ def fuzz(
     return summary()
 
 
+def replay(master: int, number: int) -> dict[str, object]:
+    """Run case ``number`` of run ``master`` again, in this process: what it did and how it ended."""
+    work = Path(tempfile.mkdtemp(prefix="vmf-fuzz-"))
+    try:
+        (work / "seeds").mkdir()
+        seeds = build_seeds(work / "seeds")
+        rng = random.Random(master * 1_000_003 + number)
+        seed = rng.choice(seeds)
+        files, what = mutate(seed, rng, seeds)
+        random.seed(number)
+        began = time.perf_counter()
+        try:
+            outcome = exercise(seed, files, work / "case")
+        except BaseException as exc:  # the point is to see it
+            outcome = f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=-4)}"
+        return {"case": number, "seed": seed.name, "mutation": what, "outcome": outcome,
+                "seconds": round(time.perf_counter() - began, 3)}  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the summary here (updated after every batch)")
+    parser.add_argument("--replay", type=int, metavar="CASE", help="run one case of --seed again and show it")
     args = parser.parse_args()
+    if args.replay is not None:
+        print(json.dumps(replay(args.seed, args.replay), indent=2))
+        return 0
     summary = fuzz(args.cases, args.seed, args.workers, progress=args.json)
     text = json.dumps(summary, indent=2)
     print(text)
