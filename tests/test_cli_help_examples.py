@@ -44,7 +44,7 @@ def test_every_help_example_runs_as_written(tmp_path: Path) -> None:
     cases.mkdir()
     work = tmp_path / "work"
     work.mkdir()
-    env = {**os.environ, "VMFORENSICS_CONFIG": str(tmp_path / "no-config.toml")}
+    env = {**os.environ, "VMFORENSICS_CONFIG": str(tmp_path / "no-config.toml"), "TMPDIR": str(tmp_path)}
     env.pop("VMFORENSICS_CASE", None)
     for example in examples:
         command = example.replace(DATASTORE, str(datastore)).replace(CASES, str(cases))

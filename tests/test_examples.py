@@ -69,10 +69,11 @@ def test_there_are_at_least_two_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_clean(path, tmp_path):
+def test_notebook_runs_clean(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="nbclient/ipykernel (test extra) run the notebooks")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's temporary folders end with the test
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}

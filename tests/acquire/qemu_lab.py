@@ -10,6 +10,7 @@ generic loader so that Volatility finds it in a memory image.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -40,7 +41,10 @@ def available() -> str | None:
 
 
 def short_root(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A new folder with a short path (unix socket paths are limited), removed when the run ends."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
 def qemu_img(*args: str) -> str:

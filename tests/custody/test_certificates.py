@@ -68,6 +68,7 @@ def test_docs_openssl_certificate_recipe_checks_chain_key_id_and_signature(
 ):
     result = acquire(vm_folder, tmp_path / "ev", certified(lab))
     lang, body = _recipes()["openssl-cert"]
+    body = body.replace("/tmp/", f"{tmp_path}/")  # the page's scratch files, kept in this test's folder
     monkeypatch.setenv("LAB_CA", str(lab.pem))
     done = _run(lang, body, result.path)
     assert done.returncode == 0, done.stderr
