@@ -51,7 +51,6 @@ class Giant(NamedTuple):
 GIANTS = {
     # the refusals: a BAT over the old 64 MiB limit (512 MiB here)
     "vhdx-64TiB-1MiB-blocks": Giant("vhdx", 64 * TiB, ("-o", "block_size=1M")),
-    "vhdx-16TiB-2MiB-blocks": Giant("vhdx", 16 * TiB, ("-o", "block_size=2M")),
     # L1 tables of 16 and 32 MiB (QEMU's own maximum), once read whole
     "qcow2-256TiB-32KiB-clusters": Giant("qcow2", 256 * TiB, ("-o", "cluster_size=32k")),
     "qcow2-8TiB-4KiB-clusters": Giant("qcow2", 8 * TiB, ("-o", "cluster_size=4k")),
