@@ -35,7 +35,8 @@ KEY_PASSPHRASE = "planted-key-passphrase-c2d04e"
 
 
 class CapturePayloads(distributed.diagnostics.plugin.SchedulerPlugin):
-    """Keeps the pickled run_spec of every task the scheduler is given (what workers receive)."""
+    """Keeps the pickled run_spec of every member's task the scheduler is given (what workers
+    receive; the driver's probe for the scheduler's address carries nothing)."""
 
     name = "vmf-capture"
 
@@ -47,7 +48,12 @@ class CapturePayloads(distributed.diagnostics.plugin.SchedulerPlugin):
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         task = self.scheduler.tasks.get(key)
-        if task is not None and task.run_spec is not None and str(key) not in self.payloads:
+        if (
+            task is not None
+            and task.run_spec is not None
+            and str(key).startswith("run_member")
+            and str(key) not in self.payloads
+        ):
             self.payloads[str(key)] = cloudpickle.dumps(task.run_spec)
 
 
