@@ -8,7 +8,7 @@ builders (VMDK sparse, streamOptimized, twoGbMaxExtentSparse, monolithicFlat, CO
 qcow2 v2, v3 zlib, zstd, extended L2, backing; VHD fixed, dynamic, differencing; VHDX dynamic,
 differencing, dirty log; VDI normal and differencing; QED with and without backing; Parallels
 image and .hdd bundle; qcow1 plain and compressed; ASIF; VMware .vmss + .vmem and old .vmsn, QEMU
-migration stream, libvirt save, ELF core, LiME). Each case copies one seed, applies one mutation
+migration stream, libvirt save, ELF core, LiME, Hyper-V .vmrs). Each case copies one seed, applies one mutation
 (bit flips, a field set to an extreme, a truncation, a splice, a descriptor token replaced) and,
 usually, fixes the checksums that cover what changed (VHD footer/dynamic header, VHDX CRC-32C),
 then writes its files into a fresh folder on tmpfs and opens, describes, walks the extents and
@@ -231,9 +231,9 @@ def _newer_format_seeds(work: Path, add) -> None:
 
 
 def _memory_seeds(work: Path, add) -> None:
-    """Saved states of every format vmforensics.memory reads (Hyper-V's is only recognised)."""
+    """Saved states of every format vmforensics.memory reads."""
     from tests.interop.vmware_state import write_memory_state
-    from tests.memory import builders
+    from tests.memory import builders, hyperv_builder
     from vmforensics.memory import convert, open_memory
     from vmforensics.memory.libvirt_save import HEADER, MAGIC
     from vmforensics.memory.vmware_layout import MAGICS
@@ -271,6 +271,9 @@ def _memory_seeds(work: Path, add) -> None:
         convert(memory, work / "vm.lime", "lime", progress=False)
     add("memory-elf", work / "vm.elf", memory=True)
     add("memory-lime", work / "vm.lime", memory=True)
+    vmrs = work / "vm.vmrs"  # openvmm's layout, built by the memory tests' independent writer
+    vmrs.write_bytes(bytes(hyperv_builder.saved_state([(0, bytes(range(256)) * 4096)]).data))
+    add("memory-hyperv", vmrs, memory=True)
 
 
 # --- mutations --------------------------------------------------------------------------------

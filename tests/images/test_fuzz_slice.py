@@ -36,9 +36,14 @@ def test_a_seeded_slice_of_mutated_images_of_every_format_fails_only_with_vmfore
     assert summary["cases"] == 600 and summary["failures"] == 0, summary["failure_samples"]
     readers = {name.split("-")[0] for name in summary["seeds"] if not name.startswith("memory-")}
     assert readers == set(FORMAT_MODULES) - {"raw"}  # every image reader open_image dispatches to
-    assert {"memory-vmss", "memory-qevm", "memory-libvirt-save", "memory-elf", "memory-lime"} <= set(
-        summary["seeds"]
-    )
+    assert {
+        "memory-vmss",
+        "memory-qevm",
+        "memory-libvirt-save",
+        "memory-elf",
+        "memory-lime",
+        "memory-hyperv",
+    } <= set(summary["seeds"])
     assert set(summary["by_seed"]) == set(summary["seeds"])  # each seed was mutated in the slice
     assert summary["opened_cleanly"] > 0 and summary["refused_with_vmforensics_error"] > 0
     assert summary["slowest_case_s"] <= fuzz_images.TIME_LIMIT
