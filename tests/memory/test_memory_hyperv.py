@@ -139,3 +139,26 @@ def test_a_file_object_pointer_beyond_the_file_or_untracked_is_refused(tmp_path:
     with pytest.raises(MemoryFormatError, match="not a file object") as raised:
         open_memory(save(tmp_path, hb.Layout(data, *attrs_tail(layout))))
     assert raised.value.offset == entry
+
+
+def test_a_hyperv_folder_acquisition_derives_the_memory_image_and_verify_rederives_it(tmp_path: Path) -> None:
+    from vmforensics import CaseInfo, LocalAcquirer, verify
+
+    folder = tmp_path / "web01"
+    folder.mkdir()
+    config = hb.build([("/configuration/properties/version", hb.INT, 0x0A00)])
+    (folder / "4AD1E7F3.vmcx").write_bytes(bytes(config.data))
+    low = pattern(2 * MiB, 8)
+    state = hb.saved_state([(0, low), (0x100000000, pattern(MiB, 9))])
+    (folder / "4AD1E7F3.vmrs").write_bytes(bytes(state.data))
+    result = LocalAcquirer().acquire(
+        str(folder), tmp_path / "ev", case=CaseInfo(case_id="2026-118", examiner="A. Analyst"),
+        progress=False, memory_image="elf",
+    )  # fmt: skip
+    (derived,) = result.derived
+    assert derived.ok, derived.error
+    with open_memory(result.path / derived.output) as image:
+        assert image.ranges() == ((0, 2 * MiB), (0x100000000, MiB))
+        assert image.read(0, 2 * MiB) == low
+    report = verify(result.path)
+    assert report.ok and "re-derived byte for byte" in report.post_seal[0].summary
