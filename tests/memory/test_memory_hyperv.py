@@ -162,3 +162,21 @@ def test_a_hyperv_folder_acquisition_derives_the_memory_image_and_verify_rederiv
         assert image.read(0, 2 * MiB) == low
     report = verify(result.path)
     assert report.ok and "re-derived byte for byte" in report.post_seal[0].summary
+
+
+def test_object_types_dissect_saw_in_real_files_are_passed_over_and_others_refused(tmp_path: Path) -> None:
+    layout = hb.saved_state([(0, pattern(MiB, 10))])
+    count = struct.unpack_from("<I", layout.data, layout.object_table + 4)[0]
+    slot = layout.object_table + 8 + (count - 1) * 18  # the last entry: the chain slot
+    for kind, refused in ((6, False), (8, True)):
+        data = bytearray(layout.data)
+        entry = bytes([kind]) + bytes(4) + bytes(data[slot + 5 : slot + 18])
+        data[slot : slot + 18] = entry[:1] + struct.pack("<I", hb.checksum(entry, 1)) + entry[5:]
+        path = save(tmp_path, hb.Layout(data, *attrs_tail(layout)), f"type{kind}.vmrs")
+        if refused:
+            with pytest.raises(MemoryFormatError, match="unknown type 8") as raised:
+                open_memory(path)
+            assert raised.value.offset == slot
+        else:
+            with open_memory(path) as memory:
+                assert memory.read(0, 16) == pattern(MiB, 10)[:16]

@@ -43,6 +43,9 @@ REPLAY_LOG = struct.Struct("<IIIBIBQII")  # 34 bytes
 FILE_OBJECT = struct.Struct("<IQ")
 
 OBJ_EMPTY, OBJ_TABLE, OBJ_KEY_TABLE, OBJ_FILE, OBJ_FREE = range(5)
+#: dissect.hypervisor names types 5-7 from real files (a header, a replay log, a change tracking
+#: buffer); openvmm does not write them. They hold no keys and are passed over.
+OBJ_CHANGE_TRACKING = 7
 KEY_FREE, KEY_INT, KEY_UINT, KEY_DOUBLE, KEY_STRING, KEY_ARRAY, KEY_BOOL, KEY_NODE = 1, 3, 4, 5, 6, 7, 8, 9
 TYPE_NAMES = {
     KEY_INT: "int", KEY_UINT: "uint", KEY_DOUBLE: "double", KEY_STRING: "string",
@@ -231,7 +234,7 @@ def _objects(container: Container) -> list[tuple[int, int, int, int]]:
             kind, checksum, offset, length, _flags = OBJECT_ENTRY.unpack(piece)
             if checksum != crc(piece, 1):
                 raise _fail(container, f"object table entry {index} checksum mismatch", at)
-            if kind > OBJ_FREE:
+            if kind > OBJ_CHANGE_TRACKING:
                 raise _fail(container, f"object table entry {index} has unknown type {kind}", at)
             if kind in (OBJ_TABLE, OBJ_KEY_TABLE, OBJ_FILE) and offset + length > container.file_size:
                 raise _fail(container, f"object table entry {index} points beyond the end of the file", at)
