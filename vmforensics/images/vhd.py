@@ -24,7 +24,7 @@ from vmforensics.images.base import (
     Segment,
     data,
 )
-from vmforensics.images.bitmap import SectorRuns
+from vmforensics.images.bitmap import BITMAP_CACHE_BYTES, SectorRuns
 from vmforensics.images.paged import PagedTable, not_all
 from vmforensics.images.vhd_layout import (
     CHECKSUM_OFFSET_DYNAMIC,
@@ -122,7 +122,9 @@ class VhdImage(DiskImage):
             return
         self._read_dynamic_header()
         self._bitmap_size = bitmap_bytes(self.block_size)
-        self._runs: BoundedCache[int, SectorRuns] = BoundedCache(1024)
+        self._runs: BoundedCache[int, SectorRuns] = BoundedCache(
+            max(16, BITMAP_CACHE_BYTES // self._bitmap_size)
+        )
         self._fully_present: BoundedCache[int, bool] = BoundedCache(1 << 16)  # per block: every sector?
         self.parent_names: list[str] = []
         if self.disk_type is DiskType.DIFFERENCING:

@@ -24,7 +24,7 @@ from vmforensics.images.base import (
     Segment,
     data,
 )
-from vmforensics.images.bitmap import SectorRuns
+from vmforensics.images.bitmap import BITMAP_CACHE_BYTES, SectorRuns
 from vmforensics.images.paged import PagedTable
 from vmforensics.images.vhdx_layout import (
     BAT_OFFSET_SHIFT,
@@ -225,7 +225,8 @@ class VhdxImage(DiskImage):
         self.chunk_ratio = chunk_ratio(self.block_size, self.logical_sector_size)
         self._read_bat()
         self._file_size = self.source.size
-        self._runs: BoundedCache[int, SectorRuns] = BoundedCache(1024)
+        bitmap_bytes = self.block_size // self.logical_sector_size // 8
+        self._runs: BoundedCache[int, SectorRuns] = BoundedCache(max(16, BITMAP_CACHE_BYTES // bitmap_bytes))
         self.parent_locator: dict[str, str] = {}
         if self.has_parent:
             raw, offset = items.get(PARENT_LOCATOR_ITEM, (b"", None))
