@@ -12,6 +12,7 @@ import json
 import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -133,8 +134,6 @@ def test_a_file_object_pointer_beyond_the_file_or_untracked_is_refused(tmp_path:
     data[pointer + 4 : pointer + 12] = struct.pack("<Q", 1 << 40)
     covered = bytearray(data[entry : pointer + 12])
     covered[12:16] = b"\0\0\0\0"
-    import zlib
-
     data[entry + 12 : entry + 16] = struct.pack("<I", zlib.crc32(covered))
     with pytest.raises(MemoryFormatError, match="not a file object") as raised:
         open_memory(save(tmp_path, hb.Layout(data, *attrs_tail(layout))))
@@ -180,3 +179,23 @@ def test_object_types_dissect_saw_in_real_files_are_passed_over_and_others_refus
         else:
             with open_memory(path) as memory:
                 assert memory.read(0, 16) == pattern(MiB, 10)[:16]
+
+
+def test_a_key_tree_cycle_and_an_oversized_object_table_are_refused(tmp_path: Path) -> None:
+    layout = hb.saved_state([(0, pattern(MiB, 11))])
+    data = bytearray(layout.data)
+    node, child = layout.entries["/savedstate"], layout.entries["/savedstate/savedVM"]
+    table = max(t for t in layout.key_tables if t <= child)
+    struct.pack_into("<HI", data, node + 6, layout.key_tables.index(table) + 1, child - table)
+    name_size = data[node + 20]
+    covered = bytearray(data[node : node + 21 + name_size + 12])
+    covered[12:16] = b"\0\0\0\0"
+    struct.pack_into("<I", data, node + 12, zlib.crc32(covered))
+    with pytest.raises(MemoryFormatError, match="cycle"):
+        open_memory(save(tmp_path, hb.Layout(data, *attrs_tail(layout)), "cycle.vmrs"))
+
+    big = bytearray(layout.data)
+    struct.pack_into("<I", big, layout.object_table + 4, 100_000)
+    with pytest.raises(MemoryFormatError, match="an object table of 100000 entries") as raised:
+        open_memory(save(tmp_path, hb.Layout(big, *attrs_tail(layout)), "big.vmrs"))
+    assert raised.value.offset == layout.object_table + 4

@@ -60,6 +60,10 @@ VERSIONS = {0x0301: "3.1", 0x0400: "4.0"}
 MAX_KEY_TABLE = 1 << 20
 MAX_KEY_BYTES = 64 << 20
 MAX_OBJECT_TABLES = 4096
+#: Saved-state key paths are a few levels deep ("/savedstate/RamBlock12"); longer ones are refused.
+MAX_PATH = 1024
+#: openvmm writes object tables of one alignment unit (227 entries at 4096); 1 MiB is generous.
+MAX_OBJECT_TABLE = 1 << 20
 
 
 @attrs.frozen
@@ -224,6 +228,8 @@ def _objects(container: Container) -> list[tuple[int, int, int, int]]:
         signature, count = OBJECT_TABLE.unpack(_pread(container, table, OBJECT_TABLE.size, "an object table"))
         if signature != OBJECT_TABLE_SIGNATURE:
             raise _fail(container, f"object table signature 0x{signature:08x}", table)
+        if count * OBJECT_ENTRY.size > MAX_OBJECT_TABLE:
+            raise _fail(container, f"an object table of {count} entries", table + 4)
         raw = _pread(
             container, table + OBJECT_TABLE.size, count * OBJECT_ENTRY.size, "an object table's entries"
         )
@@ -330,18 +336,22 @@ def _paths(container: Container, entries: dict) -> dict[str, Key]:
     keys: dict[str, Key] = {}
 
     def path_of(where: tuple[int, int]) -> str:
-        chain = []
+        chain: list[tuple[int, int]] = []
+        seen: set[tuple[int, int]] = set()
         while where not in paths:
             entry = entries.get(where)
             if entry is None or entry[0] != KEY_NODE:
                 first = entries[chain[0]] if chain else None
                 raise _fail(container, "a key's parent is not a node", first[3] if first else 0)
-            if where in chain:
+            if where in seen:
                 raise _fail(container, "the key tree has a cycle", entry[3])
             chain.append(where)
+            seen.add(where)
             where = (entry[1], entry[2])
         for link in reversed(chain):
             paths[link] = paths[where] + "/" + entries[link][4]
+            if len(paths[link]) > MAX_PATH:
+                raise _fail(container, f"a key path longer than {MAX_PATH} characters", entries[link][3])
             where = link
         return paths[where]
 
