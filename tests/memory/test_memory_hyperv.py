@@ -47,6 +47,7 @@ def test_two_ranges_around_the_pci_hole_read_page_for_page_and_convert(tmp_path:
         assert info.format == "hyperv" and info.memory_size == 4 * MiB + 8192
         assert info.details["vm_version"] == "10.0" and info.details["saved_state_type"] == "Normal"
         assert info.details["data_blocks"] == 5 and info.details["memory_blocks"] == 2
+        assert info.cpu_count == 2 and info.details["processor_vendor"] == "Intel"
         elf = convert(memory, tmp_path / "guest.elf", "elf", progress=False)
     assert elf.stored == 4 * MiB + 8192
     with open_memory(tmp_path / "guest.elf") as back:
@@ -199,3 +200,25 @@ def test_a_key_tree_cycle_and_an_oversized_object_table_are_refused(tmp_path: Pa
     with pytest.raises(MemoryFormatError, match="an object table of 100000 entries") as raised:
         open_memory(save(tmp_path, hb.Layout(big, *attrs_tail(layout)), "big.vmrs"))
     assert raised.value.offset == layout.object_table + 4
+
+
+def test_the_vp_count_comes_from_the_vp_indices_bitmap_and_an_unknown_blob_records_none(
+    tmp_path: Path,
+) -> None:
+    for name, blob, expected in (
+        ("sparse", hb.partition_state([0, 3, 70], vendor=0), (3, "AMD")),
+        ("garbage", b"\x01" * 3000, None),
+        ("no-prolog", without_prolog(hb.partition_state([0])), None),
+    ):
+        path = save(tmp_path, hb.saved_state([(0, pattern(MiB, 12))], partition=blob), f"{name}.vmrs")
+        with open_memory(path) as memory:
+            info = memory.info()
+            found = (info.cpu_count, info.details["processor_vendor"]) if info.cpu_count is not None else None
+            assert found == expected, name
+            assert memory.read(0, 8) == pattern(MiB, 12)[:8]
+
+
+def without_prolog(blob: bytes) -> bytes:
+    """The blob with its PROLOG chunk cut out and the descriptor's total size fixed."""
+    cut = blob[:40] + blob[40 + 4080 :]
+    return struct.pack("<QQQ", 24, 24, len(cut)) + cut[24:]

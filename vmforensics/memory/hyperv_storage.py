@@ -101,6 +101,12 @@ class Container:
         """The value's bytes (an array's or string's without its length prefix)."""
         return _pread(self, key.offset, key.size, f"the value of {key.path}")
 
+    def value_at(self, key: Key, at: int, length: int) -> bytes:
+        """``length`` bytes of a value from byte ``at`` of it (never beyond the value)."""
+        if at < 0 or length < 0 or at + length > key.size:
+            raise _fail(self, f"a read beyond the value of {key.path}", key.entry_offset)
+        return _pread(self, key.offset + at, length, f"the value of {key.path}")
+
     def integer(self, path: str) -> int | None:
         key = self.keys.get(path)
         if key is None:
