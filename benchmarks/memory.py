@@ -209,6 +209,8 @@ def main() -> None:
         print(
             f"  open/index {result['open']:.2f} s, ELF {result['size']} bytes in {result['seconds']:.2f} s, peak RSS {result['rss_mib']:.0f} MiB"
         )
+        (folder / "large.elf").unlink()  # a --workdir can be used again (outputs are never overwritten)
+        large.unlink()
     finally:
         if not args.workdir:
             shutil.rmtree(folder, ignore_errors=True)

@@ -139,17 +139,50 @@ def build(keys: list[tuple[str, int, object]], *, version: int = 0x0400, replay_
     return Layout(out, 2 * ALIGN, key_tables, file_objects, entries)
 
 
+def partition_state(vp_indices: list[int], vendor: int = 0x0001) -> bytes:
+    """The partition state blob as openvmm's PartitionStateBuilder frames it (hvdef's
+    save_restore chunks): descriptor, 16 bytes, PROLOG (4080 bytes, tag 'duTP', vendor), OS_ID,
+    VP_INDICES (boot VP, bitmap of at least 8 bytes), one VP marker each, EPILOG."""
+
+    def chunk(kind: int, data: bytes) -> bytes:
+        return struct.pack("<II8x", kind, len(data)) + data
+
+    prolog = struct.pack("<IB3xI", 0x50546475, 0, vendor).ljust(4080 - 16, b"\0")
+    bitmap = bytearray(max(max(vp_indices) // 8 + 1, 8))
+    for vp in vp_indices:
+        bitmap[vp // 8] |= 1 << vp % 8
+    body = chunk(0, prolog) + chunk(0x20001000, bytes(16))
+    body += chunk(
+        0x30000000, struct.pack("<I", min(vp_indices)) + bytes(bitmap).ljust(-(-len(bitmap) // 4) * 4, b"\0")
+    )
+    for vp in vp_indices:
+        body += chunk(0x30001000, struct.pack("<I12x", vp))
+    body += chunk(0xF0000000, b"")
+    total = 24 + 16 + len(body)
+    return struct.pack("<QQQ", 24, 24, total) + bytes(16) + body
+
+
 def saved_state(
-    ranges: list[tuple[int, bytes]], *, vm_version: int = 0x0A00, block_of=None, flags: int = 0
+    ranges: list[tuple[int, bytes]],
+    *,
+    vm_version: int = 0x0A00,
+    block_of=None,
+    flags: int = 0,
+    partition: bytes | None = None,
 ) -> Layout:
     """A .vmrs as openvmm's VmrsWriter writes it: ranges of (guest-physical start, bytes), each
-    split into 1 MiB RamBlocks (the last zero-filled), one RamMemoryBlock per range.
+    split into 1 MiB RamBlocks (the last zero-filled), one RamMemoryBlock per range; two VPs
+    (indices 0 and 1, Intel) unless ``partition`` gives other partition state bytes.
     ``block_of(number, data)`` may replace a RamBlock's bytes (e.g. with a short, "compressed" one)."""
     keys: list[tuple[str, int, object]] = [
         ("/savedstate/VmVersion", INT, vm_version),
         ("/configuration/properties/version", INT, vm_version),
         ("/savedstate/type", STRING, "Normal"),
-        ("/savedstate/savedVM/partition_state", ARRAY, b"\x01partition state not parsed"),
+        (
+            "/savedstate/savedVM/partition_state",
+            ARRAY,
+            partition_state([0, 1]) if partition is None else partition,
+        ),
     ]
     block = 0
     data_keys = []

@@ -12,6 +12,7 @@ import json
 import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ def test_two_ranges_around_the_pci_hole_read_page_for_page_and_convert(tmp_path:
         assert info.format == "hyperv" and info.memory_size == 4 * MiB + 8192
         assert info.details["vm_version"] == "10.0" and info.details["saved_state_type"] == "Normal"
         assert info.details["data_blocks"] == 5 and info.details["memory_blocks"] == 2
+        assert info.cpu_count == 2 and info.details["processor_vendor"] == "Intel"
         elf = convert(memory, tmp_path / "guest.elf", "elf", progress=False)
     assert elf.stored == 4 * MiB + 8192
     with open_memory(tmp_path / "guest.elf") as back:
@@ -133,9 +135,90 @@ def test_a_file_object_pointer_beyond_the_file_or_untracked_is_refused(tmp_path:
     data[pointer + 4 : pointer + 12] = struct.pack("<Q", 1 << 40)
     covered = bytearray(data[entry : pointer + 12])
     covered[12:16] = b"\0\0\0\0"
-    import zlib
-
     data[entry + 12 : entry + 16] = struct.pack("<I", zlib.crc32(covered))
     with pytest.raises(MemoryFormatError, match="not a file object") as raised:
         open_memory(save(tmp_path, hb.Layout(data, *attrs_tail(layout))))
     assert raised.value.offset == entry
+
+
+def test_a_hyperv_folder_acquisition_derives_the_memory_image_and_verify_rederives_it(tmp_path: Path) -> None:
+    from vmforensics import CaseInfo, LocalAcquirer, verify
+
+    folder = tmp_path / "web01"
+    folder.mkdir()
+    config = hb.build([("/configuration/properties/version", hb.INT, 0x0A00)])
+    (folder / "4AD1E7F3.vmcx").write_bytes(bytes(config.data))
+    low = pattern(2 * MiB, 8)
+    state = hb.saved_state([(0, low), (0x100000000, pattern(MiB, 9))])
+    (folder / "4AD1E7F3.vmrs").write_bytes(bytes(state.data))
+    result = LocalAcquirer().acquire(
+        str(folder), tmp_path / "ev", case=CaseInfo(case_id="2026-118", examiner="A. Analyst"),
+        progress=False, memory_image="elf",
+    )  # fmt: skip
+    (derived,) = result.derived
+    assert derived.ok, derived.error
+    with open_memory(result.path / derived.output) as image:
+        assert image.ranges() == ((0, 2 * MiB), (0x100000000, MiB))
+        assert image.read(0, 2 * MiB) == low
+    report = verify(result.path)
+    assert report.ok and "re-derived byte for byte" in report.post_seal[0].summary
+
+
+def test_object_types_dissect_saw_in_real_files_are_passed_over_and_others_refused(tmp_path: Path) -> None:
+    layout = hb.saved_state([(0, pattern(MiB, 10))])
+    count = struct.unpack_from("<I", layout.data, layout.object_table + 4)[0]
+    slot = layout.object_table + 8 + (count - 1) * 18  # the last entry: the chain slot
+    for kind, refused in ((6, False), (8, True)):
+        data = bytearray(layout.data)
+        entry = bytes([kind]) + bytes(4) + bytes(data[slot + 5 : slot + 18])
+        data[slot : slot + 18] = entry[:1] + struct.pack("<I", hb.checksum(entry, 1)) + entry[5:]
+        path = save(tmp_path, hb.Layout(data, *attrs_tail(layout)), f"type{kind}.vmrs")
+        if refused:
+            with pytest.raises(MemoryFormatError, match="unknown type 8") as raised:
+                open_memory(path)
+            assert raised.value.offset == slot
+        else:
+            with open_memory(path) as memory:
+                assert memory.read(0, 16) == pattern(MiB, 10)[:16]
+
+
+def test_a_key_tree_cycle_and_an_oversized_object_table_are_refused(tmp_path: Path) -> None:
+    layout = hb.saved_state([(0, pattern(MiB, 11))])
+    data = bytearray(layout.data)
+    node, child = layout.entries["/savedstate"], layout.entries["/savedstate/savedVM"]
+    table = max(t for t in layout.key_tables if t <= child)
+    struct.pack_into("<HI", data, node + 6, layout.key_tables.index(table) + 1, child - table)
+    name_size = data[node + 20]
+    covered = bytearray(data[node : node + 21 + name_size + 12])
+    covered[12:16] = b"\0\0\0\0"
+    struct.pack_into("<I", data, node + 12, zlib.crc32(covered))
+    with pytest.raises(MemoryFormatError, match="cycle"):
+        open_memory(save(tmp_path, hb.Layout(data, *attrs_tail(layout)), "cycle.vmrs"))
+
+    big = bytearray(layout.data)
+    struct.pack_into("<I", big, layout.object_table + 4, 100_000)
+    with pytest.raises(MemoryFormatError, match="an object table of 100000 entries") as raised:
+        open_memory(save(tmp_path, hb.Layout(big, *attrs_tail(layout)), "big.vmrs"))
+    assert raised.value.offset == layout.object_table + 4
+
+
+def test_the_vp_count_comes_from_the_vp_indices_bitmap_and_an_unknown_blob_records_none(
+    tmp_path: Path,
+) -> None:
+    for name, blob, expected in (
+        ("sparse", hb.partition_state([0, 3, 70], vendor=0), (3, "AMD")),
+        ("garbage", b"\x01" * 3000, None),
+        ("no-prolog", without_prolog(hb.partition_state([0])), None),
+    ):
+        path = save(tmp_path, hb.saved_state([(0, pattern(MiB, 12))], partition=blob), f"{name}.vmrs")
+        with open_memory(path) as memory:
+            info = memory.info()
+            found = (info.cpu_count, info.details["processor_vendor"]) if info.cpu_count is not None else None
+            assert found == expected, name
+            assert memory.read(0, 8) == pattern(MiB, 12)[:8]
+
+
+def without_prolog(blob: bytes) -> bytes:
+    """The blob with its PROLOG chunk cut out and the descriptor's total size fixed."""
+    cut = blob[:40] + blob[40 + 4080 :]
+    return struct.pack("<QQQ", 24, 24, len(cut)) + cut[24:]

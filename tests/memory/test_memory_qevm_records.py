@@ -153,8 +153,9 @@ def test_libvirt_save_header_past_the_file_is_refused(tmp_path: Path) -> None:
 def test_libvirt_save_with_a_doctype_is_refused(tmp_path: Path) -> None:
     xml = b'<!DOCTYPE d [<!ENTITY x "y">]><domain>&x;</domain>\0'
     header = HEADER.pack(MAGIC, 2, len(xml), 1, 0, 0, *([0] * 14))
-    with pytest.raises(MemoryFormatError, match="DOCTYPE"):
+    with pytest.raises(MemoryFormatError, match="DOCTYPE") as raised:
         open_memory(write(tmp_path, header + xml + b.qevm([("pc.ram", MiB)], []), "dtd.save"))
+    assert raised.value.offset == HEADER.size
 
 
 def test_gzip_bomb_in_a_libvirt_save_stops_at_the_guests_size(tmp_path: Path) -> None:

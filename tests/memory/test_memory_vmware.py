@@ -170,8 +170,14 @@ def test_region_beyond_the_vmem_is_refused(tmp_path: Path) -> None:
     state, vmem = tmp_path / "vm.vmss", tmp_path / "vm.vmem"
     write_memory_state(state, vmem, ((0, 0, 512), (0x100000, 512, 4096)))
     vmem.write_bytes(bytes(1024 * PAGE))
-    with pytest.raises(MemoryFormatError, match="beyond the"):
+    with pytest.raises(MemoryFormatError, match="beyond the") as raised:
         open_memory(state)
+    data = state.read_bytes()  # the offset is region 1's regionSize value in the state file
+    assert raised.value.path == str(state)
+    assert data[raised.value.offset : raised.value.offset + 4] == (4096).to_bytes(4, "little")
+    assert data.rfind(b"regionSize", 0, raised.value.offset) > data.rfind(
+        b"regionPageNum", 0, raised.value.offset
+    )
 
 
 def test_compressed_embedded_memory_is_refused(tmp_path: Path) -> None:

@@ -32,6 +32,19 @@ DATA_PAGES = DATA_BLOCK // PAGE
 #: Guest-physical pages above 2**52 are not x86-64 or arm64 addresses.
 MAX_GPA_PAGE = 1 << 40
 FLAG_NAMES = {1: "hot-added", 2: "SGX", 4: "VTL2", 8: "specific-purpose"}
+#: The partition state blob (openvmm's hyperv_dump/partition_state.rs, hvdef/save_restore.rs):
+#: a descriptor (descriptor size, header size, total size; u64 each), 16 bytes, then chunks of a
+#: 16-byte header (u32 id, u32 data length, 8 bytes) and their data, from PROLOG to EPILOG.
+#: VP_INDICES holds the boot VP's index and a bitmap of the VPs: Microsoft checks the VP count
+#: openvmm writes there against VmSavedStateDumpProvider.dll (hyperv_dump's cross_validate test).
+PARTITION_STATE = "/savedstate/savedVM/partition_state"
+DESCRIPTOR = struct.Struct("<QQQ")
+CHUNK = struct.Struct("<II8x")
+CHUNK_PROLOG, CHUNK_EPILOG, CHUNK_VP_INDICES = 0x00000000, 0xF0000000, 0x30000000
+PROLOG_TAG = 0x50546475
+VENDORS = {0x0000: "AMD", 0x0001: "Intel", 0x0002: "Hygon", 0x0010: "ARM"}
+MAX_CHUNKS_BEFORE_VPS = 64
+MAX_VP_BITMAP = 1 << 16
 
 
 def is_hyperv(head: bytes) -> bool:
@@ -58,13 +71,18 @@ def open_hyperv(path: Path) -> GuestMemory:
     try:
         container = read_container(path, fd)
         ranges, extents = _memory_map(container)
+        vps = _vp_count(container)
         info = MemoryInfo(
             format="hyperv",
             page_size=PAGE,
             memory_size=sum(r.length for r in ranges),
             ranges=tuple(ranges),
-            cpu_count=None,  # in the partition state blob, which is not parsed
-            details={**container.facts(), **_facts(container)},
+            cpu_count=vps[0] if vps else None,
+            details={
+                **container.facts(),
+                **_facts(container),
+                **({"processor_vendor": vps[1]} if vps else {}),
+            },
             sources=(str(path),),
         )
     except BaseException:
@@ -154,3 +172,38 @@ def _place(container: Container, extents: Extents, start: int, pages: int, mbp: 
                         "memory is not decoded", data.offset)  # fmt: skip
         extents.add(start + done * PAGE, count * PAGE, data.offset + within * PAGE)
         done += count
+
+
+def _vp_count(container: Container) -> tuple[int, str] | None:
+    """(VP count, processor vendor) from the partition state's PROLOG and VP_INDICES chunks, or
+    None when the blob is absent or not laid out as openvmm documents (registers are not parsed)."""
+    key = container.keys.get(PARTITION_STATE)
+    if key is None or key.type != KEY_ARRAY or key.size < DESCRIPTOR.size + 16 + CHUNK.size:
+        return None
+    size = key.size
+    _descriptor, header_size, total = DESCRIPTOR.unpack(container.value_at(key, 0, DESCRIPTOR.size))
+    if total != size or header_size > size:
+        return None
+    at, vendor = header_size + 16, None
+    for _ in range(MAX_CHUNKS_BEFORE_VPS):
+        if at + CHUNK.size > size:
+            return None
+        chunk, length = CHUNK.unpack(container.value_at(key, at, CHUNK.size))
+        if at + CHUNK.size + length > size:
+            return None
+        if chunk == CHUNK_PROLOG:
+            if at != header_size + 16 or length < 12:
+                return None
+            tag, _summary, code = struct.unpack("<IB3xI", container.value_at(key, at + CHUNK.size, 12))
+            if tag != PROLOG_TAG:
+                return None
+            vendor = VENDORS.get(code, f"0x{code:x}")
+        elif chunk == CHUNK_VP_INDICES:
+            if vendor is None or length < 4 or length > 4 + MAX_VP_BITMAP:
+                return None
+            bitmap = container.value_at(key, at + CHUNK.size + 4, length - 4)
+            return int.from_bytes(bitmap, "little").bit_count(), vendor
+        elif chunk == CHUNK_EPILOG:
+            return None
+        at += CHUNK.size + length
+    return None

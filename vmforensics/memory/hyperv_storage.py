@@ -43,6 +43,9 @@ REPLAY_LOG = struct.Struct("<IIIBIBQII")  # 34 bytes
 FILE_OBJECT = struct.Struct("<IQ")
 
 OBJ_EMPTY, OBJ_TABLE, OBJ_KEY_TABLE, OBJ_FILE, OBJ_FREE = range(5)
+#: dissect.hypervisor names types 5-7 from real files (a header, a replay log, a change tracking
+#: buffer); openvmm does not write them. They hold no keys and are passed over.
+OBJ_CHANGE_TRACKING = 7
 KEY_FREE, KEY_INT, KEY_UINT, KEY_DOUBLE, KEY_STRING, KEY_ARRAY, KEY_BOOL, KEY_NODE = 1, 3, 4, 5, 6, 7, 8, 9
 TYPE_NAMES = {
     KEY_INT: "int", KEY_UINT: "uint", KEY_DOUBLE: "double", KEY_STRING: "string",
@@ -57,6 +60,10 @@ VERSIONS = {0x0301: "3.1", 0x0400: "4.0"}
 MAX_KEY_TABLE = 1 << 20
 MAX_KEY_BYTES = 64 << 20
 MAX_OBJECT_TABLES = 4096
+#: Saved-state key paths are a few levels deep ("/savedstate/RamBlock12"); longer ones are refused.
+MAX_PATH = 1024
+#: openvmm writes object tables of one alignment unit (227 entries at 4096); 1 MiB is generous.
+MAX_OBJECT_TABLE = 1 << 20
 
 
 @attrs.frozen
@@ -93,6 +100,12 @@ class Container:
     def value(self, key: Key) -> bytes:
         """The value's bytes (an array's or string's without its length prefix)."""
         return _pread(self, key.offset, key.size, f"the value of {key.path}")
+
+    def value_at(self, key: Key, at: int, length: int) -> bytes:
+        """``length`` bytes of a value from byte ``at`` of it (never beyond the value)."""
+        if at < 0 or length < 0 or at + length > key.size:
+            raise _fail(self, f"a read beyond the value of {key.path}", key.entry_offset)
+        return _pread(self, key.offset + at, length, f"the value of {key.path}")
 
     def integer(self, path: str) -> int | None:
         key = self.keys.get(path)
@@ -221,6 +234,8 @@ def _objects(container: Container) -> list[tuple[int, int, int, int]]:
         signature, count = OBJECT_TABLE.unpack(_pread(container, table, OBJECT_TABLE.size, "an object table"))
         if signature != OBJECT_TABLE_SIGNATURE:
             raise _fail(container, f"object table signature 0x{signature:08x}", table)
+        if count * OBJECT_ENTRY.size > MAX_OBJECT_TABLE:
+            raise _fail(container, f"an object table of {count} entries", table + 4)
         raw = _pread(
             container, table + OBJECT_TABLE.size, count * OBJECT_ENTRY.size, "an object table's entries"
         )
@@ -231,7 +246,7 @@ def _objects(container: Container) -> list[tuple[int, int, int, int]]:
             kind, checksum, offset, length, _flags = OBJECT_ENTRY.unpack(piece)
             if checksum != crc(piece, 1):
                 raise _fail(container, f"object table entry {index} checksum mismatch", at)
-            if kind > OBJ_FREE:
+            if kind > OBJ_CHANGE_TRACKING:
                 raise _fail(container, f"object table entry {index} has unknown type {kind}", at)
             if kind in (OBJ_TABLE, OBJ_KEY_TABLE, OBJ_FILE) and offset + length > container.file_size:
                 raise _fail(container, f"object table entry {index} points beyond the end of the file", at)
@@ -327,18 +342,22 @@ def _paths(container: Container, entries: dict) -> dict[str, Key]:
     keys: dict[str, Key] = {}
 
     def path_of(where: tuple[int, int]) -> str:
-        chain = []
+        chain: list[tuple[int, int]] = []
+        seen: set[tuple[int, int]] = set()
         while where not in paths:
             entry = entries.get(where)
             if entry is None or entry[0] != KEY_NODE:
                 first = entries[chain[0]] if chain else None
                 raise _fail(container, "a key's parent is not a node", first[3] if first else 0)
-            if where in chain:
+            if where in seen:
                 raise _fail(container, "the key tree has a cycle", entry[3])
             chain.append(where)
+            seen.add(where)
             where = (entry[1], entry[2])
         for link in reversed(chain):
             paths[link] = paths[where] + "/" + entries[link][4]
+            if len(paths[link]) > MAX_PATH:
+                raise _fail(container, f"a key path longer than {MAX_PATH} characters", entries[link][3])
             where = link
         return paths[where]
 

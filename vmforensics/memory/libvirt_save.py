@@ -80,8 +80,11 @@ def read_header(fd: int, path: Path) -> dict[str, Any]:
 def domain_facts(xml: str, path: Path) -> dict[str, Any]:
     """Name, UUID, machine type, vCPUs and memory from the saved domain XML (no DTDs or entities)."""
     if "<!DOCTYPE" in xml or "<!ENTITY" in xml:
+        at = min(i for i in (xml.find("<!DOCTYPE"), xml.find("<!ENTITY")) if i >= 0)
         raise MemoryFormatError(
-            "the saved domain XML has a DOCTYPE; libvirt never writes one", path=str(path)
+            "the saved domain XML has a DOCTYPE; libvirt never writes one",
+            offset=HEADER.size + len(xml[:at].encode()),
+            path=str(path),
         )
     try:
         root = ET.fromstring(xml)

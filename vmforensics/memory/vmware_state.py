@@ -208,33 +208,41 @@ def _regions(
                 f"embedded memory of {data_size} bytes without a region table: where the PCI hole lies is unknown",
                 path=str(f.path),
             )
-        regions.append((0, 0, data_size // PAGE))
+        regions.append((0, 0, data_size // PAGE, base))
     else:
         if count > vfmt.MAX_REGIONS:
-            raise MemoryFormatError(f"regionsCount {count} is implausible", path=str(f.path))
+            raise MemoryFormatError(
+                f"regionsCount {count} is implausible", offset=count_tag.data_offset, path=str(f.path)
+            )
         for number in range(count):
             regions.append(
                 (
                     _value(tags, "regionPPN", number, path=f.path),
                     _value(tags, "regionPageNum", number, path=f.path),
                     _value(tags, "regionSize", number, path=f.path),
+                    tags[("regionSize", (number,))].data_offset,
                 )
             )
     regions.sort()
     extents = Extents(PAGE)
     ranges = []
-    for number, (ppn, page_number, pages) in enumerate(regions):
+    for number, (ppn, page_number, pages, tag_offset) in enumerate(regions):
         if pages == 0:
             continue
         if (page_number + pages) * PAGE > data_size:
             raise MemoryFormatError(
                 f"region {number} (pages {page_number}+{pages}) lies beyond the {data_size}-byte memory file",
-                path=str(source),
+                offset=tag_offset,
+                path=str(f.path),
             )
         extents.add(ppn * PAGE, pages * PAGE, base + page_number * PAGE)
         ranges.append(MemoryRange(ppn * PAGE, pages * PAGE, f"region{number}"))
     if not ranges:
-        raise MemoryFormatError("the region table maps no memory", path=str(f.path))
+        raise MemoryFormatError(
+            "the region table maps no memory",
+            offset=count_tag.data_offset if count_tag is not None else None,
+            path=str(f.path),
+        )
     return tuple(ranges), extents
 
 
