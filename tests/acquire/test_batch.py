@@ -476,3 +476,135 @@ def test_acquire_batch_command_signs_on_a_pkcs11_token(
     assert isinstance(key, PKCS11Key)
     assert json.loads((tmp_path / "out" / "batch.json").read_bytes())["signer_key_id"] == key.key_id
     assert verify(tmp_path / "out", key.public_key()).ok
+
+
+def test_per_host_limit_holds_across_two_batches_running_at_once_in_one_process(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"a{i}" for i in range(3)] + [f"b{i}" for i in range(3)]
+    folders = make_vms(tmp_path / "ds", names, tmp_path / "staging", memory_bytes=32 << 20)
+    plans = [AcquisitionPlan(n, str(f), host="esx-a") for n, f in zip(names, folders, strict=True)]
+    with ThreadPoolExecutor(2) as examiners:  # two examiners' batches, the same host
+        runs = [
+            examiners.submit(
+                acquire_many,
+                half,
+                tmp_path / out,
+                case=CASE,
+                limits=Limits(total=3, per_host=1),
+                progress=False,
+            )
+            for half, out in ((plans[:3], "a"), (plans[3:], "b"))
+        ]
+        assert all(run.result().ok for run in runs)
+
+    intervals = [busy_interval(tmp_path / n[0] / n) for n in names]
+    assert overlapping(intervals) == 1  # one acquisition at a time on esx-a, across both batches
+    spans = [[e["time"] for e in ledger_events_of(tmp_path / b / "batch.log.jsonl")] for b in "ab"]
+    assert spans[0][0] < spans[1][-1] and spans[1][0] < spans[0][-1]  # the batches ran at the same time
+
+
+def certified_key(tmp_path: Path, ca_name: str = "Lab CA") -> tuple[Path, Path, Path]:
+    """An Ed25519 examiner key (PEM), its certificate from a test CA, and the CA's certificate."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from tests.custody.pki import TestCA, name, write_certificates
+
+    ca = TestCA(tmp_path / ca_name.replace(" ", "-"), ca_name)
+    key = SigningKey.generate()
+    key.save(tmp_path / "examiner.pem")
+    leaf = ca.issue(name("A. Analyst"), load_pem_public_key(key.public_key().to_pem()))
+    return tmp_path / "examiner.pem", write_certificates(tmp_path / "examiner.crt", leaf), ca.pem
+
+
+def test_batch_signed_with_a_certificate_verifies_through_the_lab_ca_members_and_record(
+    tmp_path: Path,
+) -> None:
+    from tests.custody.pki import TestCA
+
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    key, cert, ca = certified_key(tmp_path)
+    batch = acquire_many(
+        survey_local(tmp_path / "ds").select(),
+        tmp_path / "out",
+        case=CASE,
+        signer=KeyRef(key, certificates=cert),
+        progress=False,
+    )
+    assert batch.ok
+    out = tmp_path / "out"
+    assert (out / "batch.json.chain.pem").read_bytes() == cert.read_bytes()
+    for member in ("web01", "db01"):
+        assert (out / member / "manifest.json.chain.pem").read_bytes() == cert.read_bytes()
+
+    check = verify(out, ca=ca)
+    assert check.ok and check.certificate_status == "VERIFIED", str(check)
+    assert "CN=A. Analyst" in check.certificate
+    rogue = TestCA(tmp_path / "rogue", "Rogue CA").pem
+    refused = verify(out, ca=rogue)
+    assert not refused.ok and refused.certificate_status == "FAILED"
+    assert {m.status for m in refused.members} == {"FAILED"}  # every member's chain is refused too
+
+
+def test_acquire_batch_command_cert_option_then_verify_with_the_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_vms(tmp_path / "ds", ["web01", "db01"], tmp_path / "staging")
+    key, cert, ca = certified_key(tmp_path)
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(survey_local(tmp_path / "ds").to_json())
+    code = main(["acquire-batch", str(plan), "--out", str(tmp_path / "out"), "--local", "2", "--case", "c1",
+                 "--examiner", "A. Analyst", "--no-progress", "--key", str(key), "--cert", str(cert)])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "out"), "--ca", str(ca)]) == 0
+    shown = capsys.readouterr().out
+    assert 'certificate: VERIFIED: "O=Test Lab,CN=A. Analyst" via CA "O=Test Lab,CN=Lab CA"' in shown
+    bare = tmp_path / "bare"
+    assert main(["acquire-batch", str(plan), "--out", str(bare), "--local", "2", "--case", "c1",
+                 "--examiner", "A. Analyst", "--no-progress", "--key", str(key)]) == 0  # fmt: skip
+    assert main(["verify", str(bare), "--ca", str(ca)]) == 1  # a bare key proves no certificate
+
+
+def test_a_survey_names_its_acquirer_and_the_plan_says_where_workers_find_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The survey JSON of a remote hypervisor as the plan: settings as recorded, the options file
+    filling what the survey did not record, and the password only as a reference."""
+    from vmforensics.acquire.batch_plan import plans_from_file
+    from vmforensics.survey.models import AcquirerSettings, SurveyReport, VMRecord
+
+    report = SurveyReport(
+        source={"kind": "libvirt", "host": "kvm01"},
+        vms=[VMRecord("web01", reference="7d6c", host="kvm01.lab")],
+        acquirer=AcquirerSettings.of("libvirt", ["password"], host="kvm01", user="ir", port=2222),
+    )
+    survey = tmp_path / "kvm01.json"
+    survey.write_bytes(report.to_json())
+    assert b"password" in survey.read_bytes()  # named as a secret the acquirer needs ...
+    with pytest.raises(UsageError, match="--password-env"):  # ... and the plan must say where it is
+        plans_from_file(survey)
+
+    plans = plans_from_file(
+        survey,
+        password=lambda settings: SecretRef(env="VMF_PW_KVM01"),
+        host_defaults={"kvm01": {"known_hosts": "/etc/vmf/known_hosts", "port": 22, "tls_ca": "/x.pem"}},
+    )
+    assert [(p.name, p.kind, p.target, p.limit_host) for p in plans] == [
+        ("web01", "libvirt", "7d6c", "kvm01.lab")
+    ]
+    assert plans[0].settings == {
+        "host": "kvm01",
+        "user": "ir",
+        "port": 2222,
+        "known_hosts": "/etc/vmf/known_hosts",
+    }
+    assert plans[0].secrets == {"password": SecretRef(env="VMF_PW_KVM01")}
+
+    (tmp_path / "plan.json").write_text(json.dumps({"surveys": [{
+        "path": "kvm01.json", "secrets": {"password": {"keyring": ["vmforensics:kvm01", "ir"]}},
+        "select": {"names": ["web01"]}}]}))  # fmt: skip
+    per_host = plans_from_file(tmp_path / "plan.json")
+    assert per_host[0].secrets == {"password": SecretRef(keyring=("vmforensics:kvm01", "ir"))}
+    with pytest.raises(UsageError, match="never hold secrets"):
+        AcquirerSettings("vmware", {"host": "vc01", "password": "hunter2"})

@@ -35,7 +35,8 @@ KEY_PASSPHRASE = "planted-key-passphrase-c2d04e"
 
 
 class CapturePayloads(distributed.diagnostics.plugin.SchedulerPlugin):
-    """Keeps the pickled run_spec of every task the scheduler is given (what workers receive)."""
+    """Keeps the pickled run_spec of every member's task the scheduler is given (what workers
+    receive; the driver's probe for the scheduler's address carries nothing)."""
 
     name = "vmf-capture"
 
@@ -47,7 +48,12 @@ class CapturePayloads(distributed.diagnostics.plugin.SchedulerPlugin):
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         task = self.scheduler.tasks.get(key)
-        if task is not None and task.run_spec is not None and str(key) not in self.payloads:
+        if (
+            task is not None
+            and task.run_spec is not None
+            and str(key).startswith("run_member")
+            and str(key) not in self.payloads
+        ):
             self.payloads[str(key)] = cloudpickle.dumps(task.run_spec)
 
 
@@ -303,3 +309,57 @@ def test_acquire_batch_command_with_scheduler_runs_on_the_dask_workers(
         and {m["worker"]["worker"] for m in record["members"]} <= workers
     )
     assert main(["verify", str(tmp_path / "out")]) == 0
+
+
+def test_per_host_limit_holds_across_two_batches_at_once_on_one_cluster(tmp_path: Path) -> None:
+    """Two examiners' batches on the same cluster and host, one in this process and one from
+    ``acquire-batch --scheduler`` in another: the host's slot is a named distributed.Semaphore on
+    the scheduler, so one acquisition runs at a time across both."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.acquire.test_batch import ledger_events_of as batch_ledger
+
+    names = [f"a{i}" for i in range(3)] + [f"b{i}" for i in range(3)]
+    folders = make_vms(tmp_path / "ds", names, tmp_path / "staging", memory_bytes=32 << 20)
+    plans = [AcquisitionPlan(n, str(f), host="esx-a") for n, f in zip(names, folders, strict=True)]
+    (tmp_path / "b.json").write_text(
+        json.dumps({"members": [{"name": p.name, "target": p.target, "host": "esx-a"} for p in plans[3:]]})
+    )
+    with dask_cluster(3) as client:
+        other = subprocess.Popen(
+            [sys.executable, "-m", "vmforensics", "acquire-batch", str(tmp_path / "b.json"), "--out",
+             str(tmp_path / "b"), "--scheduler", client.scheduler.address, "--per-host", "1", "--case", "c2",
+             "--examiner", "B. Analyst", "--no-progress"],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )  # fmt: skip
+        try:
+            ledger = tmp_path / "b" / "batch.log.jsonl"
+            deadline = time.monotonic() + 60
+            while not (ledger.is_file() and b'"submitted"' in ledger.read_bytes()):  # B holds the slot
+                assert time.monotonic() < deadline and other.poll() is None
+                time.sleep(0.05)
+            ours = acquire_many(
+                plans[:3],
+                tmp_path / "a",
+                case=CASE,
+                executor=client.get_executor(),
+                limits=Limits(total=3, per_host=1),
+                progress=False,
+            )
+        finally:
+            assert other.wait(timeout=120) == 0
+        slots = client.run_on_scheduler(
+            lambda dask_scheduler: dict(dask_scheduler.extensions["semaphores"].max_leases)
+        )
+
+    assert ours.ok and slots == {"vmforensics/host:esx-a/1": 1}
+    intervals = [busy_interval(tmp_path / n[0] / n) for n in names]
+    assert overlapping(intervals) == 1
+    spans = [[e["time"] for e in batch_ledger(tmp_path / b / "batch.log.jsonl")] for b in "ab"]
+    assert spans[0][0] < spans[1][-1] and spans[1][0] < spans[0][-1]  # the batches ran at the same time
+    started = [
+        e for b in "ab" for e in batch_ledger(tmp_path / b / "batch.log.jsonl") if e["action"] == "started"
+    ]
+    assert len(started) == 6 and not any("reported" in e["details"] for e in started)  # live worker events

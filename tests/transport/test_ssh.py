@@ -510,6 +510,18 @@ def test_killed_sshd_sessions_resume_to_the_exact_digest(sshd: SSHServer, tmp_pa
             assert record.hashes["sha256"] == expected
 
 
+def test_a_link_dropped_before_the_first_stat_reconnects_and_copies(sshd: SSHServer, tmp_path: Path) -> None:
+    """The opening stat is retried like the reads: a connection killed before the copy begins."""
+    source = write_random(tmp_path / "disk.vmdk", 1024 * 1024, seed=4)
+    with connect(sshd) as transport:
+        transport.stat(str(source))  # the SFTP session is up ...
+        assert sshd.kill_sessions() >= 1  # ... and dies before copy_file's first request
+        record = copy_file(
+            transport, str(source), EvidenceDirectory(tmp_path / "case"), "disk.vmdk", retries=3, backoff=0.01
+        )
+    assert record.hashes["sha256"] == sha256_file(source)
+
+
 def test_copy_records_a_matching_remote_hash(sshd: SSHServer, sample: Path, tmp_path: Path) -> None:
     with connect(sshd) as transport:
         record = copy_file(

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 EVENT_TOPIC = "vmforensics-batch"
 PROGRESS_INTERVAL = 0.25  # seconds between progress events a worker sends per member
+ADMISSION_POLL = 0.25  # seconds between looks at slots that other batches hold
 
 
 @attrs.frozen
@@ -77,22 +78,99 @@ def limit_keys(plan: AcquisitionPlan) -> tuple[str, ...]:
 
 
 class Admission:
-    """Counts held slots per key; a member starts only when every one of its keys has room."""
+    """Whether a member may start: this batch's overall count, kept here, and its host's and
+    datastores' slots in ``shared``, which every batch sees (:class:`ProcessSlots`, :class:`DaskSlots`)."""
 
-    def __init__(self, limits: Limits):
+    def __init__(self, limits: Limits, shared: ProcessSlots | DaskSlots):
         self.limits = limits
-        self.held: dict[str, int] = {}
+        self.shared = shared
+        self.running = 0
 
-    def fits(self, keys: Sequence[str]) -> bool:
-        return all((limit := self.limits.of(k)) is None or self.held.get(k, 0) < limit for k in keys)
+    def slots(self, keys: Sequence[str]) -> dict[str, int]:
+        """Slot name -> its limit. The name holds the limit: batches giving the same number for a
+        host share one count; a batch giving another number counts on its own."""
+        return {
+            f"vmforensics/{key}/{limit}": limit
+            for key in keys
+            if key != "total" and (limit := self.limits.of(key)) is not None
+        }
 
-    def take(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            self.held[key] = self.held.get(key, 0) + 1
+    def take(self, keys: Sequence[str], busy: set[str]) -> bool:
+        """Take every slot of ``keys`` or none; a slot found full is added to ``busy`` (and slots
+        already in ``busy`` are not asked again in this pass)."""
+        if self.limits.total is not None and self.running >= self.limits.total:
+            return False
+        slots = self.slots(keys)
+        if busy & set(slots):
+            return False
+        full = self.shared.take(slots)
+        if full is not None:
+            busy.add(full)
+            return False
+        self.running += 1
+        return True
 
     def release(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            self.held[key] -= 1
+        self.running -= 1
+        self.shared.release(self.slots(keys))
+
+
+class ProcessSlots:
+    """Slots shared by every batch running in this process (thread pools, other executors)."""
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _held: ClassVar[dict[str, int]] = {}
+
+    def take(self, slots: dict[str, int]) -> str | None:
+        """Take all of ``slots``, or return the name of one that is full (taking none)."""
+        with self._lock:
+            for name, limit in slots.items():
+                if self._held.get(name, 0) >= limit:
+                    return name
+            for name in slots:
+                self._held[name] = self._held.get(name, 0) + 1
+        return None
+
+    def release(self, slots: dict[str, int]) -> None:
+        with self._lock:
+            for name in slots:
+                self._held[name] -= 1
+                if not self._held[name]:
+                    del self._held[name]
+
+
+class DaskSlots:
+    """Slots shared by every batch on one Dask cluster: a named ``distributed.Semaphore`` per slot,
+    leased by the examiner's process (a lease of a process that dies expires with Dask's lease
+    timeout, ``distributed.scheduler.locks.lease-timeout``)."""
+
+    def __init__(self, client: Any):
+        self.client = client
+        self.semaphores: dict[str, Any] = {}
+
+    def _semaphore(self, name: str, limit: int) -> Any:
+        if name not in self.semaphores:
+            from distributed import Semaphore
+
+            self.semaphores[name] = Semaphore(
+                max_leases=limit, name=name, scheduler_rpc=self.client.scheduler, loop=self.client.loop
+            )
+        return self.semaphores[name]
+
+    def take(self, slots: dict[str, int]) -> str | None:
+        taken = []
+        for name, limit in slots.items():
+            semaphore = self._semaphore(name, limit)
+            if not semaphore.acquire(timeout=0):
+                for held in taken:
+                    held.release()
+                return name
+            taken.append(semaphore)
+        return None
+
+    def release(self, slots: dict[str, int]) -> None:
+        for name in slots:
+            self.semaphores[name].release()
 
 
 # --- worker side -------------------------------------------------------------------------------
@@ -125,6 +203,12 @@ def _dask_worker() -> Any:
         return get_worker()
     except ValueError:
         return None
+
+
+def scheduler_address() -> str | None:
+    """Run on a worker: the address of the Dask scheduler it serves (None when not on Dask)."""
+    worker = _dask_worker()
+    return worker.scheduler.address if worker is not None else None
 
 
 @attrs.frozen
@@ -369,8 +453,10 @@ def run_batch(
     view = BatchView(progress, [p.name for p in plans])
     batch.view = view
     channel = EventChannel(f"{EVENT_TOPIC}-{batch.batch_id}", batch.on_event if local else None)
-    unsubscribe = _subscribe(executor, channel.topic, batch.on_event) if not local else None
-    batch.channel = local or unsubscribe is not None
+    cluster = None if local else DaskConnection.of(executor)
+    if cluster is not None:
+        cluster.subscribe(channel.topic, batch.on_event)
+    batch.channel = local or cluster is not None
     place = Path(worker_root) if worker_root is not None else root
     tasks = [
         MemberTask(
@@ -393,11 +479,14 @@ def run_batch(
         )
         for index, plan in enumerate(plans)
     ]
+    shared = DaskSlots(cluster.client) if cluster is not None else ProcessSlots()
     try:
-        batch.schedule(executor, [t for t in tasks if t.index not in batch.carried])
+        batch.schedule(
+            executor, Admission(limits, shared), [t for t in tasks if t.index not in batch.carried]
+        )
     finally:
-        if unsubscribe is not None:
-            unsubscribe()
+        if cluster is not None:
+            cluster.close()
         view.close()
         if own_pool:
             executor.shutdown(wait=True, cancel_futures=True)
@@ -405,16 +494,46 @@ def run_batch(
     return BatchResult(batch.items(), time.monotonic() - began, root, digest)
 
 
-def _subscribe(
-    executor: cf.Executor, topic: str, handler: Callable[[dict[str, Any]], None]
-) -> Callable[[], None] | None:
-    """Worker events on Dask: subscribe to the batch's topic on the executor's client."""
-    client = getattr(executor, "_client", None)  # distributed's ClientExecutor keeps its Client here
-    if client is None or not hasattr(client, "subscribe_topic"):
-        log.info("%s has no event channel; started events are logged when each member returns", executor)
-        return None
-    client.subscribe_topic(topic, lambda event: handler(event[1]))
-    return lambda: client.unsubscribe_topic(topic)
+class DaskConnection:
+    """The examiner's Client on the Dask cluster behind an executor, found with public API only: a
+    worker names its scheduler (:func:`scheduler_address`), ``distributed.get_client(address)`` gives
+    the Client already connected there (or a new one, closed again at the end). Worker events come
+    through it (``subscribe_topic``), and the shared slots (:class:`DaskSlots`)."""
+
+    def __init__(self, client: Any, owned: bool):
+        self.client = client
+        self.owned = owned
+        self.topics: list[str] = []
+
+    @classmethod
+    def of(cls, executor: cf.Executor) -> DaskConnection | None:
+        """None for an executor that does not run on Dask (its members report when they return)."""
+        try:
+            address = executor.submit(scheduler_address).result()
+        except Exception as exc:  # an executor that cannot run the probe has no event channel either
+            log.info("%s: no Dask scheduler behind it (%s)", executor, exc)
+            return None
+        if address is None:
+            log.info("%s does not run on Dask: started events are logged when each member returns", executor)
+            return None
+        from distributed import Client, get_client
+
+        try:
+            current = Client.current()
+        except ValueError:
+            current = None
+        client = get_client(address)
+        return cls(client, owned=client is not current)
+
+    def subscribe(self, topic: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        self.client.subscribe_topic(topic, lambda event: handler(event[1]))
+        self.topics.append(topic)
+
+    def close(self) -> None:
+        for topic in self.topics:
+            self.client.unsubscribe_topic(topic)
+        if self.owned:
+            self.client.close()
 
 
 class _Batch:
@@ -536,16 +655,15 @@ class _Batch:
 
     # -- scheduling --
 
-    def schedule(self, executor: cf.Executor, tasks: list[MemberTask]) -> None:
-        admission = Admission(self.limits)
+    def schedule(self, executor: cf.Executor, admission: Admission, tasks: list[MemberTask]) -> None:
         waiting = list(tasks)
         running: dict[cf.Future[MemberOutcome], MemberTask] = {}
         try:
             while waiting or running:
+                busy: set[str] = set()
                 for task in list(waiting):
                     keys = limit_keys(task.plan)
-                    if admission.fits(keys):
-                        admission.take(keys)
+                    if admission.take(keys, busy):
                         waiting.remove(task)
                         self.submitted.add(task.index)
                         self.ledger.append(
@@ -555,16 +673,21 @@ class _Batch:
                             slots=list(keys),
                         )
                         running[executor.submit(run_member, task)] = task
-                if not running:
-                    raise UsageError("no member fits the limits")  # only when a limit is below 1
-                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                if not running:  # every waiting member's slots are held by other batches
+                    time.sleep(ADMISSION_POLL)
+                    continue
+                # slots other batches hold free up without a future of ours finishing: look again
+                done, _ = cf.wait(
+                    running, timeout=ADMISSION_POLL if busy else None, return_when=cf.FIRST_COMPLETED
+                )
                 for future in done:
                     task = running.pop(future)
                     admission.release(limit_keys(task.plan))
                     self._finish(task, future)
         except BaseException:
-            for future in running:
+            for future, task in running.items():
                 future.cancel()
+                admission.release(limit_keys(task.plan))
             raise
 
     def _finish(self, task: MemberTask, future: cf.Future[MemberOutcome]) -> None:

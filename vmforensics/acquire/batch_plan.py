@@ -9,12 +9,12 @@ resolved only in :meth:`AcquisitionPlan.build`, on the machine that runs the acq
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
-import re
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from vmforensics.acquire.base import Acquirer
 from vmforensics.custody.signing import Signer, SigningKey
 from vmforensics.errors import UsageError
 from vmforensics.hypervisors import hypervisors, load
+from vmforensics.survey.models import SECRET_SETTING
 
 #: Acquirer kinds -> "module:Class": every registered hypervisor (vmforensics.hypervisors), and files.
 ACQUIRER_KINDS = {
@@ -31,7 +32,6 @@ ACQUIRER_KINDS = {
     # files over SSH: settings are SSHTransport's plus paths/recursive
     "ssh-files": "vmforensics.acquire.files:FilesAcquirer",
 }
-_SECRET_NAME = re.compile(r"pass(word|phrase)|secret|token|private", re.IGNORECASE)
 
 
 def _pair(value: Any) -> tuple[str, str] | None:
@@ -81,24 +81,29 @@ class SecretRef:
 
 @attrs.frozen
 class KeyRef:
-    """The examiner's signing key as a worker loads it: a PEM path and where its passphrase is."""
+    """The examiner's signing key as a worker loads it: a PEM path, where its passphrase is, and the
+    certificate chain (a PEM file, leaf first) that certifies it."""
 
     path: str = attrs.field(converter=os.fspath)
     passphrase: SecretRef | None = None
+    certificates: str | None = attrs.field(default=None, converter=attrs.converters.optional(os.fspath))
 
     def load(self) -> Signer:
-        return SigningKey.load(self.path, self.passphrase.resolve() if self.passphrase else None)
+        key = SigningKey.load(self.path, self.passphrase.resolve() if self.passphrase else None)
+        return key.with_certificates(self.certificates) if self.certificates else key
 
 
 @attrs.frozen
 class TokenKeyRef:
     """The examiner's key on a PKCS#11 token as a worker opens it: module, token and key labels, and
-    where the PIN is. One session per process and key is opened and shared by its acquisitions."""
+    where the PIN is, and the certificate chain (PEM file). One session per process and key is
+    opened and shared by its acquisitions."""
 
     module: str = attrs.field(converter=os.fspath)
     token_label: str
     key_label: str
     pin: SecretRef = SecretRef(env="VMFORENSICS_PKCS11_PIN")
+    certificates: str | None = attrs.field(default=None, converter=attrs.converters.optional(os.fspath))
 
     def load(self) -> Signer:
         from vmforensics.custody.pkcs11 import PKCS11Key
@@ -107,7 +112,11 @@ class TokenKeyRef:
             key = _TOKEN_KEYS.get(self)
             if key is None:
                 key = _TOKEN_KEYS[self] = PKCS11Key(
-                    self.module, self.token_label, self.key_label, self.pin.resolve()
+                    self.module,
+                    self.token_label,
+                    self.key_label,
+                    self.pin.resolve(),
+                    certificates=self.certificates or (),
                 )
             return key
 
@@ -119,7 +128,7 @@ SignerRef = KeyRef | TokenKeyRef
 
 def _settings(value: Mapping[str, Any]) -> dict[str, Any]:
     plain = dict(value)
-    leaked = sorted(name for name in plain if _SECRET_NAME.search(name))
+    leaked = sorted(name for name in plain if SECRET_SETTING.search(name))
     if leaked:
         raise UsageError(
             f"settings {', '.join(leaked)} look like secrets: name them in secrets= as "
@@ -186,12 +195,26 @@ class AcquisitionPlan:
         }
 
 
-def plans_from_file(path: str | os.PathLike[str]) -> list[AcquisitionPlan]:
-    """Read PLAN.json: a ``survey local --json`` report, or a batch plan naming connections.
+#: Where the command line says workers find a survey's password: settings -> a reference.
+PasswordSource = Callable[[Mapping[str, Any]], SecretRef]
 
-    A batch plan is ``{"connections": {NAME: {"kind", "settings", "secrets"}}, "members":
-    [{"name", "target", "connection", "host", "datastores"}], "surveys": [{"path", "connection",
-    "select": {"names", "host", "power_state", "finding"}}]}``; survey paths are relative to it.
+
+def plans_from_file(
+    path: str | os.PathLike[str],
+    *,
+    password: PasswordSource | None = None,
+    host_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[AcquisitionPlan]:
+    """Read PLAN.json: a ``survey … --json`` report (of any hypervisor), or a batch plan.
+
+    A survey report names how its VMs are reached again (``acquirer``: kind, settings, the names of
+    the secrets needed); ``password(settings)`` says where workers find the password
+    (``--password-env``, ``--password-keyring``). A batch plan is ``{"connections": {NAME: {"kind",
+    "settings", "secrets"}}, "surveys": [{"path", "connection", "secrets", "select": {"names", "host",
+    "power_state", "finding"}}], "members": [{"name", "target", "connection", "host",
+    "datastores"}]}``; survey paths are relative to it, and a survey entry's connection and secrets
+    add to (and win over) what the survey recorded. ``host_defaults`` (the options file's
+    ``[hosts."NAME"]`` tables) fill settings the survey does not give, by the acquirer's own names.
     """
     from vmforensics.survey.models import SurveyReport
 
@@ -203,21 +226,25 @@ def plans_from_file(path: str | os.PathLike[str]) -> list[AcquisitionPlan]:
         raise UsageError(f"cannot read the plan {source}: {exc}") from exc
     if not isinstance(document, dict):
         raise UsageError(f"{source} is neither a survey report nor a batch plan")
+    reading = _SurveyReading(password, host_defaults or {})
     if "vms" in document:  # a survey report
-        report = SurveyReport.from_json(raw)
-        if report.source.kind != "local":
-            raise UsageError(
-                f"{source} is a {report.source.kind} survey: write a batch plan naming its connection "
-                "(see docs/fleet.md) so that workers know how to log in"
-            )
-        return [_from_record(vm, "local", {}) for vm in report.select()]
+        plans = reading.plans(SurveyReport.from_json(raw), source, {}, {})
+        if not plans:
+            raise UsageError(f"{source} selects no VM")
+        return plans
     connections = document.get("connections", {})
-    plans: list[AcquisitionPlan] = []
+    plans = []
     for entry in document.get("surveys", []):
-        report = SurveyReport.from_json((source.parent / entry["path"]).read_bytes())
-        connection = _connection(connections, entry.get("connection"), report.source.kind)
-        for vm in report.select(**entry.get("select", {})):
-            plans.append(_from_record(vm, *connection))
+        survey = source.parent / entry["path"]
+        try:
+            report = SurveyReport.from_json(survey.read_bytes())
+        except OSError as exc:
+            raise UsageError(f"cannot read the survey {survey}: {exc}") from exc
+        connection = connections.get(entry["connection"], None) if entry.get("connection") else {}
+        if connection is None:
+            raise UsageError(f"the plan names connection {entry['connection']!r}, which it does not define")
+        secrets = {**connection.get("secrets", {}), **entry.get("secrets", {})}
+        plans += reading.plans(report, survey, {**connection, "secrets": secrets}, entry.get("select", {}))
     for member in document.get("members", []):
         kind, settings, secrets = _connection(connections, member.get("connection"), "local")
         plans.append(
@@ -234,6 +261,55 @@ def plans_from_file(path: str | os.PathLike[str]) -> list[AcquisitionPlan]:
     if not plans:
         raise UsageError(f"{source} selects no VM")
     return plans
+
+
+@attrs.frozen
+class _SurveyReading:
+    """Plans from a survey report: its recorded acquirer settings, the options file's defaults for
+    that host, the plan's connection on top, and every secret the survey needed given a place."""
+
+    password: PasswordSource | None
+    host_defaults: Mapping[str, Mapping[str, Any]]
+
+    def plans(
+        self, report: Any, source: Path, connection: Mapping[str, Any], select: Mapping[str, Any]
+    ) -> list[AcquisitionPlan]:
+        from vmforensics.survey.models import AcquirerSettings
+
+        recorded = report.acquirer
+        if recorded is None and "kind" in connection:
+            recorded = AcquirerSettings(connection["kind"])
+        elif recorded is None:
+            if report.source.kind != "local":
+                raise UsageError(
+                    f"{source} is a {report.source.kind} survey that records no acquirer settings "
+                    "(made by an older vmforensics?): survey again, or name its connection in a batch plan"
+                )
+            recorded = AcquirerSettings("local")
+        kind = connection.get("kind", recorded.kind)
+        settings = {**recorded.settings, **connection.get("settings", {})}
+        host = settings.get("host")
+        defaults = self.host_defaults.get(host, {}) if isinstance(host, str) else {}
+        if defaults:
+            accepted = _parameters(kind)
+            settings = {**{k: v for k, v in defaults.items() if k in accepted}, **settings}
+        secrets: dict[str, Any] = dict(connection.get("secrets", {}))
+        for name in recorded.secrets:
+            if name not in secrets:
+                if self.password is None or name != "password":
+                    raise UsageError(
+                        f"{source}: the {kind} survey of {host or 'this machine'} logged in with a {name}; "
+                        "say where the workers find it: --password-env VAR, --password-keyring, or "
+                        'the plan\'s "secrets": {"password": {"env": VAR}}'
+                    )
+                secrets[name] = self.password(settings)
+        return [_from_record(vm, kind, settings, secrets) for vm in report.select(**select)]
+
+
+def _parameters(kind: str) -> frozenset[str]:
+    """The keyword names the acquirer of ``kind`` takes (to pick settings from the options file)."""
+    cls = load(ACQUIRER_KINDS[kind])
+    return frozenset(inspect.signature(cls.__init__).parameters) - {"self", "password", "options"}
 
 
 def _connection(

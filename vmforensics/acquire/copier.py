@@ -50,7 +50,7 @@ def copy_file(
 ) -> EvidenceFile:
     """Acquire ``remote_path`` as ``files/<dest_name>`` and return its sealed record."""
     label = source_label or remote_path
-    before = transport.stat(remote_path)
+    before = _stat(transport, remote_path, retries, backoff)
     if before.is_dir or before.is_symlink:
         kind = "a directory" if before.is_dir else "a symbolic link"
         raise SourceError(f"{label} is {kind}, not a file")
@@ -96,7 +96,7 @@ def copy_file(
         digests = writer.seal()
     finally:
         writer.close()
-    after = _stat_after(transport, remote_path)
+    after = _stat(transport, remote_path, retries, backoff)  # a drop here must not fail a complete copy
     changed = _changed(before, after) or writer.size != before.size
     notes: list[str] = []
     if changed:
@@ -209,16 +209,24 @@ def _fill(stream: Any, buffer: Buffer, writer: Any, progress: Progress | None) -
     return finished
 
 
-def _stat_after(transport: Transport, path: str) -> RemoteStat:
-    """The closing stat: a drop here must not fail a copy whose bytes are complete."""
-    try:
-        return transport.stat(path)
-    except (HostVerificationError, AuthenticationError):
-        raise
-    except ConnectionError_ as exc:
-        log.warning("%s: connection lost before the closing stat (%s); reconnecting once", path, exc)
-        transport.reconnect()
-        return transport.stat(path)
+def _stat(transport: Transport, path: str, retries: int, backoff: float) -> RemoteStat:
+    """``transport.stat`` that survives a dropped connection: reconnect with backoff, ``retries`` times."""
+    attempt = 0
+    while True:
+        try:
+            return transport.stat(path)
+        except (HostVerificationError, AuthenticationError):
+            raise
+        except ConnectionError_ as exc:
+            attempt += 1
+            if attempt > retries:
+                raise
+            log.warning("%s: connection lost at stat (%s); reconnecting", path, exc)
+            time.sleep(min(backoff * 2 ** (attempt - 1), 30))
+            try:
+                transport.reconnect()
+            except ConnectionError_ as again:
+                log.warning("%s: reconnect failed: %s", path, again)
 
 
 def _changed(before: RemoteStat, after: RemoteStat) -> bool:

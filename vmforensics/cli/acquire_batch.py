@@ -14,11 +14,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "acquire-batch",
         help="acquire every VM a plan selects, on local threads or Dask workers, into one signed batch",
-        description="PLAN.json is a `survey local --json` report or a batch plan naming connections "
-        "(docs/fleet.md). Secrets are named by the plan (environment variable, keyring) and read on "
-        "the workers; the key passphrase too: set --key-passphrase-env's variable on every worker.",
+        description="PLAN.json is a `survey … --json` report (any hypervisor: it records how to "
+        "connect, never a secret) or a batch plan naming surveys and connections (docs/fleet.md). "
+        "Secrets are named (--password-env, --password-keyring, or per host in the plan) and read on "
+        "the workers; the key passphrase too: set --key-passphrase-env's variable on every worker. "
+        'Settings of the options file\'s [hosts."NAME"] table fill what a survey does not record.',
     )
-    parser.add_argument("plan", help="the plan: a local survey's JSON, or a batch plan")
+    parser.add_argument("plan", help="the plan: a survey's JSON, or a batch plan")
     parser.add_argument(
         "--out", required=True, help="the batch directory (new or empty; existing with --resume)"
     )
@@ -28,6 +30,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument(
         "--worker-root", metavar="DIR", help="where workers write the members (default: --out as they see it)"
     )
+    secrets = parser.add_argument_group(
+        "secrets (read on each worker, never sent to it; a batch plan may name them per host instead)"
+    )
+    place = secrets.add_mutually_exclusive_group()
+    place.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="the hosts' password is in this environment variable on every worker",
+    )
+    place.add_argument(
+        "--password-keyring",
+        action="store_true",
+        help="the workers' keyring holds each host's password (service vmforensics:HOST, the survey's user)",
+    )
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-total", type=int, metavar="N", help="at most N acquisitions overall")
     limits.add_argument("--per-host", type=int, metavar="N", help="at most N at once per hypervisor host")
@@ -35,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_case_options(parser.add_argument_group("case"))
     signing = parser.add_argument_group("signing")
     add_signing_options(signing)
+    signing.add_argument(
+        "--cert",
+        metavar="PEM",
+        help="the examiner's certificate chain (leaf first) for the key, on every worker",
+    )
     signing.add_argument("--pkcs11-module", metavar="SO", help="sign on a PKCS#11 token: the module library")
     signing.add_argument("--pkcs11-token", metavar="LABEL", help="the token's label (with --pkcs11-module)")
     signing.add_argument("--pkcs11-key", metavar="LABEL", help="the key's label (with --pkcs11-module)")
@@ -55,10 +76,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from vmforensics.acquire.batch import Limits, run_batch
     from vmforensics.acquire.batch_plan import plans_from_file
+    from vmforensics.cli.config import config_path, load_hosts
 
     if (args.local is None) == (args.scheduler is None):
         raise UsageError("say where the work runs: --local N or --scheduler ADDRESS")
-    plans = plans_from_file(args.plan)
+    plans = plans_from_file(
+        args.plan, password=_password_source(args), host_defaults=load_hosts(config_path())
+    )
     case = case_from_args(args)
     limits = Limits(
         total=args.local or args.max_total, per_host=args.per_host, per_datastore=args.per_datastore
@@ -101,6 +125,21 @@ def _client(address: str) -> Any:
     return Client(address)
 
 
+def _password_source(args: argparse.Namespace) -> Any:
+    """Where workers read the password a survey logged in with: one variable, or the keyring entry
+    ``vmforensics:HOST`` for the survey's user (as ``acquire`` looks it up)."""
+    from vmforensics.acquire.batch_plan import SecretRef
+    from vmforensics.cli.common import KEYRING_SERVICE_PREFIX
+
+    if args.password_env:
+        return lambda settings: SecretRef(env=args.password_env)
+    if args.password_keyring:
+        return lambda settings: SecretRef(
+            keyring=(f"{KEYRING_SERVICE_PREFIX}{settings.get('host')}", str(settings.get("user")))
+        )
+    return None
+
+
 def _key_ref(args: argparse.Namespace) -> Any:
     """The key as workers load it: the PEM path (and the passphrase's variable if it is encrypted),
     or the token's module and labels (the PIN from $VMFORENSICS_PKCS11_PIN on every worker)."""
@@ -112,11 +151,15 @@ def _key_ref(args: argparse.Namespace) -> Any:
         if args.key or not args.pkcs11_token or not args.pkcs11_key:
             raise UsageError("--pkcs11-module needs --pkcs11-token and --pkcs11-key (and no --key)")
         pin = SecretRef(env=PKCS11_PIN_ENV)
-        return TokenKeyRef(args.pkcs11_module, args.pkcs11_token, args.pkcs11_key, pin=pin)
+        return TokenKeyRef(
+            args.pkcs11_module, args.pkcs11_token, args.pkcs11_key, pin=pin, certificates=args.cert
+        )
     if not args.key:
+        if args.cert:
+            raise UsageError("--cert certifies a key: give --key PEM or --pkcs11-module too")
         return None
     try:
         SigningKey.load(args.key)
     except Exception:
-        return KeyRef(args.key, SecretRef(env=args.key_passphrase_env))
-    return KeyRef(args.key)
+        return KeyRef(args.key, SecretRef(env=args.key_passphrase_env), certificates=args.cert)
+    return KeyRef(args.key, certificates=args.cert)

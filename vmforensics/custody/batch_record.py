@@ -21,6 +21,13 @@ from typing import Any
 
 import attrs
 
+from vmforensics.custody.certificates import (
+    SIGNER_POLICY,
+    chain_pem,
+    load_certificates,
+    subject_of,
+    validate_chain,
+)
 from vmforensics.custody.ledger import check_chain
 from vmforensics.custody.models import canonical_json, utc_now
 from vmforensics.custody.seal import MANIFEST_NAME, signature_record, write_exclusive
@@ -30,10 +37,13 @@ from vmforensics.errors import SigningKeyError, UsageError
 RECORD_NAME = "batch.json"
 RECORD_SIGNATURE = "batch.json.sig"
 RECORD_KEY = "batch.json.pub"
+RECORD_CHAIN = "batch.json.chain.pem"  # the examiner's certificate chain, when the key has one
 BATCH_LEDGER = "batch.log.jsonl"
 HISTORY_DIR = "history"
 SCHEMA = "vmforensics-batch/1"
-RESERVED_NAMES = frozenset({RECORD_NAME, RECORD_SIGNATURE, RECORD_KEY, BATCH_LEDGER, HISTORY_DIR})
+RESERVED_NAMES = frozenset(
+    {RECORD_NAME, RECORD_SIGNATURE, RECORD_KEY, RECORD_CHAIN, BATCH_LEDGER, HISTORY_DIR}
+)
 OUTCOMES = ("sealed", "failed", "not started")
 
 
@@ -47,6 +57,8 @@ def write_record(root: Path, record: dict[str, Any], key: Signer) -> str:
     write_exclusive(root / RECORD_NAME, body)
     write_exclusive(root / RECORD_SIGNATURE, signature_record(body, key, signed_file=RECORD_NAME))
     write_exclusive(root / RECORD_KEY, key.public_key().to_pem())
+    if key.certificates:
+        write_exclusive(root / RECORD_CHAIN, chain_pem(key.certificates))
     return hashlib.sha256(body).hexdigest()
 
 
@@ -55,7 +67,9 @@ def retire_record(root: Path, run: int) -> dict[str, str]:
     history = root / HISTORY_DIR
     history.mkdir(exist_ok=True)
     moved = {}
-    for name in (RECORD_NAME, RECORD_SIGNATURE, RECORD_KEY):
+    for name in (RECORD_NAME, RECORD_SIGNATURE, RECORD_KEY, RECORD_CHAIN):
+        if name == RECORD_CHAIN and not (root / name).exists():
+            continue
         target = history / name.replace("batch", f"batch-{run}", 1)
         if target.exists():
             raise UsageError(f"{target} already exists; the batch history is never overwritten")
@@ -96,6 +110,8 @@ class BatchVerificationReport:
     key_id: str | None = None
     key_source: str | None = None
     batch_id: str | None = None
+    certificate_status: str | None = None  # with ca=: VERIFIED or FAILED (the record's signer chain)
+    certificate: str | None = None  # what was proven, or why not
 
     @property
     def ok(self) -> bool:
@@ -104,6 +120,7 @@ class BatchVerificationReport:
             and self.signature_status == "VALID"
             and self.ledger_status == "OK"
             and all(m.status == "OK" for m in self.members)
+            and self.certificate_status != "FAILED"
             and not self.problems
         )
 
@@ -117,6 +134,11 @@ class BatchVerificationReport:
             f"{'VERIFIED' if self.ok else 'FAILED'}: batch {self.path}",
             f"record: {self.record_status}",
             f"signature: {self.signature_status}{key}",
+            *(
+                [f"certificate: {self.certificate_status}: {self.certificate}"]
+                if self.certificate_status
+                else []
+            ),
             f"batch ledger: {self.ledger_status}",
             f"members: {counts}",
         ]
@@ -175,6 +197,9 @@ def verify_batch(
     key, key_source = _key(root, public_key, problems)
     signature_status = _signature(body, root / RECORD_SIGNATURE, key, record.get("signer_key_id"), problems)
     ledger_status = _ledger(root, record, problems)
+    certificate_status, certificate = (
+        _certificate(root, record, options["ca"]) if options.get("ca") is not None else (None, None)
+    )
     members = tuple(_member(root, entry, public_key, options, verify) for entry in record.get("members", []))
     problems += _extras(root, {m.directory for m in members})
     return BatchVerificationReport(
@@ -188,6 +213,43 @@ def verify_batch(
         key_id=key.key_id if key else None,
         key_source=key_source,
         batch_id=record.get("batch_id"),
+        certificate_status=certificate_status,
+        certificate=certificate,
+    )
+
+
+def _certificate(root: Path, record: dict[str, Any], ca: Any) -> tuple[str, str]:
+    """The record's signer chain through the lab's CA at the record's sealing time; its leaf must
+    certify the key that signed the record."""
+    import datetime as dt
+
+    from cryptography.x509.verification import VerificationError
+
+    from vmforensics.custody.signing import VerifyKey
+
+    path = root / RECORD_CHAIN
+    if not path.is_file() or path.is_symlink():
+        return "FAILED", f"no {RECORD_CHAIN}: the record was signed by a bare key"
+    try:
+        chain = load_certificates(path, what="certificate chain")
+        roots = load_certificates(ca, what="CA certificate")
+        leaf_key = VerifyKey(chain[0].public_key())  # type: ignore[arg-type]
+        at = dt.datetime.fromisoformat(str(record.get("sealed_at")).replace("Z", "+00:00"))
+    except (SigningKeyError, ValueError) as exc:
+        return "FAILED", f"{RECORD_CHAIN}: {exc}"
+    subject = subject_of(chain[0])
+    if leaf_key.key_id != record.get("signer_key_id"):
+        return (
+            "FAILED",
+            f'"{subject}" certifies key {leaf_key.key_id}, not the signer {record.get("signer_key_id")}',
+        )
+    try:
+        path_found = validate_chain(chain[0], chain[1:], roots, at, SIGNER_POLICY)
+    except VerificationError as exc:
+        return "FAILED", f'"{subject}" is not valid through the given CA at {record.get("sealed_at")}: {exc}'
+    return (
+        "VERIFIED",
+        f'"{subject}" via CA "{subject_of(path_found[-1])}" (valid at {record.get("sealed_at")})',
     )
 
 

@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -181,6 +182,35 @@ class Finding:
     facts: dict[str, Any] = attrs.field(converter=plain_dict, factory=dict)
 
 
+#: Setting names that look like secrets: never in a survey's acquirer settings nor a batch plan's.
+SECRET_SETTING = re.compile(r"pass(word|phrase)|secret|token|private|cookie", re.IGNORECASE)
+
+
+def _public_settings(value: Any) -> dict[str, Any]:
+    plain = plain_dict(value)
+    leaked = sorted(name for name in plain if SECRET_SETTING.search(name))
+    if leaked:
+        raise UsageError(f"acquirer settings never hold secrets: {', '.join(leaked)}")
+    return plain
+
+
+@attrs.frozen
+class AcquirerSettings:
+    """How an acquirer reaches the surveyed source again: its kind (vmforensics.hypervisors), the
+    constructor settings the survey connected with (host, port, user, TLS pin or CA file, known_hosts
+    or host key fingerprint...), and the names of the secrets it needs (never their values)."""
+
+    kind: str
+    settings: dict[str, Any] = attrs.field(converter=_public_settings, factory=dict)
+    secrets: tuple[str, ...] = attrs.field(converter=string_tuple, factory=tuple)
+
+    @classmethod
+    def of(cls, kind: str, secrets: Iterable[str] = (), **settings: Any) -> AcquirerSettings:
+        """Settings given as keywords; those that are None (left at the acquirer's default) are dropped."""
+        given = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in settings.items()}
+        return cls(kind, {k: v for k, v in given.items() if v is not None}, tuple(secrets))
+
+
 @attrs.frozen
 class Thresholds:
     """When a fact becomes a finding. Defaults follow vendor guidance where there is one."""
@@ -239,6 +269,8 @@ class SurveyReport:
         converter=converter_for(ExaminerHost), factory=ExaminerHost.current
     )
     tool: Tool = attrs.field(converter=converter_for(Tool), factory=Tool)
+    #: How a worker connects to acquire this report's VMs (``acquire-batch`` plans from it).
+    acquirer: AcquirerSettings | None = attrs.field(converter=optional_of(AcquirerSettings), default=None)
 
     # --- views -----------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from vmforensics.hypervisors.hyperv.winrm import PowerShellSession, WinRMAuth
 from vmforensics.survey import macs
 from vmforensics.survey.findings import with_findings
 from vmforensics.survey.models import (
+    AcquirerSettings,
     DiskRecord,
     FileRecord,
     HostRecord,
@@ -118,7 +119,22 @@ def survey_hyperv(
         powershell.close()
     connection["scripts_run"] = ran
     source = attrs.evolve(report.source, connection=connection)
-    return attrs.evolve(report, source=source, duration=round(time.monotonic() - began, 6))
+    reconnect = AcquirerSettings.of(  # an opted-out certificate check is not carried into a plan
+        "hyperv",
+        ["password"],
+        host=host,
+        user=user,
+        transport=transport,
+        winrm_https=winrm_https,
+        winrm_port=winrm_port,
+        ca_bundle=ca_bundle,
+        smb_host=smb_host,
+        smb_port=smb_port,
+        smb_encrypt=smb_encrypt,
+    )
+    return attrs.evolve(
+        report, source=source, duration=round(time.monotonic() - began, 6), acquirer=reconnect
+    )
 
 
 def host_clock(powershell: PowerShellSession) -> ClockReading:

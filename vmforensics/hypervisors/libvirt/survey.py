@@ -46,6 +46,7 @@ from vmforensics.hypervisors.libvirt.host import (
 from vmforensics.hypervisors.libvirt.roots import FILE_POOLS, check_member, disk_folders
 from vmforensics.survey.findings import with_findings
 from vmforensics.survey.models import (
+    AcquirerSettings,
     DiskRecord,
     FileRecord,
     HostRecord,
@@ -122,7 +123,20 @@ def survey_libvirt(
     finally:
         runner.close()
         files.close()
-    return attrs.evolve(report, duration=round(time.monotonic() - began, 6))
+    reconnect = AcquirerSettings.of(
+        "libvirt",
+        ["password"] if password is not None else [],
+        host=host,
+        user=user or getpass.getuser(),
+        port=port,
+        identity=identity,
+        known_hosts=known_hosts,
+        host_key_fingerprint=host_key_fingerprint,
+        uri=uri,
+        virsh=virsh,
+        qemu_img=qemu_img,
+    )
+    return attrs.evolve(report, duration=round(time.monotonic() - began, 6), acquirer=reconnect)
 
 
 def host_clock(commands: Host) -> ClockReading:

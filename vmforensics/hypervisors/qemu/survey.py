@@ -38,6 +38,7 @@ from vmforensics.hypervisors.qemu.proxmox import (
 )
 from vmforensics.survey.findings import with_findings
 from vmforensics.survey.models import (
+    AcquirerSettings,
     DiskRecord,
     FileRecord,
     HostRecord,
@@ -93,7 +94,20 @@ def survey_proxmox(
         )
     finally:
         node.close()
-    return attrs.evolve(report, duration=round(time.monotonic() - began, 6))
+    reconnect = AcquirerSettings.of(
+        "proxmox",
+        ["password"] if password is not None else [],
+        host=host,
+        user=user or getpass.getuser(),
+        port=port,
+        identity=identity,
+        known_hosts=known_hosts,
+        host_key_fingerprint=host_key_fingerprint,
+        config_root=config_root,
+        run_root=run_root,
+        socat=socat,
+    )
+    return attrs.evolve(report, duration=round(time.monotonic() - began, 6), acquirer=reconnect)
 
 
 class _Survey:

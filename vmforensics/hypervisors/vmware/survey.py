@@ -40,6 +40,7 @@ from vmforensics.hypervisors.vmware.api import (
 from vmforensics.hypervisors.vmware.tls import certificate_facts, peer_certificate
 from vmforensics.survey.findings import with_findings
 from vmforensics.survey.models import (
+    AcquirerSettings,
     DiskRecord,
     FileRecord,
     HostRecord,
@@ -132,6 +133,10 @@ def survey_vmware(
         tls_thumbprint=tls_thumbprint,
         insecure=insecure,
     )
+    # --insecure is a per-run decision: a plan made from this survey verifies TLS again
+    reconnect = AcquirerSettings.of(
+        "vmware", ["password"], host=host, port=port, user=user, tls_ca=tls_ca, tls_thumbprint=tls_thumbprint
+    )
     context, pinned = settings.tls.context(host, port, timeout)
     si = login(host, port, user, password, context, timeout)
     try:
@@ -163,7 +168,7 @@ def survey_vmware(
         )
     finally:
         logout(si)
-    return attrs.evolve(report, duration=round(time.monotonic() - began, 6))
+    return attrs.evolve(report, duration=round(time.monotonic() - began, 6), acquirer=reconnect)
 
 
 def survey_service_instance(
