@@ -612,6 +612,25 @@ def test_vmdk_layer_whose_extents_qemu_img_would_open_is_refused(lab, sshd, tmp_
         lab.remove_domain(name)
 
 
+def test_a_fifo_where_the_domain_log_should_be_is_an_omission_without_waiting(lab, sshd, tmp_path):
+    """Files beside the chain (log, nvram, memory and state files) are typed on the host before the
+    SFTP open, which a FIFO would block."""
+    _, top = lab.make_chain(tmp_path / "host")
+    name = "vmf-logfifo"
+    log = Path(f"/var/log/libvirt/qemu/{name}.log")
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:05:08"), start=False)
+    log.unlink(missing_ok=True)
+    os.mkfifo(log)
+    try:
+        result = _acquire_in_time(sshd, name, tmp_path / "ev")
+        reasons = {o.source_path: o.reason for o in result.manifest.omissions}
+        assert f"{log} is a fifo, not a regular file" in reasons[str(log)]
+        assert verify(result.path).ok
+    finally:
+        log.unlink(missing_ok=True)
+        lab.remove_domain(name)
+
+
 # -- domain XML, no daemon needed ------------------------------------------------------------------
 
 

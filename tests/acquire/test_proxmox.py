@@ -143,6 +143,49 @@ def test_volume_names_that_leave_their_storage_are_omitted(sshd, node, tmp_path)
     assert "not in storage.cfg" in reasons["nowhere:vm-103-disk-0"]
 
 
+def test_stopped_vm_whose_backing_files_are_a_fifo_and_outside_the_storages_does_not_block(
+    sshd, node, tmp_path
+):
+    """qemu-img info --backing-chain would open both (and block on the FIFO until its timeout): each
+    file is checked before qemu-img sees it, and the ledger's command list proves it never did."""
+    import os
+    import threading
+
+    folder = node.images / "104"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "pipe.qcow2")
+    outside = short_root("pvx")
+    os.mkfifo(outside / "trap.qcow2")
+    for disk, backing in (
+        ("vm-104-disk-0.qcow2", folder / "pipe.qcow2"),
+        ("vm-104-disk-1.qcow2", outside / "trap.qcow2"),
+    ):
+        qemu_img(
+            "create", "-q", "-f", "qcow2", "-u", "-b", str(backing), "-F", "qcow2", str(folder / disk), "1M"
+        )
+    conf = f"name: fifo01\nsmbios1: uuid={UUID}\nscsi0: local:104/vm-104-disk-0.qcow2\nscsi1: local:104/vm-104-disk-1.qcow2\n"
+    node.write_vm(104, name="fifo01", uuid=UUID, mac=MAC, conf=conf)
+    outcome: list[object] = []
+    acq = acquirer(sshd, node, command_timeout=30)
+    worker = threading.Thread(
+        target=lambda: outcome.append(acq.acquire("104", tmp_path / "out", case=CASE, progress=False)),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "the acquisition blocked on a FIFO the chain names"
+    (result,) = outcome
+    reasons = {o.source_path: o.reason for o in result.omissions}
+    assert "is a fifo, not a regular file" in reasons[str(folder / "pipe.qcow2")]
+    assert "outside the acquisition roots" in reasons[str(outside / "trap.qcow2")]
+    assert {"disks/scsi0/vm-104-disk-0.qcow2", "disks/scsi1/vm-104-disk-1.qcow2"} <= set(by_name(result))
+    ledger = [json.loads(line) for line in (tmp_path / "out" / "custody.log.jsonl").read_text().splitlines()]
+    sent = [c["command"] for e in ledger if e["action"] == "host-commands" for c in e["details"]["commands"]]
+    assert not [c for c in sent if "qemu-img" in c and ("pipe.qcow2" in c or "trap.qcow2" in c)]
+    assert not [c for c in sent if "--backing-chain" in c]
+    assert verify(tmp_path / "out").ok
+
+
 # -- the parsers on hostile text ----------------------------------------------------------------
 
 

@@ -197,9 +197,10 @@ def test_a_path_without_a_qmp_socket_is_a_clear_error(sshd, tmp_path):
 
 def test_on_the_host_itself_without_ssh(tmp_path):
     root = short_root("ql")
+    out = short_root("qlo") / "out"  # not beneath the drive's folder: that is refused (below)
     with Guest(root, name="lo01") as guest:
         result = QemuAcquirer(None).acquire(
-            str(guest.qmp_path), root / "out", case=CASE, preserve="pause", progress=False
+            str(guest.qmp_path), out, case=CASE, preserve="pause", progress=False
         )
         assert verify(result.path).ok
         assert result.manifest.source.connection["transport"] == "file"
@@ -380,6 +381,32 @@ def test_backing_file_that_is_a_symbolic_link_is_omitted(sshd):
         result = acquirer(sshd).acquire(str(guest.qmp_path), root / "out", case=CASE, progress=False)
     reasons = {o.source_path: o.reason for o in result.omissions}
     assert "symbolic link" in reasons[str(root / "base.qcow2")]
+
+
+def test_backing_file_through_a_symlinked_directory_is_omitted_locally_and_over_ssh(sshd):
+    """The backing name is lexically beneath the drive's folder, but a folder on the way is a link
+    to a place outside it; locally the confinement resolves by descriptor, over SSH every component
+    is stat-ed. On this machine ``--out`` inside the drive's folder is refused before anything is
+    written (the folders come from a read-only QMP query-block)."""
+    root = short_root("qd")
+    elsewhere = short_root("qx")
+    qemu_img("create", "-q", "-f", "qcow2", str(elsewhere / "base.qcow2"), "16M")
+    (root / "link").symlink_to(elsewhere, target_is_directory=True)
+    backing = str(root / "link" / "base.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", str(root / "disk0.qcow2"))
+    outs = short_root("qdo")
+    with Guest(root, name="sd01") as guest:
+        with pytest.raises(UsageError, match="inside the source"):
+            QemuAcquirer(None).acquire(str(guest.qmp_path), root / "ev", case=CASE, progress=False)
+        assert not (root / "ev").exists()
+        local = QemuAcquirer(None).acquire(str(guest.qmp_path), outs / "local", case=CASE, progress=False)
+        remote = acquirer(sshd).acquire(str(guest.qmp_path), outs / "ssh", case=CASE, progress=False)
+    for result in (local, remote):
+        reasons = {o.source_path: o.reason for o in result.omissions}
+        assert "symbolic link" in reasons[backing], reasons
+        assert not any(f.local_path.endswith("base.qcow2") for f in result.files)
+        assert any(f.local_path.endswith("disk0.qcow2") for f in result.files)
+        assert verify(result.path).ok
 
 
 def test_cli_acquire_qemu_pauses_acquires_and_resumes(sshd, capsys):

@@ -426,11 +426,16 @@ class LibvirtAcquirer(Acquirer):
         layers = []
         for layer in chain.layers:
             item: dict[str, Any] = {"source": layer.path, **layer.describe()}
-            dest = plan.add_host_file(layer.path, f"{folder}/{_safe(posixpath.basename(layer.path))}", "disk")
+            dest = plan.add_host_file(
+                layer.path, f"{folder}/{_safe(posixpath.basename(layer.path))}", "disk", checked=True
+            )
             item["evidence"] = f"files/{dest}" if dest else None
             if layer.data_file:
                 data_dest = plan.add_host_file(
-                    layer.data_file, f"{folder}/{_safe(posixpath.basename(layer.data_file))}", "disk"
+                    layer.data_file,
+                    f"{folder}/{_safe(posixpath.basename(layer.data_file))}",
+                    "disk",
+                    checked=True,
                 )
                 item["data_file_evidence"] = f"files/{data_dest}" if data_dest else None
             layers.append(item)
@@ -523,11 +528,18 @@ class _Plan:
             return Refusal(path, "the acquisition has no root to confine disk files to", OUTSIDE)
         return check_member(self.commands, self.confinement, path)
 
-    def add_host_file(self, path: str, dest: str, role: str) -> str | None:
-        """Plan a host file after checking it exists; else record the omission (None)."""
+    def add_host_file(self, path: str, dest: str, role: str, *, checked: bool = False) -> str | None:
+        """Plan a host file after checking it is a regular file (``stat -c %F``, links not followed,
+        unless a chain walk ``checked`` it already); else record the omission (None)."""
         if path in self.by_source:
             return self.by_source[path]
         assert self.transport is not None
+        if not checked and self.commands is not None and posixpath.isabs(path):
+            own_folder = RemoteConfinement([posixpath.dirname(path)])
+            typed = check_member(self.commands, own_folder, path)  # a FIFO would block the SFTP open
+            if isinstance(typed, Refusal):
+                self.session.omit(path, role, f"not readable on the host: {typed.reason}")
+                return None
         try:
             info = self.transport.stat(path)
         except SourceError as exc:

@@ -332,9 +332,13 @@ class _Survey:
         )
 
     def _disk(self, disk: Any, confinement: RemoteConfinement | None) -> DiskRecord:
-        if disk.type not in ("file", "volume") or not disk.path or confinement is None:
+        if disk.type not in ("file", "volume") or not disk.path:
             where = disk.path or disk.network_name or disk.target
             return DiskRecord(path=str(where), format=disk.format, error=f"{disk.type} disk: no chain read")
+        if confinement is None:  # a relative source path: no folder to confine its chain to
+            return DiskRecord(
+                path=disk.path, format=disk.format, error="not an absolute host path: no chain read"
+            )
 
         def check(path: str) -> ConfinedPath | Refusal:
             return check_member(self.commands, confinement, path)

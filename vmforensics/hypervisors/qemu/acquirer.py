@@ -11,9 +11,10 @@ snapshots, disks on its storages) and works on VMs that are not running (``prese
 
 from __future__ import annotations
 
+import contextlib
 import getpass
-import json
 import logging
+import os
 import posixpath
 import re
 from collections.abc import Sequence
@@ -24,12 +25,14 @@ import attrs
 
 from vmforensics.acquire.base import Acquirer, PlannedFile, Session
 from vmforensics.acquire.clock import measure_clock
+from vmforensics.confine import open_named_file
 from vmforensics.custody.models import SourceInfo, VMIdentity
-from vmforensics.errors import SourceError, UsageError, VMNotFoundError
+from vmforensics.errors import RefusedPathError, SourceError, UsageError, VMNotFoundError
 from vmforensics.hypervisors.qemu.blockdev import BlockDeviceTransport
+from vmforensics.hypervisors.qemu.chain import read_chain
 from vmforensics.hypervisors.qemu.files import Plan, safe_name
 from vmforensics.hypervisors.qemu.host import QemuHost
-from vmforensics.hypervisors.qemu.identify import BlockDevice, layers_from_list, run_state, vm_facts
+from vmforensics.hypervisors.qemu.identify import BlockDevice, run_state, vm_facts
 from vmforensics.hypervisors.qemu.preserve import QemuControl
 from vmforensics.hypervisors.qemu.proxmox import (
     CONFIG_LIMIT,
@@ -131,6 +134,32 @@ class QemuAcquirer(Acquirer):
         if self._host is None:
             raise SourceError("not connected")
         return self._host
+
+    # -- out of source ---------------------------------------------------------------------------
+
+    def source_roots(self, target: str) -> list[Path]:
+        """On this machine: the examiner's host paths and the folders of the images QEMU has open
+        (one read-only QMP ``query-block``), so that ``--out`` can be refused before anything is
+        written. A remote host's folders are not this machine's."""
+        if self.host is not None:
+            return []
+        roots = [*(p for p in (self.host_workdir, *self.log_files, *self.config_files) if p)]
+        roots += self._local_socket_roots(self._socket_of(target))
+        return [Path(p) for p in sorted(set(roots))]
+
+    def _socket_of(self, target: str) -> str | None:
+        return target if posixpath.isabs(target) else None
+
+    def _local_socket_roots(self, socket_path: str | None) -> list[str]:
+        if socket_path is None or not Path(socket_path).is_socket():
+            return []
+        host = QemuHost(None, user=self.user, socat=self.socat, timeout=self.command_timeout)
+        try:
+            with host.qmp(socket_path) as qmp:
+                return list(_folders(vm_facts(qmp)["devices"]))
+        except (SourceError, UsageError) as exc:  # identify reports it properly
+            log.debug("no drive folders from %s: %s", socket_path, exc)
+            return []
 
     # -- identify --------------------------------------------------------------------------------
 
@@ -240,7 +269,9 @@ class QemuAcquirer(Acquirer):
             plan.add(path, f"logs/{safe_name(posixpath.basename(path))}", "log")
         session.vm = attrs.evolve(session.vm, details={**session.vm.details, "disk_chains": chains})
         session.ledger.append("disk-chains", chains=chains)
-        self._transport = BlockDeviceTransport(self._run, plan.devices)
+        self._transport = BlockDeviceTransport(
+            self._run, plan.devices, plan.confined_reader(), plan.confined_paths
+        )
         return plan.files
 
     def _roots(self, session: Session) -> list[str]:
@@ -278,19 +309,13 @@ class QemuAcquirer(Acquirer):
             chains.append(plan.chain(device.name, layers, device.chain_cut))
         return chains
 
-    def chain_on_host(self, path: str, image_format: str | None) -> tuple[Any, bool]:
-        """``qemu-img info -U --backing-chain`` on the host (for images no QEMU has open)."""
-        args = [self.qemu_img, "info", "-U", "--backing-chain", "--output=json"]
-        args += ["-f", image_format] if image_format else []
-        result = self._run.run([*args, "--", path], check=False)
-        if result.status != 0:
-            raise SourceError(
-                f"qemu-img info of {path} failed: {result.stderr.decode('utf-8', 'replace').strip()[:500]}"
-            )
-        try:
-            return layers_from_list(json.loads(result.stdout))
-        except ValueError as exc:
-            raise SourceError(f"qemu-img info of {path} did not return JSON: {exc}") from exc
+    def chain_on_host(self, plan: Plan, drive: str, path: str) -> dict[str, Any]:
+        """The chain of an image no QEMU has open, each file checked before qemu-img opens it."""
+        layers, cut, refused = read_chain(self._run, self.qemu_img, path, None, plan.check)
+        if refused is not None:
+            named = f"; named {refused.reference!r} in {layers[-1].filename}" if layers else ""
+            plan.session.omit(refused.reference, "disk", f"{refused}{named}; not read")
+        return plan.chain(drive, layers, cut, first_confined=True)
 
     # -- transport and lifetime ------------------------------------------------------------------
 
@@ -350,6 +375,25 @@ class ProxmoxAcquirer(QemuAcquirer):
 
     def _qmp_route(self) -> str:
         return super()._qmp_route().replace("<socket>", f"{self.run_root}/<vmid>.qmp")
+
+    def _socket_of(self, target: str) -> str | None:
+        vmid = str(target).strip()
+        return f"{self.run_root}/{vmid}.qmp" if _VMID.match(vmid) else None
+
+    def source_roots(self, target: str) -> list[Path]:
+        """The QEMU roots, the node's config folder and the folder of every storage in storage.cfg."""
+        if self.host is not None:
+            return []
+        roots = {str(p) for p in super().source_roots(target)} | {self.config_root}
+        try:
+            fd = open_named_file(f"{self.config_root}/storage.cfg")  # a FIFO is refused, never opened
+        except RefusedPathError:
+            return [Path(p) for p in sorted(roots)]
+        with os.fdopen(fd, "rb") as handle:
+            text = handle.read(CONFIG_LIMIT).decode("utf-8", "replace")
+        with contextlib.suppress(SourceError):  # identify refuses a broken file with its line
+            roots |= {f for s in parse_storage_config(text).values() if (f := storage_folder(s))}
+        return [Path(p) for p in sorted(roots)]
 
     def identify(self, session: Session, target: str) -> VMIdentity:
         vmid = str(target).strip()
@@ -470,9 +514,9 @@ class ProxmoxAcquirer(QemuAcquirer):
                         label,
                     )
                 elif not running and section.name is None and volume.kind == "file":
-                    layers, cut = self.chain_on_host(volume.path, None)
-                    open_files.update(layer.filename for layer in layers)
-                    chains.append(plan.chain(key, layers, cut))
+                    chain = self.chain_on_host(plan, key, volume.path)
+                    open_files.update(layer["source"] for layer in chain["layers"])
+                    chains.append(chain)
                 else:
                     plan.add(
                         volume.path,

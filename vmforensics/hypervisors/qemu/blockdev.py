@@ -8,7 +8,7 @@ bytes expected; every other path goes to the host's file transport unchanged.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vmforensics.errors import SourceError
@@ -42,11 +42,20 @@ class _DeviceFile:
 class BlockDeviceTransport(Transport):
     """``devices`` (path -> size in bytes) through ``dd`` on the host, other paths through its files."""
 
-    def __init__(self, host: QemuHost, devices: dict[str, int]):
+    def __init__(
+        self,
+        host: QemuHost,
+        devices: dict[str, int],
+        confined: Transport | None = None,
+        confined_paths: Iterable[str] = (),
+    ):
         self.host = host
         self.inner = host.files
         self.devices = dict(devices)
         self.scheme = self.inner.scheme
+        #: Files named by source content, read by descriptor beneath the roots (this machine only).
+        self.confined = confined
+        self.confined_paths = frozenset(confined_paths)
 
     def stat(self, path: str) -> RemoteStat:
         if path in self.devices:
@@ -61,6 +70,8 @@ class BlockDeviceTransport(Transport):
 
     def open_read(self, path: str, offset: int = 0) -> ReadStream:
         if path not in self.devices:
+            if self.confined is not None and path in self.confined_paths:
+                return self.confined.open_read(path, offset)
             return self.inner.open_read(path, offset)
         size = self.devices[path]
         if not 0 <= offset <= size:

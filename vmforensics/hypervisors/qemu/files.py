@@ -10,8 +10,10 @@ A path is planned only after the host confirms it is a file (or a block device, 
 read at ``blockdev --getsize64``); anything else becomes an omission with the reason. The images
 a drive has open are named by QEMU; the backing files below them are named inside image headers
 (source content), so they go through :class:`~vmforensics.confine.RemoteConfinement`: beneath the
-folders of the drives' images, the Proxmox storages and the examiner's ``allowed_roots``, and not
-a symbolic link or a directory as the host reports it.
+folders of the drives' images, the Proxmox storages and the examiner's ``allowed_roots``, with no
+symbolic link on any component below the root and a regular file at the end — checked with a
+local :class:`~vmforensics.confine.Confinement` on this machine (and read through it), with
+``stat -c %F`` on every component over SSH — and the folded path is what is read.
 """
 
 from __future__ import annotations
@@ -20,10 +22,21 @@ import posixpath
 from typing import Any
 
 from vmforensics.acquire.base import PlannedFile, Session
-from vmforensics.confine import Refusal, RemoteConfinement
+from vmforensics.confine import (
+    NOT_REGULAR,
+    OUTSIDE,
+    SYMLINK,
+    UNREADABLE,
+    ConfinedPath,
+    Confinement,
+    Refusal,
+    RemoteConfinement,
+)
 from vmforensics.errors import SourceError
 from vmforensics.hypervisors.qemu.host import QemuHost
 from vmforensics.hypervisors.qemu.identify import Layer
+from vmforensics.transport.base import Transport
+from vmforensics.transport.local import LocalTransport
 
 
 def safe_name(name: str) -> str:
@@ -40,8 +53,12 @@ class Plan:
         self.host = host
         allowed = session.options.get("allowed_roots") or ()
         self.confinement = RemoteConfinement(roots, allowed) if roots or allowed else None
+        #: On this machine: the same roots, resolved by descriptor (openat2 / O_NOFOLLOW per component).
+        self.local = Confinement(roots, allowed) if self.confinement and host.ssh is None else None
         self.files: list[PlannedFile] = []
         self.devices: dict[str, int] = {}
+        #: Planned paths that were named by source content (read through :meth:`confined_reader`).
+        self.confined_paths: set[str] = set()
         self._by_source: dict[str, str] = {}
         self._taken: set[str] = set()
 
@@ -57,16 +74,14 @@ class Plan:
         if not path.startswith("/") or "\0" in path:
             self.session.omit(path, role, "not a path on the host (a network or virtual image)")
             return None
+        label = label or path
         if confined:
-            if self.confinement is None:
-                self.session.omit(
-                    path, role, "named by an image, and the acquisition has no root to confine it to"
-                )
-                return None
-            resolved = self.confinement.resolve(path)
+            resolved = self.check(path)
             if isinstance(resolved, Refusal):
                 self.session.omit(path, role, str(resolved))
                 return None
+            path = resolved.path  # the folded path is read: on the host '..' after a link goes elsewhere
+            self.confined_paths.add(path)
         size: int | None
         if path.startswith("/dev/"):
             try:
@@ -84,29 +99,45 @@ class Plan:
             if info.is_dir:
                 self.session.omit(path, role, "a directory where a file was expected")
                 return None
-            if confined and self.confinement is not None:
-                checked = self.confinement.check_stat(
-                    resolved, is_dir=info.is_dir, is_symlink=info.is_symlink
-                )
-                if isinstance(checked, Refusal):
-                    self.session.omit(path, role, str(checked))
-                    return None
             size = info.size
         dest = self._unique(dest)
-        self.files.append(PlannedFile(path, dest, role, size, label or path))
+        self.files.append(PlannedFile(path, dest, role, size, label))
         self._by_source[path] = dest
         self._taken.add(dest)
         return dest
 
-    def chain(self, drive: str, layers: tuple[Layer, ...], cut: bool) -> dict[str, Any]:
-        """Plan every layer of one drive's chain; describe what went where."""
+    def check(self, path: str) -> ConfinedPath | Refusal:
+        """Whether a host path named by source content may be opened (never opens it on the host)."""
+        if self.confinement is None:
+            return Refusal(
+                path, "named by an image, and the acquisition has no root to confine it to", OUTSIDE
+            )
+        resolved = self.confinement.resolve(path)
+        if isinstance(resolved, Refusal):
+            return resolved
+        if self.local is not None:
+            checked = self.local.check(resolved.path)
+            return checked if isinstance(checked, Refusal) else resolved
+        return _check_components(self.host, resolved)
+
+    def confined_reader(self) -> Transport | None:
+        """On this machine, the transport that reads confined files by descriptor beneath the roots."""
+        return LocalTransport(self.local) if self.local is not None else None
+
+    def chain(
+        self, drive: str, layers: tuple[Layer, ...], cut: bool, *, first_confined: bool = False
+    ) -> dict[str, Any]:
+        """Plan every layer of one drive's chain; describe what went where.
+
+        Layers below the top are named by the image above them, so confined; ``first_confined``
+        confines the top too (a Proxmox volume path, built from the VM's config)."""
         planned = []
         for depth, layer in enumerate(layers):
             dest = self.add(
                 layer.filename,
                 f"disks/{safe_name(drive)}/{safe_name(posixpath.basename(layer.filename))}",
                 "disk",
-                confined=depth > 0,  # backing files are named by the image above them
+                confined=depth > 0 or first_confined,
             )
             planned.append(
                 {
@@ -143,3 +174,28 @@ class Plan:
         ) in self._taken:
             count += 1
         return candidate
+
+
+def _check_components(host: QemuHost, resolved: ConfinedPath) -> ConfinedPath | Refusal:
+    """Over SSH: ``stat -c %F`` (links reported, not followed) on every component below the root."""
+    reference = resolved.reference
+    parts = [p for p in resolved.relative.split("/") if p]
+    if not parts:
+        return Refusal(reference, f"{resolved.path} is a root folder, not a file", NOT_REGULAR, resolved.path)
+    components = [posixpath.join(resolved.root, *parts[: i + 1]) for i in range(len(parts))]
+    result = host.run(["stat", "-c", "%F", "--", *components], check=False)
+    types = result.stdout.decode("utf-8", "replace").splitlines()
+    if result.status != 0 or len(types) != len(components):
+        message = result.stderr.decode("utf-8", "replace").strip().replace("\n", " ")[:500]
+        return Refusal(reference, f"{resolved.path} cannot be checked on the host: {message or result.status}",
+                       UNREADABLE, resolved.path)  # fmt: skip
+    for here, kind in zip(components[:-1], types[:-1], strict=True):
+        if kind != "directory":
+            what = SYMLINK if kind == "symbolic link" else NOT_REGULAR
+            return Refusal(reference, f"{resolved.path} is reached through {here}, a {kind}", what, resolved.path,
+                           kind)  # fmt: skip
+    if types[-1] not in ("regular file", "regular empty file"):
+        what = SYMLINK if types[-1] == "symbolic link" else NOT_REGULAR
+        return Refusal(reference, f"{resolved.path} is a {types[-1]}, not a regular file", what, resolved.path,
+                       types[-1])  # fmt: skip
+    return resolved

@@ -107,17 +107,6 @@ def layers_from_image(image: Any) -> tuple[tuple[Layer, ...], bool]:
     return tuple(layers), False
 
 
-def layers_from_list(entries: Any) -> tuple[tuple[Layer, ...], bool]:
-    """``qemu-img info --backing-chain --output=json``: a list of ImageInfo, top first."""
-    if not isinstance(entries, list):
-        raise SourceError("qemu-img info --backing-chain did not return a list")
-    layers = []
-    for entry in entries[:MAX_DEPTH]:
-        found, _ = layers_from_image({**entry, "backing-image": None} if isinstance(entry, dict) else None)
-        layers.extend(found)
-    return tuple(layers), len(entries) > MAX_DEPTH
-
-
 def block_devices(reply: Any) -> tuple[BlockDevice, ...]:
     """The drives of ``query-block`` that have something inserted."""
     if not isinstance(reply, list):
