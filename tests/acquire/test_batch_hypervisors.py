@@ -192,3 +192,51 @@ def test_vcsim_survey_json_to_acquire_batch_with_the_password_named_per_host_in_
             assert entry["hashes"]["sha256"] == sources[entry["local_path"].removeprefix("files/LocalDS_0/")]
     no_secret_in(out, VC_PASSWORD)
     assert VC_PASSWORD.encode() not in survey.read_bytes()
+
+
+# --- Proxmox VE (the node's layout written by the test, reached over a real sshd) ----------------
+
+
+def test_proxmox_survey_json_to_acquire_batch_then_verify(
+    sshd: SSHServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.acquire import qemu_lab
+    from tests.acquire.qemu_lab import ProxmoxNode, qemu_img, short_root
+
+    if reason := qemu_lab.available():
+        pytest.skip(reason)
+    node = ProxmoxNode(short_root("pvb"))
+    try:
+        for vmid in (101, 102):  # two stopped VMs: a qcow2 and a raw disk each
+            folder = node.images / str(vmid)
+            folder.mkdir(parents=True)
+            qemu_img("create", "-q", "-f", "qcow2", str(folder / f"vm-{vmid}-disk-0.qcow2"), "4M")
+            (folder / f"vm-{vmid}-disk-1.raw").write_bytes(bytes([vmid % 256]) * 4096)
+            node.write_vm(
+                vmid, name=f"pve{vmid}", uuid=str(uuid.uuid4()), mac=f"bc:24:11:5e:b0:{vmid % 256:02x}"
+            )
+        assert main(["survey", "proxmox", "--host", sshd.host, "--port", str(sshd.port), "--user", sshd.user,
+                     "--identity", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts),
+                     "--config-root", str(node.config_root), "--run-root", str(node.run_root), "--json"]) == 0  # fmt: skip
+        survey = tmp_path / "pve01.json"
+        survey.write_bytes(capsys.readouterr().out.encode())
+        recorded = json.loads(survey.read_bytes())["acquirer"]
+        assert recorded["kind"] == "proxmox" and recorded["secrets"] == []
+        assert recorded["settings"]["config_root"] == str(node.config_root)
+        out = tmp_path / "batch"
+        code = main(["acquire-batch", str(survey), "--out", str(out), "--local", "2", "--case", "2026-122",
+                     "--examiner", "A. Analyst", "--no-progress"])  # fmt: skip
+        assert code == 0, capsys.readouterr()
+        assert main(["verify", str(out)]) == 0
+        record = json.loads((out / "batch.json").read_bytes())
+        assert sorted(m["name"] for m in record["members"] if m["outcome"] == "sealed") == [
+            "pve101",
+            "pve102",
+        ]
+        for member in record["members"]:
+            vmid = member["plan"]["target"]
+            manifest = json.loads((out / member["directory"] / "manifest.json").read_bytes())
+            raw = next(f for f in manifest["files"] if f["local_path"].endswith(f"vm-{vmid}-disk-1.raw"))
+            assert raw["hashes"]["sha256"] == sha256(node.images / vmid / f"vm-{vmid}-disk-1.raw")
+    finally:
+        node.stop()

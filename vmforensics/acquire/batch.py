@@ -2,12 +2,15 @@
 
 The examiner's process (the driver) admits members to the executor only while the limits allow
 (overall, per hypervisor host, per datastore: :func:`limit_keys` decides the keys, :class:`Admission`
-counts them), so no worker thread ever sits holding a task while it waits for a host to free up,
-and the same logic holds on a local thread pool and on Dask (``Client.get_executor()``). Each member
-runs :func:`run_member` on a worker: the acquirer is built there from its picklable plan, secrets are
-resolved there, and events (started on which worker, progress) come back through Dask's structured
-events (``log_event`` / ``subscribe_topic``) or, in-process, directly. The driver writes the batch
-ledger and, at the end, the signed batch record (:mod:`vmforensics.custody.batch_record`).
+takes the slots), so no worker thread ever sits holding a task while it waits for a host to free up,
+and the same logic holds on a local thread pool and on Dask (``Client.get_executor()``). Host and
+datastore slots are shared by every batch at once: process-wide (:class:`ProcessSlots`), or on a
+Dask cluster as named semaphores (:class:`DaskSlots`). Each member runs :func:`run_member` on a
+worker: the acquirer is built there from its picklable plan, secrets are resolved there, and events
+(started on which worker, progress) come back through Dask's structured events (``log_event`` /
+``subscribe_topic``, on the Client :class:`DaskConnection` finds with public API) or, in-process,
+directly. The driver writes the batch ledger and, at the end, the signed batch record
+(:mod:`vmforensics.custody.batch_record`).
 """
 
 from __future__ import annotations
