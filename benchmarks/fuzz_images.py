@@ -1,23 +1,26 @@
-"""Mutation fuzzing of every image reader, beside the hypothesis suites.
+"""Mutation fuzzing of every image and saved-memory reader, beside the hypothesis suites.
 
     python benchmarks/fuzz_images.py [--cases 100000] [--seed 1] [--workers 2] [--json OUT]
+    python benchmarks/fuzz_images.py --seed 1 --replay CASE   # one case again, in this process
 
 Small valid seeds of every format are built with qemu-img/qemu-io and the tests' independent
 builders (VMDK sparse, streamOptimized, twoGbMaxExtentSparse, monolithicFlat, COWD, SESparse;
 qcow2 v2, v3 zlib, zstd, extended L2, backing; VHD fixed, dynamic, differencing; VHDX dynamic,
-differencing, dirty log). Each case copies one seed, applies one mutation (bit flips, a field set
-to an extreme, a truncation, a splice, a descriptor token replaced) and, usually, fixes the
-checksums that cover what changed (VHD footer/dynamic header, VHDX CRC-32C), then opens,
-describes, walks the extents and reads the image in a worker process under a time limit. A case
-passes when it ends normally or with a VMForensicsError, within 2 s, with its peak memory (VmHWM,
-reset before each case) under 64 MiB above the worker's baseline. Files are served from memory
-through ``open_image``'s opener. Cases are reproducible from ``--seed`` and the case number.
+differencing, dirty log; VDI normal and differencing; QED with and without backing; Parallels
+image and .hdd bundle; qcow1 plain and compressed; ASIF; VMware .vmss + .vmem and old .vmsn, QEMU
+migration stream, libvirt save, ELF core, LiME). Each case copies one seed, applies one mutation
+(bit flips, a field set to an extreme, a truncation, a splice, a descriptor token replaced) and,
+usually, fixes the checksums that cover what changed (VHD footer/dynamic header, VHDX CRC-32C),
+then writes its files into a fresh folder on tmpfs and opens, describes, walks the extents and
+reads it (``open_image``, or ``open_memory`` and a digest for saved states) in a worker process
+under a time limit. A case passes when it ends normally or with a VMForensicsError, within 2 s,
+with its peak memory (VmHWM, reset before each case) under 64 MiB above the worker's baseline.
+Cases are reproducible from ``--seed`` and the case number.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import logging
@@ -43,6 +46,7 @@ import google_crc32c
 
 from vmforensics.errors import VMForensicsError
 from vmforensics.images.open import open_image
+from vmforensics.memory import digest, open_memory
 
 KiB, MiB = 1024, 1 << 20
 TIME_LIMIT = 2.0
@@ -54,9 +58,10 @@ HOSTILE_NAMES = ('"../../etc/passwd"', '"/dev/zero"', '"a' + "b" * 5000 + '"', '
 
 class Seed(NamedTuple):
     name: str
-    entry: str  # the file open_image is given
+    entry: str  # the file open_image (or open_memory) is given
     files: dict[str, bytes]  # every file of the image, by name
     checksums: tuple[tuple[str, str, int, int], ...]  # (file, kind, offset, length)
+    memory: bool = False  # a saved memory state, not a disk image
 
 
 # --- seeds ------------------------------------------------------------------------------------
@@ -114,9 +119,11 @@ def build_seeds(work: Path) -> list[Seed]:
 
     seeds: list[Seed] = []
 
-    def add(name: str, entry: Path, *others: Path, checksums: list | None = None) -> None:
+    def add(
+        name: str, entry: Path, *others: Path, checksums: list | None = None, memory: bool = False
+    ) -> None:
         files = {p.name: p.read_bytes() for p in (entry, *others)}
-        seeds.append(Seed(name, entry.name, files, tuple(checksums or ())))
+        seeds.append(Seed(name, entry.name, files, tuple(checksums or ()), memory))
 
     for sub in ("monolithicSparse", "streamOptimized", "twoGbMaxExtentSparse", "monolithicFlat"):
         path = _converted(work, f"{sub}.vmdk", "vmdk", "-o", f"subformat={sub}")
@@ -165,11 +172,105 @@ def build_seeds(work: Path) -> list[Seed]:
     add("vhdx-differencing", avhdx, parent, checksums=_vhdx_checksums("child.avhdx", avhdx.read_bytes()))
     dirty, _ = build_dirty_vhdx(work / "dirty.vhdx")
     add("vhdx-dirty-log", dirty, checksums=_vhdx_checksums("dirty.vhdx", dirty.read_bytes()))
+    _newer_format_seeds(work, add)
+    _memory_seeds(work, add)
     for seed in seeds:  # every seed must open as it is, or the fuzzing proves nothing
-        outcome = exercise(seed.entry, seed.files)
+        outcome = exercise(seed, seed.files, work / "check")
         if outcome != "ok":
             raise SystemExit(f"seed {seed.name} does not open cleanly: {outcome}")
     return seeds
+
+
+def _newer_format_seeds(work: Path, add) -> None:
+    """VDI, QED, Parallels, qcow1 and ASIF seeds (qemu-img where it writes the format)."""
+    import uuid
+
+    from tests.images.asif_builders import build_asif
+    from tests.images.parallels_builders import NULL, descriptor
+    from tests.images.vdi_builders import ZERO, build_vdi, header_of
+    from vmforensics.images import parallels_layout, vdi_layout
+
+    vdi = _converted(work, "normal.vdi", "vdi")
+    add("vdi", vdi)
+    parent = work / "parent.vdi"
+    shutil.copyfile(vdi, parent)
+    h = header_of(parent)
+    child = work / "child.vdi"
+    build_vdi(child, h.disk_size, {0: b"\x11" * 4096, 2: ZERO}, image_type=vdi_layout.ImageType.DIFF,
+              uuid_linkage=h.uuid_create, uuid_parent_modify=h.uuid_modify)  # fmt: skip
+    add("vdi-differencing", child, parent)
+    qed = _converted(work, "base.qed", "qed", "-o", "cluster_size=4k")
+    add("qed", qed)
+    top = work / "top.qed"
+    _run("qemu-img", "create", "-q", "-f", "qed", "-o", "cluster_size=4k", "-b", "base.qed", "-F", "qed", top)
+    _run("qemu-io", "-f", "qed", "-c", "write -P 0x45 8k 8k", top)
+    add("qed-backing", top, qed)
+    hds = _converted(work, "plain.hds", "parallels", "-o", "cluster_size=64k")
+    add("parallels", hds)
+    bundle = work / "bundle"
+    bundle.mkdir()
+    part = "disk.hdd.0.{5fbaabe3-6958-40ff-92a7-860e329aab41}.hds"
+    shutil.copyfile(hds, bundle / part)
+    (bundle / "DiskDescriptor.xml").write_text(
+        descriptor(
+            [(0, 8192, [(parallels_layout.DEFAULT_TOP_GUID, "Compressed", part)])],
+            [(parallels_layout.DEFAULT_TOP_GUID, NULL)],
+        )
+    )
+    add("parallels-bundle", bundle / "DiskDescriptor.xml", bundle / part)
+    add("qcow1", _converted(work, "plain.qcow", "qcow"))
+    compressed = work / "compressed.qcow"
+    _run("qemu-img", "create", "-q", "-f", "qcow", compressed, "1M")
+    _run("qemu-io", "-f", "qcow", *[a for i in range(8) for a in ("-c", f"write -c -P {i + 1} {i * 8}k 4k")],
+         compressed)  # fmt: skip
+    add("qcow1-compressed", compressed)
+    asif = work / "d.asif"
+    build_asif(asif, 8 * MiB, {0: b"a" * 4096, 3: b"b" * 4096, 200: b"z"}, chunk_size=32 * KiB,
+               max_size=256 * MiB, metadata={"internal metadata": {"stable uuid": str(uuid.UUID(int=7))}})  # fmt: skip
+    add("asif", asif)
+
+
+def _memory_seeds(work: Path, add) -> None:
+    """Saved states of every format vmforensics.memory reads (Hyper-V's is only recognised)."""
+    from tests.interop.vmware_state import write_memory_state
+    from tests.memory import builders
+    from vmforensics.memory import convert, open_memory
+    from vmforensics.memory.libvirt_save import HEADER, MAGIC
+    from vmforensics.memory.vmware_layout import MAGICS
+
+    page = 4096
+    write_memory_state(work / "vm.vmss", work / "vm.vmem", ((0, 0, 16), (0x600, 16, 16)))
+    vmem = work / "vm.vmem"  # random pages: made reproducible, so a case is replayed from its number
+    vmem.write_bytes(random.Random(3).randbytes(vmem.stat().st_size))
+    add("memory-vmss", work / "vm.vmss", work / "vm.vmem", memory=True)
+    old = work / "old.vmsn"
+    old.write_bytes(
+        builders.vmware_state(
+            MAGICS[0],
+            [
+                (
+                    "memory",
+                    builders.regions_tags([(0, 0, 2), (4, 2, 2)])
+                    + builders.long_tag("Memory", bytes(4 * page), 0, 0, version=0),
+                )
+            ],
+        )
+    )
+    add("memory-vmsn-embedded", old, memory=True)
+    records = [("pc.ram", 0, b"A" * page), ("pc.ram", page, None), ("pc.ram", 2 * page, b"B" * page)]
+    stream = builders.qevm([("pc.ram", 64 * page), ("pc.bios", 4 * page)], records,
+                           subsections=builders.capabilities("events"),
+                           description={"page_size": page, "devices": [{"name": "cpu"}]})  # fmt: skip
+    (work / "vm.qevm").write_bytes(stream)
+    add("memory-qevm", work / "vm.qevm", memory=True)
+    xml = b"<domain><name>d</name><vcpu>1</vcpu><memory unit='KiB'>256</memory><os><type machine='pc-i440fx-7.2'>hvm</type></os></domain>\0"
+    (work / "vm.save").write_bytes(HEADER.pack(MAGIC, 2, len(xml), 1, 0, 0, *([0] * 14)) + xml + stream)
+    add("memory-libvirt-save", work / "vm.save", memory=True)
+    with open_memory(work / "vm.vmss") as memory:
+        convert(memory, work / "vm.elf", "elf", progress=False)
+        convert(memory, work / "vm.lime", "lime", progress=False)
+    add("memory-elf", work / "vm.elf", memory=True)
+    add("memory-lime", work / "vm.lime", memory=True)
 
 
 # --- mutations --------------------------------------------------------------------------------
@@ -262,30 +363,49 @@ def _alarm(signum: int, frame: object) -> None:
     raise CaseTimeoutError()
 
 
-def exercise(entry: str, files: dict[str, bytes]) -> str:
-    """'ok', 'error' (a VMForensicsError) or what went wrong."""
-
-    def opener(path: str) -> io.BytesIO:
-        key = os.path.basename(path.replace("\\", "/"))
-        if key not in files:
-            raise FileNotFoundError(path)
-        return io.BytesIO(files[key])
-
+def exercise(seed: Seed, files: dict[str, bytes], folder: Path) -> str:
+    """Write ``files`` into a fresh ``folder`` and use them as an analyst would: 'ok', 'error'
+    (a VMForensicsError) or what went wrong."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name, blob in files.items():
+        (folder / name).write_bytes(blob)
     try:
-        for strict in (False, True):
-            with open_image(entry, opener=opener, strict=strict) as disk:
-                disk.info()
-                list(itertools.islice(disk.extents(), 10000))
-                size = disk.size
-                for at in (0, size // 2, max(0, size - 4096), random.randrange(max(1, size))):
-                    disk.read_at(at, 64 * KiB)
-                disk.seek(0)
-                for _ in range(8):
-                    if not disk.read(256 * KiB):
-                        break
+        if seed.memory:
+            _exercise_memory(folder / seed.entry)
+        else:
+            _exercise_image(folder / seed.entry)
     except VMForensicsError:
         return "error"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return "ok"
+
+
+def _exercise_image(path: Path) -> None:
+    for strict in (False, True):
+        with open_image(path, strict=strict) as disk:
+            disk.info()
+            list(itertools.islice(disk.extents(), 10000))
+            size = disk.size
+            for at in (0, size // 2, max(0, size - 4096), random.randrange(max(1, size))):
+                disk.read_at(at, 64 * KiB)
+            disk.seek(0)
+            for _ in range(8):
+                if not disk.read(256 * KiB):
+                    break
+
+
+def _exercise_memory(path: Path) -> None:
+    with open_memory(path) as memory:
+        memory.info()
+        for start, length in memory.ranges()[:64]:
+            memory.read(start, min(length, 64 * KiB))
+            memory.read(start + length - min(length, 4096), min(length, 4096))
+        if memory.extents.stored < 8 * MiB:
+            digest(memory, "elf")
+            if memory.size < 64 * MiB:
+                digest(memory, "raw")
 
 
 def _vm_hwm() -> int:
@@ -306,12 +426,14 @@ def _reset_hwm() -> None:
 
 _SEEDS: list[Seed] = []
 _BASELINE = 0
+_CASE_DIR = Path()
 
 
 def _init(work: str) -> None:
-    global _SEEDS, _BASELINE
+    global _SEEDS, _BASELINE, _CASE_DIR
     logging.disable(logging.WARNING)  # every damaged image warns; the outcome is what counts
     _SEEDS = build_seeds(Path(tempfile.mkdtemp(dir=work)))
+    _CASE_DIR = Path(tempfile.mkdtemp(dir=work)) / "case"
     signal.signal(signal.SIGALRM, _alarm)
     _reset_hwm()
     _BASELINE = _vm_hwm()
@@ -320,13 +442,32 @@ def _init(work: str) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+def _tally() -> dict[str, float]:
+    return {
+        "cases": 0,
+        "ok": 0,
+        "error": 0,
+        "failures": 0,
+        "slowest_s": 0.0,
+        "slowest_case": -1,
+        "peak_mib": 0.0,
+    }
+
+
+def _merge(tally: dict[str, float], part: dict[str, float]) -> None:
+    if part["slowest_s"] > tally["slowest_s"]:
+        tally["slowest_s"], tally["slowest_case"] = part["slowest_s"], part["slowest_case"]
+    if part["peak_mib"] > tally["peak_mib"]:
+        tally["peak_mib"], tally["peak_case"] = part["peak_mib"], part["peak_case"]
+    for key in ("cases", "ok", "error", "failures"):
+        tally[key] += part[key]
+
+
 def run_batch(args: tuple[int, int, int]) -> dict[str, object]:
-    """Cases ``start .. start+count`` of run ``seed``: counts and the first failures."""
+    """Cases ``start .. start+count`` of run ``seed``: counts per seed and the first failures."""
     master, start, count = args
-    counts = {"ok": 0, "error": 0}
+    by_seed: dict[str, dict[str, float]] = {}
     failures: list[dict[str, object]] = []
-    slowest = 0.0
-    peak = 0
     for number in range(start, start + count):
         rng = random.Random(master * 1_000_003 + number)
         seed = rng.choice(_SEEDS)
@@ -336,7 +477,7 @@ def run_batch(args: tuple[int, int, int]) -> dict[str, object]:
         began = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT * 3)  # hard stop well past the limit
         try:
-            outcome = exercise(seed.entry, files)
+            outcome = exercise(seed, files, _CASE_DIR)
         except CaseTimeoutError:
             outcome = "timeout"
         except BaseException as exc:
@@ -345,18 +486,22 @@ def run_batch(args: tuple[int, int, int]) -> dict[str, object]:
             signal.setitimer(signal.ITIMER_REAL, 0)
         took = time.perf_counter() - began
         grew = _vm_hwm() - _BASELINE
-        slowest, peak = max(slowest, took), max(peak, grew)
+        tally = by_seed.setdefault(seed.name, _tally())
+        tally["cases"] += 1
+        if took > tally["slowest_s"]:
+            tally["slowest_s"], tally["slowest_case"] = round(took, 3), number
+        if grew / MiB > tally["peak_mib"]:
+            tally["peak_mib"], tally["peak_case"] = round(grew / MiB, 1), number
         if outcome in ("ok", "error") and took > TIME_LIMIT:
             outcome = f"slow: {took:.2f} s"
         if outcome in ("ok", "error") and grew > MEMORY_LIMIT:
             outcome = f"memory: {grew >> 20} MiB above baseline"
-        if outcome in counts:
-            counts[outcome] += 1
-        elif len(failures) < 50:
-            failures.append({"case": number, "seed": seed.name, "mutation": what, "outcome": outcome})
-        else:
-            failures.append({"case": number})
-    return {"counts": counts, "failures": failures, "slowest": slowest, "peak": peak}
+        if outcome in ("ok", "error"):
+            tally[outcome] += 1
+            continue
+        tally["failures"] += 1
+        failures.append({"case": number, "seed": seed.name, "mutation": what, "outcome": outcome})
+    return {"by_seed": by_seed, "failures": failures[:50]}
 
 
 def fuzz(
@@ -364,26 +509,29 @@ def fuzz(
 ) -> dict[str, object]:
     """Run ``cases`` cases; with ``progress``, the summary so far is rewritten there after every
     batch (a run stopped early still leaves its figures). Ctrl-C stops early with the summary."""
-    work = tempfile.mkdtemp(prefix="vmf-fuzz-")
+    work = tempfile.mkdtemp(prefix="vmf-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     began = time.monotonic()
-    totals = {"ok": 0, "error": 0}
-    failures: list[dict[str, object]] = []
-    slowest, peak, done = 0.0, 0, 0
+    by_seed: dict[str, dict[str, float]] = {}
+    samples: list[dict[str, object]] = []
     seeds: list[str] = []
 
     def summary() -> dict[str, object]:
+        def total(key: str) -> float:
+            return sum(t[key] for t in by_seed.values())
+
         return {
-            "cases": done,
+            "cases": total("cases"),
             "cases_asked": cases,
             "seed": master,
             "seeds": seeds,
-            "opened_cleanly": totals["ok"],
-            "refused_with_vmforensics_error": totals["error"],
-            "failures": len(failures),
-            "failure_samples": [f for f in failures if "outcome" in f][:50],
-            "slowest_case_s": round(slowest, 3),
-            "peak_memory_above_baseline_mib": round(peak / MiB, 1),
+            "opened_cleanly": total("ok"),
+            "refused_with_vmforensics_error": total("error"),
+            "failures": total("failures"),
+            "failure_samples": samples[:50],
+            "slowest_case_s": max((t["slowest_s"] for t in by_seed.values()), default=0.0),
+            "peak_memory_above_baseline_mib": max((t["peak_mib"] for t in by_seed.values()), default=0.0),
             "seconds": round(time.monotonic() - began, 1),
+            "by_seed": {name: by_seed[name] for name in sorted(by_seed)},
         }
 
     try:
@@ -391,12 +539,9 @@ def fuzz(
         jobs = [(master, start, min(batch, cases - start)) for start in range(0, cases, batch)]
         with ProcessPoolExecutor(workers, initializer=_init, initargs=(work,)) as pool:
             for result in pool.map(run_batch, jobs):
-                for key in totals:
-                    totals[key] += result["counts"][key]  # type: ignore[index]
-                failures += result["failures"]  # type: ignore[arg-type]
-                slowest = max(slowest, result["slowest"])  # type: ignore[type-var]
-                peak = max(peak, result["peak"])  # type: ignore[type-var]
-                done += sum(result["counts"].values()) + len(result["failures"])  # type: ignore[union-attr, arg-type]
+                for name, part in result["by_seed"].items():  # type: ignore[union-attr]
+                    _merge(by_seed.setdefault(name, _tally()), part)
+                samples += result["failures"]  # type: ignore[arg-type]
                 if progress is not None:
                     progress.write_text(json.dumps(summary(), indent=2) + "\n")
     except KeyboardInterrupt:
@@ -406,13 +551,38 @@ def fuzz(
     return summary()
 
 
+def replay(master: int, number: int) -> dict[str, object]:
+    """Run case ``number`` of run ``master`` again, in this process: what it did and how it ended."""
+    work = Path(tempfile.mkdtemp(prefix="vmf-fuzz-"))
+    try:
+        (work / "seeds").mkdir()
+        seeds = build_seeds(work / "seeds")
+        rng = random.Random(master * 1_000_003 + number)
+        seed = rng.choice(seeds)
+        files, what = mutate(seed, rng, seeds)
+        random.seed(number)
+        began = time.perf_counter()
+        try:
+            outcome = exercise(seed, files, work / "case")
+        except BaseException as exc:  # the point is to see it
+            outcome = f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=-4)}"
+        return {"case": number, "seed": seed.name, "mutation": what, "outcome": outcome,
+                "seconds": round(time.perf_counter() - began, 3)}  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the summary here (updated after every batch)")
+    parser.add_argument("--replay", type=int, metavar="CASE", help="run one case of --seed again and show it")
     args = parser.parse_args()
+    if args.replay is not None:
+        print(json.dumps(replay(args.seed, args.replay), indent=2))
+        return 0
     summary = fuzz(args.cases, args.seed, args.workers, progress=args.json)
     text = json.dumps(summary, indent=2)
     print(text)

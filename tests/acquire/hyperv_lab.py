@@ -459,12 +459,14 @@ class FakeHyperV:
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
 
-        def add(path: str, kind: str) -> None:
+        def add(path: str, kind: str, by: str | None = None, reference: str | None = None) -> None:
             if path.lower() in seen:
                 return
             seen.add(path.lower())
-            local = self.local(path)
+            named = {"named_by": by, "reference": reference}
+            local = self.local(ntpath.normpath(path))
             if local.is_file():
+                path = ntpath.normpath(path)  # Get-Item's FullName: '..' folded
                 stamp = dt.datetime.fromtimestamp(local.stat().st_mtime, dt.UTC)
                 out.append(
                     {
@@ -473,6 +475,7 @@ class FakeHyperV:
                         "size": local.stat().st_size,
                         "last_write_utc": dotnet_time(stamp),
                         "missing": None,
+                        **named,
                     }
                 )
             else:
@@ -483,6 +486,7 @@ class FakeHyperV:
                         "size": None,
                         "last_write_utc": None,
                         "missing": f"Cannot find path '{path}' because it does not exist.",
+                        **named,
                     }
                 )
 
@@ -505,15 +509,22 @@ class FakeHyperV:
         disks = list(vm["drives"]) + [p for s in vm["snapshots"] for p in s["hard_drives"]]
         for disk in disks:
             path: str | None = disk
+            by: str | None = None
             while path:
-                add(path, "disk")
+                add(path, "disk", by, path if by else None)
                 for ext in (".rct", ".mrt"):
                     for candidate in (path + ext, ntpath.splitext(path)[0] + ext):
                         if self.local(candidate).is_file():
-                            add(candidate, "change-tracking")
-                path = self.vhd_parent.get(path.lower())
+                            add(candidate, "change-tracking", path)
+                by, path = path, self.vhd_parent.get(path.lower())
         owned(vm["smart_paging_file_path"], vm["id"], "smart-paging")
-        return {"files": out}
+        roots = {
+            "configuration_location": vm["configuration_location"],
+            "snapshot_file_location": vm["snapshot_file_location"],
+            "smart_paging_file_path": vm["smart_paging_file_path"],
+            "disks": disks,
+        }
+        return {"files": out, "roots": roots}
 
     def _file_hash(self, arguments: dict[str, Any]) -> dict[str, Any]:
         path = arguments["path"]

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import pyvhdi
 
-from tests.acquire.hyperv_lab import BASE, CHILD, MAC, SNAP_ID, VM_ID, FakeHyperV, PSError, build_lab
+from tests.acquire.hyperv_lab import BASE, CHILD, MAC, SNAP_ID, VM_DIR, VM_ID, FakeHyperV, PSError, build_lab
 from tests.acquire.wsman_server import WSManServer
 from tests.transport.httpsd import TestPKI
 from tests.transport.smbd import SmbServer
@@ -356,3 +356,69 @@ def test_a_missing_parent_disk_is_an_omission_with_the_hosts_reason(
     drive = result.manifest.source.vm.details["hard_drives"][0]
     assert drive["chain"][-1]["path"] == gone and "cannot find" in drive["chain"][-1]["error"]
     assert verify(tmp_path / "out").ok
+
+
+BAIT = b"examiner's own disk, never evidence\n" * 64
+GRANDPARENT = r"C:\Hyper-V\web01\Virtual Hard Disks\golden.vhdx"
+
+
+def _hostile_parent(lab: dict[str, Any], host: FakeHyperV) -> tuple[str, str]:
+    r"""BASE's ParentPath walks out of the VM's folders (``..\..\..\examiner\secret.vhdx``, a test
+    file on the served C: drive), and that file names a grandparent back inside them."""
+    reference = VM_DIR + r"\Virtual Hard Disks\..\..\..\examiner\secret.vhdx"
+    folded = r"C:\examiner\secret.vhdx"
+    bait = host.local(folded)
+    bait.parent.mkdir(exist_ok=True)
+    bait.write_bytes(BAIT)
+    host.local(GRANDPARENT).write_bytes(BAIT)
+    host.vms[VM_ID]["state"] = "Off"
+    host.vhd_parent[BASE.lower()] = reference
+    host.vhd_parent[reference.lower()] = GRANDPARENT
+    host.vhd_parent[GRANDPARENT.lower()] = None
+    return reference, folded
+
+
+def test_a_parent_disk_outside_the_vms_folders_is_an_omission_with_its_reference(
+    lab: dict[str, Any], host: FakeHyperV, winrm: WSManServer, tmp_path: Path
+) -> None:
+    reference, folded = _hostile_parent(lab, host)
+    try:
+        result = acquirer(lab, winrm).acquire(
+            "web01", tmp_path / "out", case=CASE, preserve="none", progress=False
+        )
+        reasons = {o.source_path: o.reason for o in result.omissions}
+        assert "lies outside the acquisition roots" in reasons[folded]
+        assert f"named {reference!r} as the parent of {BASE}" in reasons[folded]
+        assert f"named only through {reference}" in reasons[GRANDPARENT]
+        assert {f.source_path for f in result.files} >= {BASE, CHILD}
+        assert not {folded, GRANDPARENT} & {f.source_path for f in result.files}
+        stored = [p for p in (tmp_path / "out" / "files").rglob("*") if p.is_file()]
+        assert all(p.read_bytes() != BAIT for p in stored)
+        roots = next(e["details"] for e in ledger(tmp_path / "out") if e["action"] == "hyperv-roots")
+        assert roots["roots"] == [VM_DIR, VM_DIR + r"\Virtual Hard Disks"]
+        assert verify(tmp_path / "out").ok
+    finally:
+        host.local(GRANDPARENT).unlink()
+        host.local(folded).unlink()
+
+
+def test_an_allowed_root_reaches_a_parent_disk_on_another_folder(
+    lab: dict[str, Any], host: FakeHyperV, winrm: WSManServer, tmp_path: Path
+) -> None:
+    _, folded = _hostile_parent(lab, host)
+    try:
+        result = acquirer(lab, winrm).acquire(
+            "web01",
+            tmp_path / "out",
+            case=CASE,
+            preserve="none",
+            progress=False,
+            allowed_roots=["C:\\examiner"],
+        )
+        assert {folded, GRANDPARENT} <= {f.source_path for f in result.files}
+        assert result.manifest.options["allowed_roots"] == ["C:\\examiner"]
+        assert evidence(tmp_path / "out", folded).read_bytes() == BAIT
+        assert verify(tmp_path / "out").ok
+    finally:
+        host.local(GRANDPARENT).unlink()
+        host.local(folded).unlink()

@@ -10,6 +10,8 @@ own view of the domain after cleanup.
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -270,7 +272,7 @@ def test_transient_domain_is_flagged_and_save_is_refused(lab, sshd, tmp_path):
 def test_network_disk_and_missing_backing_file_are_recorded(lab, sshd, tmp_path):
     _, top = lab.make_chain(tmp_path / "host")
     orphan = tmp_path / "host" / "vm" / "orphan.qcow2"
-    gone = tmp_path / "host" / "gone.qcow2"
+    gone = tmp_path / "host" / "vm" / "gone.qcow2"  # beneath the disk folder: missing, not refused
     run("qemu-img", "create", "-q", "-f", "qcow2", str(gone), "1M")
     run("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(gone), "-F", "qcow2", str(orphan))
     gone.unlink()
@@ -432,8 +434,8 @@ def test_backing_file_outside_the_roots_is_an_omission_and_never_read(lab, sshd,
         assert "'../elsewhere/bait.qcow2'" in reasons[named]  # the header's exact text
         assert _evidence_files(result.path) == {"vda/top.qcow2"}
         chain = chain_of(result.manifest)
-        assert [layer["evidence"] for layer in chain["layers"]] == ["files/disks/vda/top.qcow2", None]
-        assert not chain["opens_in_evidence"]
+        assert [layer["evidence"] for layer in chain["layers"]] == ["files/disks/vda/top.qcow2"]
+        assert chain["refused"]["kind"] == "outside-roots" and not chain["opens_in_evidence"]
         roots = next(e["details"] for e in _ledger(result.path) if e.get("action") == "backing-file-roots")
         assert roots["disk_folders"] == [str(top.parent)] and str(bait.parent) not in roots["pools"]
     finally:
@@ -488,6 +490,124 @@ def test_backing_file_through_a_symlinked_directory_is_an_omission(lab, sshd, tm
         assert backing in reasons, reasons
         assert f"reached through the symbolic link {host / 'vm' / 'link'}" in reasons[backing]
         assert _evidence_files(result.path) == {"vda/top.qcow2"}
+    finally:
+        lab.remove_domain(name)
+
+
+def _acquire_in_time(sshd: SSHServer, name: str, out: Path, seconds: float = 60.0):
+    """The acquisition in a thread: a FIFO that is opened blocks it, which fails the test."""
+    outcome: list[object] = []
+
+    def work() -> None:
+        try:
+            acq = acquirer(sshd, command_timeout=seconds)
+            outcome.append(acq.acquire(name, out, case=CASE, preserve="none", progress=False))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "the acquisition blocked on a file the chain names"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _commands(result_path: Path) -> list[str]:
+    """Every command the acquisition ran on the host (its ledger's record)."""
+    entry = next(e for e in _ledger(result_path) if e.get("action") == "host-commands")
+    return [c["command"] for c in entry["details"]["commands"]]
+
+
+def _top_with_backing(folder: Path, backing: str, fmt: str = "qcow2") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    top = folder / "top.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", fmt, str(top), "1M")
+    return top
+
+
+def test_fifo_named_as_backing_file_is_an_omission_without_waiting(lab, sshd, tmp_path):
+    vm = tmp_path / "host" / "vm"
+    vm.mkdir(parents=True)
+    os.mkfifo(vm / "pipe.qcow2")  # beneath the disk's own folder: only its type refuses it
+    top = _top_with_backing(vm, str(vm / "pipe.qcow2"))
+    name = "vmf-fifo"
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:05:04"), start=False)
+    try:
+        result = _acquire_in_time(sshd, name, tmp_path / "ev")
+        assert verify(result.path).ok
+        reasons = {o.source_path: o.reason for o in result.manifest.omissions}
+        assert f"{vm / 'pipe.qcow2'} is a fifo, not a regular file" in reasons[str(vm / "pipe.qcow2")]
+        assert f"named {str(vm / 'pipe.qcow2')!r} in {top}" in reasons[str(vm / "pipe.qcow2")]
+        assert _evidence_files(result.path) == {"vda/top.qcow2"}
+        assert not [c for c in _commands(result.path) if "pipe.qcow2" in c and c.startswith("qemu-img")]
+    finally:
+        lab.remove_domain(name)
+
+
+def test_backing_file_outside_the_roots_is_never_opened_by_qemu_img(lab, sshd, tmp_path):
+    host = tmp_path / "host"
+    (host / "elsewhere").mkdir(parents=True)
+    fifo = host / "elsewhere" / "trap.qcow2"
+    os.mkfifo(fifo)  # qemu-img opening it would block until the command timeout
+    top = _top_with_backing(host / "vm", "../elsewhere/trap.qcow2")
+    name = "vmf-trap"
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:05:05"), start=False)
+    try:
+        result = _acquire_in_time(sshd, name, tmp_path / "ev")
+        assert verify(result.path).ok
+        named = str(top.parent / "../elsewhere/trap.qcow2")
+        reasons = {o.source_path: o.reason for o in result.manifest.omissions}
+        assert f"{fifo} lies outside the acquisition roots" in reasons[named]
+        assert "'../elsewhere/trap.qcow2'" in reasons[named]
+        sent = _commands(result.path)
+        assert [c for c in sent if c.startswith("qemu-img")] == [
+            f"qemu-img info -U --output=json -f qcow2 -- {top}"
+        ]
+        assert not [c for c in sent if "elsewhere" in c]  # not even stat: refused on the name alone
+    finally:
+        lab.remove_domain(name)
+
+
+def test_data_file_outside_the_roots_is_refused_before_qemu_img_opens_the_image(lab, sshd, tmp_path):
+    host = tmp_path / "host"
+    (host / "vm").mkdir(parents=True)
+    (host / "elsewhere").mkdir()
+    top = host / "vm" / "top.qcow2"
+    data = host / "elsewhere" / "data.raw"
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={data}", str(top), "1M")
+    name = "vmf-datafile"
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:05:06"), start=False)
+    try:
+        result = _acquire_in_time(sshd, name, tmp_path / "ev")
+        assert verify(result.path).ok
+        reasons = {o.source_path: o.reason for o in result.manifest.omissions}
+        assert f"{data} lies outside the acquisition roots" in reasons[str(data)]
+        assert f"named {str(data)!r} in {top}" in reasons[str(data)]
+        assert _evidence_files(result.path) == {"vda/top.qcow2"}  # the image itself is safe to copy
+        assert not [c for c in _commands(result.path) if c.startswith("qemu-img")]
+    finally:
+        lab.remove_domain(name)
+
+
+def test_vmdk_layer_whose_extents_qemu_img_would_open_is_refused(lab, sshd, tmp_path):
+    vm = tmp_path / "host" / "vm"
+    vm.mkdir(parents=True)
+    os.mkfifo(vm / "extent.raw")
+    (vm / "base.vmdk").write_text(
+        '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
+        'RW 2048 FLAT "extent.raw" 0\n'
+    )
+    top = _top_with_backing(vm, "base.vmdk", fmt="vmdk")
+    name = "vmf-vmdk"
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5a:05:07"), start=False)
+    try:
+        result = _acquire_in_time(sshd, name, tmp_path / "ev")
+        reasons = {o.source_path: o.reason for o in result.manifest.omissions}
+        assert "is a 'vmdk' image: qemu-img would open the files it names" in reasons[str(vm / "base.vmdk")]
+        assert not [c for c in _commands(result.path) if "base.vmdk" in c and c.startswith("qemu-img")]
+        assert verify(result.path).ok
     finally:
         lab.remove_domain(name)
 

@@ -114,7 +114,7 @@ def patched(image: Path, offset: int, fmt: str, value: int) -> Path:
         (64, ">I", 3 << 20, "chunk size"),
         (64, ">I", 4096, "too small for ASIF tables"),
         (48, ">Q", 1 << 60, "exceeds the maximum"),
-        (56, ">Q", 1 << 62, "exceeds the"),  # a directory of 2**31 tables is never allocated
+        (56, ">Q", 1 << 62, "ASIF directory of .* runs past the end"),  # 2**31 tables: never read
     ],
 )
 def test_asif_damaged_header_is_refused(

@@ -105,7 +105,7 @@ def patched(image: Path, offset: int, fmt: str, value: int) -> Path:
         (36, ">I", 1, "AES-encrypted"),
         (36, ">I", 7, "unknown qcow encryption"),
         (24, ">Q", 1 << 63, "absurd"),
-        (24, ">Q", 1 << 60, "exceeds the"),  # an L1 table of 2**27 entries is never allocated
+        (24, ">Q", 1 << 60, "L1 table of .* runs past the end"),  # 2**39 entries: never read
     ],
 )
 def test_qcow1_damaged_header_is_refused(

@@ -105,3 +105,21 @@ def test_qed_damaged_header_is_refused_with_its_offset(
     with pytest.raises(ImageFormatError, match=reason) as caught:
         open_image(small_qed)
     assert caught.value.offset == offset
+
+
+def test_qed_misaligned_data_cluster_is_refused_with_the_offset_of_its_l2_entry(tmp_path: Path) -> None:
+    image = tmp_path / "bad.qed"
+    qemu_img("create", "-f", "qed", "-o", "cluster_size=4k", image, "1M")
+    qemu_io(image, "write -P 0x41 0 4k", fmt="qed")
+    blob = bytearray(image.read_bytes())
+    (l1,) = struct.unpack_from("<Q", blob, 40)  # the QED header's l1_table_offset
+    (l2,) = struct.unpack_from("<Q", blob, l1)
+    (data,) = struct.unpack_from("<Q", blob, l2)
+    struct.pack_into("<Q", blob, l2, data + 512)
+    image.write_bytes(bytes(blob))
+    with (
+        open_image(image) as disk,
+        pytest.raises(ImageFormatError, match="misaligned data cluster") as caught,
+    ):
+        disk.read_at(0, 4096)
+    assert caught.value.offset == l2

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import pyvhdi
 from tests.images.conftest import assert_same_bytes, oracle_raw, qemu_img, qemu_io, sha256_of
 from tests.images.vhd_builders import build_differencing_vhd, footer_of
 from vmforensics.errors import ImageFormatError
+from vmforensics.images.bitmap import SectorRuns
 from vmforensics.images.open import open_image
 
 
@@ -225,3 +228,34 @@ def test_vhd_stream_without_a_name_opens_a_fixed_image(tmp_path: Path) -> None:
     shutil.copy(image, copy)
     with copy.open("rb") as f, open_image(f) as disk:
         assert disk.read_at(1000, 3000) == b"\x5a" * 3000
+
+
+@pytest.mark.parametrize("msb_first", [True, False])
+def test_an_alternating_sector_bitmap_of_a_1_gib_block_is_read_lazily(msb_first: bool) -> None:
+    """A VHD may declare 1 GiB blocks (VHDX 256 MiB), whose 256 KiB bitmap, alternating, once
+    became two million Python objects (96 MiB, seconds) per block: now only the span read is
+    decoded. The runs are checked bit by bit against the bitmap itself."""
+    sectors = (1 << 30) // 512
+    bitmap = bytearray(b"\x55" * (sectors // 8))
+    rng = random.Random(5)
+    for at in rng.sample(range(len(bitmap)), 200):
+        bitmap[at] = rng.choice((0, 0xFF, rng.randrange(256)))
+    tracemalloc.start()
+    try:
+        runs = SectorRuns(bytes(bitmap), sectors, 512, msb_first=msb_first)
+        for _ in range(50):
+            start = rng.randrange(sectors * 512 - 70000)
+            end = start + rng.randrange(1, 70000)
+            pieces = list(runs.spans(start, end))
+            assert pieces[0][0] == start and pieces[-1][1] == end
+            for (_, stop, _), (following, _, _) in itertools.pairwise(pieces):
+                assert stop == following
+            for first, stop, present in pieces:
+                for sector in range(first // 512, -(-stop // 512)):
+                    bit = 7 - sector % 8 if msb_first else sector % 8
+                    assert bool(bitmap[sector // 8] >> bit & 1) == present
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20, f"{peak} bytes"
+    assert not runs.full and not runs.empty

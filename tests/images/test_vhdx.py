@@ -6,6 +6,7 @@ import hashlib
 import json
 import random
 import shutil
+import struct
 import subprocess
 import uuid
 from pathlib import Path
@@ -25,9 +26,11 @@ from tests.images.vhdx_builders import (
     VhdxBuilder,
     active_data_write_guid,
     build_dirty_vhdx,
+    log_entry,
 )
 from vmforensics.errors import ImageFormatError
 from vmforensics.images.open import open_image
+from vmforensics.images.vhdx_layout import HEADER, HEADER_OFFSETS, crc32c
 
 KiB = 1024
 
@@ -256,3 +259,55 @@ def test_vhdx_reader_never_writes_the_chain(tmp_path: Path, patterned_vhdx: Path
     with open_image(child) as disk:
         disk.read()
     assert (sha256_of(child), sha256_of(patterned_vhdx)) == before
+
+
+def _dirty_with_a_long_log(tmp_path: Path, log_size: str, at_in_log: int) -> tuple[Path, bytes]:
+    """A qemu-made VHDX with a ``log_size`` log (qemu's own option) holding one entry, at
+    ``at_in_log`` within the log, that rewrites guest sector 0..4 KiB of an allocated block."""
+    image = tmp_path / "long-log.vhdx"
+    qemu_img("create", "-f", "vhdx", "-o", f"block_size=1M,log_size={log_size}", image, "64M")
+    qemu_io(image, "write -P 0x41 0 1M", fmt="vhdx")
+    blob = bytearray(image.read_bytes())
+    host = blob.find(b"\x41" * MiB)  # where qemu stored block 0 (qemu-img map gives no offsets for VHDX)
+    assert host > 0 and host % MiB == 0
+    headers = [(HEADER.unpack_from(blob, at), at) for at in HEADER_OFFSETS]
+    current, where = max(headers, key=lambda h: h[0][2])  # the higher sequence number
+    log_length, log_offset = current[8], current[9]
+    log_guid = uuid.uuid4().bytes_le
+    blob[where + 48 : where + 64] = log_guid
+    blob[where + 4 : where + 8] = bytes(4)
+    blob[where + 4 : where + 8] = crc32c(bytes(blob[where : where + 4 * KiB])).to_bytes(4, "little")
+    entry = log_entry(7, at_in_log, log_guid, [(host, b"\x5a" * 4 * KiB)], [], len(blob))
+    assert at_in_log + len(entry) <= log_length
+    blob[log_offset + at_in_log : log_offset + at_in_log + len(entry)] = entry
+    image.write_bytes(bytes(blob))
+    return image, b"\x5a" * 4 * KiB + b"\x41" * (MiB - 4 * KiB)
+
+
+def test_a_vhdx_log_longer_than_64_mib_is_replayed_as_qemu_replays_it(tmp_path: Path) -> None:
+    """The log's length is what the header declares (here 80 MiB, qemu's log_size): no fixed
+    limit refuses it, and an entry 72 MiB into it is found and replayed."""
+    image, want = _dirty_with_a_long_log(tmp_path, "80M", 72 * MiB)
+    before = sha256_of(image)
+    with open_image(image) as disk:
+        assert disk.info().details["log_replayed_entries"] == 1
+        assert disk.read_at(0, MiB) == want
+        assert_same_bytes(disk, qemu_replayed_copy(image, tmp_path))
+    assert sha256_of(image) == before
+
+
+def test_a_hostile_vhdx_log_of_overlapping_entries_is_refused_quickly(tmp_path: Path) -> None:
+    """Every sector of a 16 MiB log starts an entry as long as the log: each must be
+    checksummed whole, so the search's work is bounded (4x the log) and it refuses instead of
+    checksumming 4096 x 16 MiB."""
+    image, _ = _dirty_with_a_long_log(tmp_path, "16M", 0)
+    blob = bytearray(image.read_bytes())
+    current = max((HEADER.unpack_from(blob, at) for at in HEADER_OFFSETS), key=lambda h: h[2])
+    log_length, log_offset, log_guid = current[8], current[9], current[5]
+    for at in range(0, log_length, 4 * KiB):
+        struct.pack_into("<4sIII", blob, log_offset + at, b"loge", 0, log_length, 0)
+        struct.pack_into("<Q", blob, log_offset + at + 16, 1 + at // (4 * KiB))
+        blob[log_offset + at + 32 : log_offset + at + 48] = log_guid
+    image.write_bytes(bytes(blob))
+    with pytest.raises(ImageFormatError, match="work limit"):
+        open_image(image)

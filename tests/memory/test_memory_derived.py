@@ -138,3 +138,33 @@ def test_the_checker_rederives_without_writing(vm_folder: Path, tmp_path: Path) 
     assert verify(result.path).ok
     assert sorted((p, p.stat().st_mtime_ns) for p in result.path.rglob("*")) == before
     assert os.access(result.path / "manifest.json", os.R_OK)
+
+
+def test_auto_gives_a_small_guest_with_firmware_below_4_gib_an_elf_and_a_large_hole_free_one_raw(
+    vm_folder: Path, tmp_path: Path
+) -> None:
+    """A 2 MiB guest whose last region sits just below 4 GiB (where a BIOS ROM lies): raw would be
+    4 GiB of holes to hash at every derive and verify, so "auto" writes ELF; the fixture's guest
+    (holes smaller than its memory) still gets raw."""
+    write_memory_state(
+        vm_folder / f"{STATE}.vmss", vm_folder / f"{STATE}.vmem", ((0, 0, 512), (0xFFFC0, 512, 64))
+    )
+    result = LocalAcquirer().acquire(
+        str(vm_folder), tmp_path / "ev", case=CASE, progress=False, memory_image="auto"
+    )
+    (derived,) = result.derived
+    assert derived.ok and derived.output == f"derived/memory/web01/{STATE}.elf"
+    assert events(result.path)[-1]["details"]["conversion"] == {"format": "elf", "source_format": "vmware"}
+    with (
+        open_memory(result.path / derived.output) as image,
+        open_memory(vm_folder / f"{STATE}.vmss") as source,
+    ):
+        assert image.ranges() == source.ranges() == ((0, 512 * PAGE), (0xFFFC0 * PAGE, 64 * PAGE))
+        assert image.read(0xFFFC0 * PAGE, 64 * PAGE) == source.read(0xFFFC0 * PAGE, 64 * PAGE)
+    assert verify(result.path).ok
+
+    write_memory_state(vm_folder / f"{STATE}.vmss", vm_folder / f"{STATE}.vmem", REGIONS)
+    again = LocalAcquirer().acquire(
+        str(vm_folder), tmp_path / "ev2", case=CASE, progress=False, memory_image="auto"
+    )
+    assert again.derived[0].output.endswith(".raw")

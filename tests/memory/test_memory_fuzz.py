@@ -1,5 +1,5 @@
-"""Damaged saved states: mutated VMware state files, QEVM streams, libvirt saves, ELF cores and
-LiME files may only raise MemoryFormatError, quickly and with small allocations."""
+"""Damaged saved states: mutated VMware state files, QEVM streams, libvirt saves, ELF cores,
+LiME and Hyper-V .vmrs files may only raise MemoryFormatError, quickly and with small allocations."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from tests.interop.vmware_state import write_memory_state
 from tests.memory import builders as b
+from tests.memory import hyperv_builder as hb
 from vmforensics.errors import MemoryFormatError
 from vmforensics.images.base import MAX_ALLOCATION
 from vmforensics.memory import convert, digest, open_memory
@@ -73,6 +74,14 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[Seed]:
     made.append(Seed("vm.elf", elf, [(0, 64 + 56 * 2)]))
     lime = (work / "vm.lime").read_bytes()
     made.append(Seed("vm.lime", lime, [(0, 32), (32 + 16 * PAGE, 32)]))
+    vmrs = hb.saved_state([(0, bytes(range(256)) * 4096)])  # headers, object table, key tables, replay log
+    made.append(
+        Seed(
+            "vm.vmrs",
+            bytes(vmrs.data),
+            [(0, 3 * PAGE), (vmrs.key_tables[0], len(vmrs.data) - vmrs.key_tables[0])],
+        )
+    )
     return made
 
 
@@ -100,7 +109,7 @@ mutation = st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(1
     deadline=10000,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(seed=st.integers(0, 5), mutations=st.lists(mutation, min_size=1, max_size=6))
+@given(seed=st.integers(0, 6), mutations=st.lists(mutation, min_size=1, max_size=6))
 def test_mutated_saved_states_raise_only_memory_format_errors(
     seeds: list[Seed], tmp_path: Path, seed: int, mutations: list[tuple[int, int, int]]
 ) -> None:
@@ -135,6 +144,7 @@ def test_mutated_saved_states_raise_only_memory_format_errors(
         (4, 16, "<H", 2, "not a core file"),
         (5, 32 + 16 * PAGE + 4, "<I", 2, "bad LiME header"),
         (5, 16, "<Q", 1 << 62, "runs past the end"),
+        (6, 8192 + 4, "<I", 1 << 30, "beyond the end of the file"),
     ],
 )
 def test_absurd_header_fields_are_refused_before_any_large_allocation(

@@ -172,12 +172,12 @@ def test_gzip_bomb_in_a_libvirt_save_stops_at_the_guests_size(tmp_path: Path) ->
         open_memory(write(tmp_path, header + xml + bomb, "bomb.save"))
 
 
-def test_hyperv_saved_state_is_recognised_and_refused_never_guessed(tmp_path: Path) -> None:
-    """A HyperVStorage container header (signature 0x01282014, as dissect.hypervisor's c_hyperv
-    describes it): the memory encoding inside is not documented, so nothing is produced."""
+def test_a_hyperv_signature_without_a_valid_header_is_refused_never_guessed(tmp_path: Path) -> None:
+    """The HyperVStorage signature alone (no header checksum, no tables): recognised as Hyper-V,
+    refused at the header (tests/memory/test_memory_hyperv.py has the well-formed cases)."""
     vmrs = tmp_path / "web01.vmrs"
     vmrs.write_bytes(struct.pack("<II", 0x01282014, 0) + bytes(8192))
-    with pytest.raises(MemoryFormatError, match="recognised but not converted") as raised:
+    with pytest.raises(MemoryFormatError, match="no valid file header") as raised:
         open_memory(vmrs)
     assert raised.value.offset == 0
 

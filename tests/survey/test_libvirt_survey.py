@@ -299,3 +299,23 @@ def test_cli_survey_libvirt_json(lab, sshd, estate, capsys) -> None:
     report = SurveyReport.from_json(capsys.readouterr().out)
     assert report.source.kind == "libvirt" and name in {vm.name for vm in report.vms}
     assert cli.main([*args[:-2], "--known-hosts", "/dev/null"]) != 0  # unknown host key: refused
+
+
+def test_backing_file_outside_the_roots_is_reported_not_opened(lab, sshd, estate, tmp_path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    os.mkfifo(outside / "trap.qcow2")  # qemu-img opening it would block until the command timeout
+    name = estate.name("trap")
+    top = estate.pool / f"{name}.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "../elsewhere/trap.qcow2", "-F", "qcow2",
+        str(top), "1M")  # fmt: skip
+    lab.define(name, lab.domain_xml(name, top, "52:54:00:5e:10:31"), start=False)
+    estate.names.append(name)
+
+    report = survey(sshd, command_timeout=30)
+
+    (disk,) = next(vm for vm in report.vms if vm.name == name).disks
+    assert disk.files == (str(top),) and disk.chain_depth == 1
+    assert f"{outside / 'trap.qcow2'} lies outside the acquisition roots" in disk.error
+    assert f"named '../elsewhere/trap.qcow2' in {top}" in disk.error
+    assert not [c for c in commands_sent(report) if "elsewhere" in c]

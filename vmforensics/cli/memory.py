@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 from vmforensics.errors import UsageError
-from vmforensics.memory import FORMATS, GuestMemory, convert, open_memory
+from vmforensics.memory import FORMATS, GuestMemory, convert, hyperv_state, open_memory
+from vmforensics.memory.open import detect
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "memory",
-        help="guest memory from saved states (VMware, libvirt, QEMU, ELF, LiME): info or convert",
+        help="guest memory from saved states (VMware, libvirt, QEMU, Hyper-V, ELF, LiME): info or convert",
         description=(
             "Read guest-physical memory from a hypervisor's saved state (format found by content) "
             "and convert it to a raw, ELF or LiME image for Volatility, MemProcFS and the like "
@@ -38,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "source", help=".vmss/.vmsn/.vmem, libvirt save, QEMU migration stream, ELF core or LiME file"
+        "source",
+        help=".vmss/.vmsn/.vmem, libvirt save, QEMU migration stream, Hyper-V .vmrs, ELF core or LiME file",
     )
     parser.add_argument(
         "--vmem", help="the VMware .vmem when it is not the same-named file beside the state file"
@@ -54,6 +57,10 @@ def _open(args: argparse.Namespace) -> GuestMemory:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if os.path.isfile(args.source) and detect(args.source) == "hyperv":
+        facts, keys, refused = hyperv_state.inspect(Path(args.source))
+        if refused is not None:
+            return _container_info(args, facts, keys, refused)
     with _open(args) as memory:
         info = memory.info()
         stored = memory.extents.stored
@@ -71,6 +78,21 @@ def _info(args: argparse.Namespace) -> int:
         print(f"cpu {cpu}:       {shown}")
     for key, value in sorted(info.details.items()):
         print(f"{key + ':':<13}{value}")
+    return 0
+
+
+def _container_info(args: argparse.Namespace, facts: dict, keys: list, refused: str) -> int:
+    """A Hyper-V container whose memory is refused: what it holds, and why no memory is read."""
+    if args.json:
+        print(json.dumps({"format": "hyperv", "memory": None, "memory_refused": refused,
+                          "container": facts, "keys": [list(k) for k in keys]}, indent=2, sort_keys=True))  # fmt: skip
+        return 0
+    print("format:      hyperv (HyperVStorage container)")
+    print(f"memory:      not read: {refused}")
+    for key, value in sorted(facts.items()):
+        print(f"{key + ':':<13}{value}")
+    for path, kind, size in keys:
+        print(f"key:         {path} ({kind}, {size} bytes)")
     return 0
 
 

@@ -10,8 +10,6 @@ size. What of this is proven and what is not: docs/formats.md.
 from __future__ import annotations
 
 import plistlib
-import sys
-from array import array
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -27,17 +25,13 @@ from vmforensics.images.asif_layout import (
     Header,
 )
 from vmforensics.images.base import BoundedCache, DiskImage, ImageSource, Kind, Resolver, Segment, data
+from vmforensics.images.paged import PAGE_BYTES, PagedTable, not_all
 
 TABLE_CACHE_BYTES = 32 << 20
+#: Pages each cached table keeps (a table is up to a chunk, 64 MiB).
+TABLE_PAGES = 8
 MAX_CHUNK_SIZE = 64 << 20
 MAX_METADATA = 1 << 20
-
-
-def _u64_table(raw: bytes) -> array[int]:
-    table = array("Q", raw)
-    if sys.byteorder == "little":
-        table.byteswap()
-    return table
 
 
 class AsifImage(DiskImage):
@@ -69,15 +63,14 @@ class AsifImage(DiskImage):
         self.chunk_size = chunk
         self.geometry = geometry
         self.directory_offset, self.directory_version, self.directory = self._current_directory()
-        self._tables: BoundedCache[int, array[int]] = BoundedCache(
-            max(2, TABLE_CACHE_BYTES // (geometry.table_entries * 8))
-        )
+        kept = min(geometry.table_entries * 8, TABLE_PAGES * PAGE_BYTES)  # what one cached table may hold
+        self._tables: BoundedCache[int, PagedTable] = BoundedCache(max(2, TABLE_CACHE_BYTES // kept))
         self._reported_shared = False  # a table named twice is reported once
         self.metadata: dict[str, Any] = {}
         if header.metadata_chunk:
             self._read_metadata()
 
-    def _current_directory(self) -> tuple[int, int, array[int]]:
+    def _current_directory(self) -> tuple[int, int, PagedTable]:
         h = self.header
         found = []
         for field, offset in ((16, h.directory_offset_0), (24, h.directory_offset_1)):
@@ -90,8 +83,12 @@ class AsifImage(DiskImage):
         if not found:
             raise ImageFormatError("neither ASIF directory can be read", offset=16, path=self.path)
         version, offset = max(found)
-        table = self.source.read_at(offset + DIRECTORY_VERSION.size, self.geometry.directory_entries * 8)
-        return offset, version, _u64_table(table)
+        # as long as the maximum size needs (bounded by the file), read a page at a time
+        entries = self.geometry.directory_entries
+        directory = PagedTable(
+            self.source, offset + DIRECTORY_VERSION.size, entries, big_endian=True, what="ASIF directory"
+        )
+        return offset, version, directory
 
     def _read_metadata(self) -> None:
         where = self.header.metadata_chunk * self.chunk_size
@@ -124,7 +121,7 @@ class AsifImage(DiskImage):
 
     # --- mapping ------------------------------------------------------------------------------
 
-    def _table(self, index: int) -> array[int] | None:
+    def _table(self, index: int) -> PagedTable | None:
         if index >= len(self.directory):
             return None
         chunk = self.directory[index] & ENTRY_CHUNK_MASK
@@ -132,7 +129,14 @@ class AsifImage(DiskImage):
             return None
         return self._tables.get(
             chunk,
-            lambda c: _u64_table(self.source.read_at(c * self.chunk_size, self.geometry.table_entries * 8)),
+            lambda c: PagedTable(
+                self.source,
+                c * self.chunk_size,
+                self.geometry.table_entries,
+                big_endian=True,
+                what="ASIF table",
+                cache_pages=TABLE_PAGES,
+            ),
         )
 
     def _stored(self, offset: int) -> int | None:
@@ -184,8 +188,14 @@ class AsifImage(DiskImage):
         start = stop = -1
         tables = min(len(self.directory), -(-self.size // g.bytes_per_table))
         seen: set[int] = set()
-        for table_index in range(tables):
+        directory_pages = self.directory.pages(
+            0, tables, maybe_used=_NOT_ALL_ZERO
+        )  # empty page: one comparison
+        used = (i for first, page in directory_pages for i, entry in enumerate(page, first) if entry)
+        for table_index in used:
             chunk = self.directory[table_index] & ENTRY_CHUNK_MASK
+            if not chunk:
+                continue
             if chunk in seen:  # corrupt or crafted: counted once, so work stays bounded by the file
                 if not self._reported_shared:
                     self._reported_shared = True
@@ -197,21 +207,24 @@ class AsifImage(DiskImage):
             if table is None:
                 continue
             seen.add(chunk)
-            if not any(table):
-                continue
             base = table_index * g.bytes_per_table
-            for i in range(g.data_per_table):
-                at = base + i * self.chunk_size
-                if at >= self.size:
-                    break
-                if not table[g.data_index(i)] & ENTRY_CHUNK_MASK:
-                    continue
-                if at == stop:
-                    stop = min(at + self.chunk_size, self.size)
-                    continue
-                if stop > start:
-                    yield (start, stop - start)
-                start, stop = at, min(at + self.chunk_size, self.size)
+            group = g.reserved_per_group + 1
+            for first, page in table.pages(maybe_used=_NOT_ALL_ZERO):
+                for slot, entry in enumerate(page, first):
+                    if not entry & ENTRY_CHUNK_MASK or slot % group == group - 1:
+                        continue  # not stored, or the entry a group keeps for other use
+                    i = slot - slot // group
+                    if i >= g.data_per_table:
+                        break
+                    at = base + i * self.chunk_size
+                    if at >= self.size:
+                        break
+                    if at == stop:
+                        stop = min(at + self.chunk_size, self.size)
+                        continue
+                    if stop > start:
+                        yield (start, stop - start)
+                    start, stop = at, min(at + self.chunk_size, self.size)
         if stop > start:
             yield (start, stop - start)
 
@@ -248,6 +261,9 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value.isoformat() if hasattr(value, "isoformat") else value)
+
+
+_NOT_ALL_ZERO = not_all(0, 8)
 
 
 def open_layer(source: ImageSource, resolver: Resolver) -> DiskImage:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import sys
 import uuid
-from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 from xml.etree.ElementTree import Element
@@ -23,6 +21,7 @@ from xml.etree.ElementTree import Element
 from vmforensics.errors import ImageFormatError
 from vmforensics.images import safe_xml
 from vmforensics.images.base import MAX_CHAIN_DEPTH, DiskImage, ImageSource, Kind, Resolver, Segment, data
+from vmforensics.images.paged import PagedTable, not_all
 from vmforensics.images.parallels_layout import (
     BAT_OFFSET,
     DEFAULT_TOP_GUID,
@@ -63,9 +62,9 @@ class Expanding:
         self.cluster = header.tracks * SECTOR
         self.unit = header.entry_unit
         self.size = header.sectors * SECTOR
-        self.bat = array("I", source.read_at(BAT_OFFSET, header.bat_entries * 4))
-        if sys.byteorder != "little":
-            self.bat.byteswap()
+        # the BAT's length follows from the disk size (256 MiB for 64 TiB of 1 MiB clusters):
+        # it must lie within the file, and is read a page at a time
+        self.bat = PagedTable(source, BAT_OFFSET, header.bat_entries, width=4, what="BAT")
         needed = -(-self.size // self.cluster)
         if header.bat_entries < needed:
             self.notes.append(
@@ -217,10 +216,11 @@ class ParallelsImage(DiskImage):
                 continue
             cluster = piece.expanding.cluster
             clusters = min(len(piece.expanding.bat), -(-(piece.end - piece.start) // cluster))
-            for index in range(clusters):
-                if piece.expanding.bat[index]:
-                    at = piece.start + index * cluster
-                    add(at, min(at + cluster, piece.end))
+            for first, page in piece.expanding.bat.pages(0, clusters, maybe_used=_NOT_ALL_ZERO):
+                for index, entry in enumerate(page, first):
+                    if entry and index < clusters:
+                        at = piece.start + index * cluster
+                        add(at, min(at + cluster, piece.end))
         return ranges
 
     def _describe(self) -> dict[str, Any]:
@@ -432,6 +432,9 @@ def _open_bundle(source: ImageSource, resolver: Resolver) -> ParallelsImage:
         raise
     assert layer is not None
     return layer
+
+
+_NOT_ALL_ZERO = not_all(0, 4)
 
 
 def open_layer(source: ImageSource, resolver: Resolver) -> DiskImage:

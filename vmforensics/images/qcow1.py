@@ -25,6 +25,7 @@ from vmforensics.images.base import (
     data,
     produced,
 )
+from vmforensics.images.paged import PagedTable, not_all
 from vmforensics.images.qcow1_layout import (
     COMPRESSED,
     CRYPT_AES,
@@ -83,7 +84,9 @@ class Qcow1Image(DiskImage):
         self.l2_entries = 1 << header.l2_bits
         self._span_bits = header.cluster_bits + header.l2_bits
         l1_size = -(-header.size >> self._span_bits) if header.size else 0
-        self.l1 = _u64_table(source.read_at(header.l1_table_offset, l1_size * 8))
+        # the L1 table's length follows from the virtual size (256 MiB for 64 TiB of qemu's 4 KiB
+        # clusters): it must lie within the file, and is read a page at a time
+        self.l1 = PagedTable(source, header.l1_table_offset, l1_size, big_endian=True, what="L1 table")
         self._l2: BoundedCache[int, array[int]] = BoundedCache(
             max(4, L2_CACHE_BYTES // (self.l2_entries * 8))
         )
@@ -167,7 +170,8 @@ class Qcow1Image(DiskImage):
         start = stop = -1
         span = 1 << self._span_bits
         seen: set[int] = set()
-        for l1_index, l2_offset in enumerate(self.l1):
+        pages = self.l1.pages(maybe_used=_NOT_ALL_ZERO)  # an empty page costs one comparison
+        for l1_index, l2_offset in ((i, e) for first, page in pages for i, e in enumerate(page, first)):
             if not l2_offset:
                 continue
             if l2_offset in seen:  # corrupt or crafted: counted once, so work stays bounded by the file
@@ -208,6 +212,9 @@ class Qcow1Image(DiskImage):
         if self.backing_name is not None:
             details["backing_file"] = self.backing_name
         return {"subtype": "qcow1", "details": details}
+
+
+_NOT_ALL_ZERO = not_all(0, 8)
 
 
 def open_layer(source: ImageSource, resolver: Resolver) -> DiskImage:

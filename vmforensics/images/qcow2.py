@@ -24,7 +24,6 @@ from typing import Any
 from vmforensics.errors import ImageFormatError
 from vmforensics.images import qcow2_layout as q
 from vmforensics.images.base import (
-    MAX_ALLOCATION,
     BoundedCache,
     DiskImage,
     ImageSource,
@@ -36,6 +35,7 @@ from vmforensics.images.base import (
     produced,
     zero,
 )
+from vmforensics.images.paged import PagedTable, not_all
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +207,6 @@ class Qcow2Image(DiskImage):
         h = self.header
         covered_per_l1 = 1 << (self.l2_bits + self.cluster_bits)
         needed = -(-h.size // covered_per_l1)
-        if h.l1_size * 8 > MAX_ALLOCATION:
-            raise self._fail(f"L1 table of {h.l1_size} entries exceeds the {MAX_ALLOCATION}-byte limit", 36)
         if h.l1_size < needed:
             self.warn(
                 f"L1 table has {h.l1_size} entries, {needed} are needed: the rest reads unallocated",
@@ -216,11 +214,9 @@ class Qcow2Image(DiskImage):
             )
         if h.l1_size and h.l1_table_offset & (self.cluster_size - 1):
             raise self._fail(f"L1 table offset {h.l1_table_offset} is not cluster-aligned", 40)
-        self.l1 = (
-            _big_endian_u64(self.source.read_at(h.l1_table_offset, h.l1_size * 8))
-            if h.l1_size
-            else array("Q")
-        )
+        # its length follows from the virtual size and cluster size (16 MiB for 256 TiB of 32 KiB
+        # clusters): bounded by the file, read a page at a time
+        self.l1 = PagedTable(self.source, h.l1_table_offset, h.l1_size, big_endian=True, what="L1 table")
 
     def _read_snapshots(self) -> None:
         h = self.header
@@ -461,10 +457,11 @@ class Qcow2Image(DiskImage):
         cbits = self.cluster_bits
         per_table = 1 << self.l2_bits
         start = stop = -1
-        for l1_index in range(len(self.l1)):
+        needed = -(-self._size // (per_table << cbits))
+        pages = self.l1.pages(0, needed, maybe_used=_NOT_ALL_ZERO)  # an empty page costs one comparison
+        used = (index for first, page in pages for index, entry in enumerate(page, first) if entry)
+        for l1_index in used:
             base = l1_index * per_table
-            if base << cbits >= self._size:
-                break
             table = self._l2_table(l1_index)
             if table is None:
                 continue
@@ -550,6 +547,9 @@ class Qcow2Image(DiskImage):
             "details": details,
             "files": [s.name for s in self.sources],
         }
+
+
+_NOT_ALL_ZERO = not_all(0, 8)
 
 
 def open_layer(source: ImageSource, resolver: Resolver) -> DiskImage:

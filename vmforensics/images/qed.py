@@ -7,13 +7,12 @@ zeroed cluster.
 
 from __future__ import annotations
 
-import sys
-from array import array
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vmforensics.errors import ImageFormatError
 from vmforensics.images.base import BoundedCache, DiskImage, ImageSource, Kind, Resolver, Segment, data
+from vmforensics.images.paged import PAGE_BYTES, PagedTable, not_all
 from vmforensics.images.qed_layout import (
     F_BACKING_FILE,
     F_BACKING_FORMAT_NO_PROBE,
@@ -31,18 +30,13 @@ from vmforensics.images.qed_layout import (
 
 #: Memory kept for decoded L2 tables.
 L2_CACHE_BYTES = 32 << 20
+#: Pages each cached L2 table keeps (a table may be far larger than a page).
+L2_PAGES = 8
 MAX_BACKING_NAME = 4096
 
 
 def _power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
-
-
-def _u64_table(raw: bytes) -> array[int]:
-    table = array("Q", raw)
-    if sys.byteorder != "little":
-        table.byteswap()
-    return table
 
 
 class QedImage(DiskImage):
@@ -87,8 +81,11 @@ class QedImage(DiskImage):
         super().__init__(header.image_size, path=name, sources=[source], strict=resolver.strict)
         if header.features & F_NEED_CHECK:
             self.warn("image is marked as needing a consistency check (not closed cleanly)", offset=16)
-        self.l1 = _u64_table(source.read_at(header.l1_table_offset, self.table_bytes))
-        self._l2: BoundedCache[int, array[int]] = BoundedCache(max(1, L2_CACHE_BYTES // self.table_bytes))
+        # tables are table_size clusters (up to 1 GiB each, with 64 MiB clusters): each must lie
+        # within the file and is read a page at a time
+        self.l1 = PagedTable(source, header.l1_table_offset, self.entries, what="L1 table")
+        kept = min(self.table_bytes, L2_PAGES * PAGE_BYTES)  # what one cached L2 table may hold
+        self._l2: BoundedCache[int, PagedTable] = BoundedCache(max(1, L2_CACHE_BYTES // kept))
         self._reported_shared = False  # a table named twice is reported once
         self.backing_name: str | None = None
         if header.features & F_BACKING_FILE:
@@ -109,7 +106,7 @@ class QedImage(DiskImage):
 
     # --- reading ------------------------------------------------------------------------------
 
-    def _table(self, l1_index: int) -> array[int] | None:
+    def _table(self, l1_index: int) -> PagedTable | None:
         if l1_index >= len(self.l1):
             return None
         offset = self.l1[l1_index]
@@ -121,7 +118,10 @@ class QedImage(DiskImage):
                 offset=self.header.l1_table_offset + 8 * l1_index,
                 path=self.path,
             )
-        return self._l2.get(offset, lambda at: _u64_table(self.source.read_at(at, self.table_bytes)))
+        return self._l2.get(
+            offset,
+            lambda at: PagedTable(self.source, at, self.entries, what="L2 table", cache_pages=L2_PAGES),
+        )
 
     def _entry(self, cluster_index: int) -> int:
         table = self._table(cluster_index // self.entries)
@@ -129,8 +129,11 @@ class QedImage(DiskImage):
 
     def _check(self, entry: int, cluster_index: int) -> int:
         if entry % self.cluster_size:
+            l1_index, slot = divmod(cluster_index, self.entries)
             raise ImageFormatError(
-                f"misaligned data cluster offset {entry} for guest cluster {cluster_index}", path=self.path
+                f"misaligned data cluster offset {entry} for guest cluster {cluster_index}",
+                offset=self.l1[l1_index] + 8 * slot,  # the L2 entry that names it
+                path=self.path,
             )
         return entry
 
@@ -196,10 +199,10 @@ class QedImage(DiskImage):
         start = stop = -1
         cluster = self.cluster_size
         seen: set[int] = set()
-        for l1_index in range(len(self.l1)):
+        needed = -(-self.size // self._span)
+        l1_pages = self.l1.pages(0, needed, maybe_used=_NOT_ALL_ZERO)  # an empty page costs one comparison
+        for l1_index in (i for first, page in l1_pages for i, entry in enumerate(page, first) if entry):
             base = l1_index * self._span
-            if base >= self.size:
-                break
             if self.l1[l1_index] in seen:
                 if not self._reported_shared:
                     self._reported_shared = True
@@ -209,9 +212,12 @@ class QedImage(DiskImage):
             if table is None:
                 continue
             seen.add(self.l1[l1_index])
-            if not any(table):
-                continue
-            for i, entry in enumerate(table):
+            stored = (
+                (i, entry)
+                for first, page in table.pages(maybe_used=_NOT_ALL_ZERO)
+                for i, entry in enumerate(page, first)
+            )
+            for i, entry in stored:
                 if entry in (UNALLOCATED, ZERO_CLUSTER):
                     continue
                 at = base + i * cluster
@@ -241,6 +247,9 @@ class QedImage(DiskImage):
             details["backing_file"] = self.backing_name
             details["backing_format"] = "raw" if h.features & F_BACKING_FORMAT_NO_PROBE else "probed"
         return {"subtype": "qed", "details": details}
+
+
+_NOT_ALL_ZERO = not_all(0, 8)
 
 
 def open_layer(source: ImageSource, resolver: Resolver) -> DiskImage:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import operator
 import os
 import posixpath
-import sys
 import uuid
 from array import array
 from collections.abc import Iterable, Iterator
@@ -25,6 +23,7 @@ from vmforensics.confine import Confinement
 from vmforensics.errors import ImageFormatError
 from vmforensics.images import safe_xml
 from vmforensics.images.base import DiskImage, ImageSource, Kind, Resolver, Segment, data
+from vmforensics.images.paged import PagedTable
 from vmforensics.images.vdi_layout import (
     BLOCK_FREE,
     BLOCK_ZERO,
@@ -131,10 +130,9 @@ class VdiImage(DiskImage):
         self.block_size = block
         self._stride = block + header.block_extra
         self._first = header.data_offset + header.block_extra
-        table = source.read_at(header.blocks_offset, header.blocks * 4)
-        self._map = array("I", table)
-        if sys.byteorder != "little":
-            self._map.byteswap()
+        # the map's length follows from the disk size (256 MiB for 64 TiB of 1 MiB blocks): it
+        # must lie within the file, and is read a page at a time
+        self._map = PagedTable(source, header.blocks_offset, header.blocks, width=4, what="block map")
         needed = -(-header.disk_size // block)
         if header.blocks < needed:
             self.warn(
@@ -151,12 +149,11 @@ class VdiImage(DiskImage):
     def _is_linear(self) -> bool:
         """Fixed images store block i at index i: the whole disk is one run of the file."""
         blocks = -(-self.size // self.block_size)
-        return (
-            self.header.block_extra == 0
-            and len(self._map) >= blocks
-            and all(map(operator.eq, self._map, range(blocks)))  # no second table allocated
-            and self._first + self.size <= self.source.size
-        )
+        if self.header.block_extra or len(self._map) < blocks or self._first + self.size > self.source.size:
+            return False
+        return all(
+            page == array("I", range(first, first + len(page))) for first, page in self._map.pages(0, blocks)
+        )  # stops at the first page that differs
 
     # --- the parent ---------------------------------------------------------------------------
 
@@ -291,9 +288,13 @@ class VdiImage(DiskImage):
     def _allocated(self) -> Iterable[tuple[int, int]]:
         ranges: list[tuple[int, int]] = []
         blocks = min(len(self._map), -(-self.size // self.block_size))
-        for block in range(blocks):
-            if self._map[block] >= BLOCK_ZERO:
-                continue
+        stored = (
+            block
+            for first, page in self._map.pages(0, blocks, maybe_used=_may_hold_stored)
+            for block, entry in enumerate(page, first)
+            if entry < BLOCK_ZERO and block < blocks
+        )
+        for block in stored:
             start = block * self.block_size
             stop = min(start + self.block_size, self.size)
             if ranges and ranges[-1][0] + ranges[-1][1] == start:
@@ -322,6 +323,13 @@ class VdiImage(DiskImage):
         if self.parent_path is not None:
             details["parent_path"] = self.parent_path
         return {"subtype": _SUBTYPES[self.image_type], "identifiers": identifiers, "details": details}
+
+
+def _may_hold_stored(raw: bytes) -> bool:
+    """Whether a page of the (little-endian) block map has an entry other than free or zero."""
+    return bool(raw[1::4].strip(b"\xff") or raw[2::4].strip(b"\xff") or raw[3::4].strip(b"\xff")) or bool(
+        raw[0::4].translate(None, b"\xfe\xff")
+    )
 
 
 def open_layer(source: ImageSource, resolver: Resolver) -> DiskImage:

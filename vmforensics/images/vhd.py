@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import sys
-from array import array
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -26,7 +24,8 @@ from vmforensics.images.base import (
     Segment,
     data,
 )
-from vmforensics.images.bitmap import SectorRuns
+from vmforensics.images.bitmap import BITMAP_CACHE_BYTES, SectorRuns
+from vmforensics.images.paged import PagedTable, not_all
 from vmforensics.images.vhd_layout import (
     CHECKSUM_OFFSET_DYNAMIC,
     CHECKSUM_OFFSET_FOOTER,
@@ -111,7 +110,7 @@ class VhdImage(DiskImage):
             self.warn(message, offset=offset)
         self.dynamic: DynamicHeader | None = None
         self.block_size = 0
-        self._bat = array("I")
+        self._bat = PagedTable(source, 0, 0, width=4, big_endian=True)
         if self.disk_type is DiskType.FIXED:
             if footer.current_size > self.footer_offset:
                 raise ImageFormatError(
@@ -123,8 +122,10 @@ class VhdImage(DiskImage):
             return
         self._read_dynamic_header()
         self._bitmap_size = bitmap_bytes(self.block_size)
-        self._runs: BoundedCache[int, SectorRuns] = BoundedCache(1024)
-        self._fully_present = bytearray(len(self._bat))  # per block: 0 not known yet, 1 yes, 2 no
+        self._runs: BoundedCache[int, SectorRuns] = BoundedCache(
+            max(16, BITMAP_CACHE_BYTES // self._bitmap_size)
+        )
+        self._fully_present: BoundedCache[int, bool] = BoundedCache(1 << 16)  # per block: every sector?
         self.parent_names: list[str] = []
         if self.disk_type is DiskType.DIFFERENCING:
             self._open_parent(resolver)
@@ -149,10 +150,10 @@ class VhdImage(DiskImage):
         self._raw_dynamic = raw
         self._dynamic_offset = offset
         self.block_size = header.block_size
-        table = self.source.read_at(header.table_offset, header.max_table_entries * 4)
-        bat = array("I", table)
-        if sys.byteorder == "little":
-            bat.byteswap()
+        # bounded by the file, read a page at a time
+        bat = PagedTable(
+            self.source, header.table_offset, header.max_table_entries, width=4, big_endian=True, what="BAT"
+        )
         self._bat = bat
         needed = -(-self.size // self.block_size)
         if len(bat) < needed:
@@ -227,10 +228,8 @@ class VhdImage(DiskImage):
         entry = self._bat[block]
         if entry == UNALLOCATED:
             return None
-        known = self._fully_present[block]
-        if known == 0:  # read the block's bitmap once to learn whether every sector is present
-            known = self._fully_present[block] = 1 if self._block_runs(block).full else 2
-        if known == 1:
+        # the block's bitmap, read once, says whether every sector is present
+        if self._fully_present.get(block, lambda block: self._block_runs(block).full):
             return self.source, entry * SECTOR + self._bitmap_size + within
         return None
 
@@ -276,9 +275,10 @@ class VhdImage(DiskImage):
             return [(0, self.size)] if self.size else []
         ranges: list[tuple[int, int]] = []
         blocks = min(len(self._bat), -(-self.size // self.block_size))
-        for block in range(blocks):
-            if self._bat[block] == UNALLOCATED:
-                continue
+        pages = self._bat.pages(0, blocks, maybe_used=_NOT_ALL_UNALLOCATED)  # an empty page: one comparison
+        for block in (b for first, page in pages for b, e in enumerate(page, first) if e != UNALLOCATED):
+            if block >= blocks:
+                break
             start = block * self.block_size
             stop = min(start + self.block_size, self.size)
             if ranges and ranges[-1][0] + ranges[-1][1] == start:
@@ -306,6 +306,9 @@ class VhdImage(DiskImage):
                 identifiers["parent_unique_id"] = str(self.dynamic.parent_uuid)
                 details["parent_names"] = self.parent_names
         return {"subtype": self.disk_type.name.lower(), "identifiers": identifiers, "details": details}
+
+
+_NOT_ALL_UNALLOCATED = not_all(UNALLOCATED, 4, big_endian=True)
 
 
 def open_layer(source: ImageSource, resolver: Resolver) -> DiskImage:

@@ -10,9 +10,7 @@ parent named by its parent locator, whose DataWriteGuid must match ``parent_link
 from __future__ import annotations
 
 import logging
-import sys
 import uuid
-from array import array
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -26,7 +24,8 @@ from vmforensics.images.base import (
     Segment,
     data,
 )
-from vmforensics.images.bitmap import SectorRuns
+from vmforensics.images.bitmap import BITMAP_CACHE_BYTES, SectorRuns
+from vmforensics.images.paged import PagedTable
 from vmforensics.images.vhdx_layout import (
     BAT_OFFSET_SHIFT,
     BAT_REGION,
@@ -226,7 +225,8 @@ class VhdxImage(DiskImage):
         self.chunk_ratio = chunk_ratio(self.block_size, self.logical_sector_size)
         self._read_bat()
         self._file_size = self.source.size
-        self._runs: BoundedCache[int, SectorRuns] = BoundedCache(1024)
+        bitmap_bytes = self.block_size // self.logical_sector_size // 8
+        self._runs: BoundedCache[int, SectorRuns] = BoundedCache(max(16, BITMAP_CACHE_BYTES // bitmap_bytes))
         self.parent_locator: dict[str, str] = {}
         if self.has_parent:
             raw, offset = items.get(PARENT_LOCATOR_ITEM, (b"", None))
@@ -271,21 +271,10 @@ class VhdxImage(DiskImage):
                 path=self.path,
             )
         count = min(wanted, available)
-        # The BAT's size follows from the declared virtual size and block size (over 64 MiB for a
-        # 16 TiB disk of 2 MiB blocks), so no constant caps it; it must lie within the file, which
-        # is checked before anything is allocated, and it is read straight into the table.
-        start = self.bat_region.file_offset
-        if start + count * 8 > self.source.size:
-            raise ImageFormatError(
-                f"BAT of {count} entries at {start} runs past the end of the {self.source.size}-byte file",
-                offset=start,
-                path=self.path,
-            )
-        bat = array("Q", bytes(8)) * count
-        self.source.readinto_at(memoryview(bat).cast("B"), start)
-        if sys.byteorder == "big":
-            bat.byteswap()
-        self._bat = bat
+        # The BAT's length follows from the declared virtual size and block size (512 MiB for a
+        # 64 TiB disk of 1 MiB blocks), so no constant caps it: it must lie within the file, and
+        # it is read a page at a time as reads need it.
+        self._bat = PagedTable(self.source, self.bat_region.file_offset, count, what="BAT")
 
     def _open_parent(self, resolver: Resolver) -> None:
         names = [self.parent_locator[key] for key in PARENT_PATH_KEYS if self.parent_locator.get(key)]
@@ -323,7 +312,9 @@ class VhdxImage(DiskImage):
 
     def _bat_entry(self, index: int) -> int:
         if index >= len(self._bat):
-            raise ImageFormatError(f"BAT entry {index} is beyond the BAT", offset=self.bat_region.file_offset)
+            raise ImageFormatError(
+                f"BAT entry {index} is beyond the BAT", offset=self.bat_region.file_offset, path=self.path
+            )
         return self._bat[index]
 
     def _block_runs(self, block: int) -> SectorRuns:
@@ -419,17 +410,26 @@ class VhdxImage(DiskImage):
             yield Segment(pending, pending_kind)
 
     def _allocated(self) -> Iterable[tuple[int, int]]:
+        """Present blocks, found a BAT page at a time (a page of zeros, all not present, is skipped
+        whole, so a huge sparse disk is scanned at the speed of reading its BAT)."""
         ranges: list[tuple[int, int]] = []
         present = (PayloadState.FULLY_PRESENT, PayloadState.PARTIALLY_PRESENT)
-        for block in range(-(-self.size // self.block_size)):
-            if self._bat[block + block // self.chunk_ratio] & BAT_STATE_MASK not in present:
-                continue
-            start = block * self.block_size
-            stop = min(start + self.block_size, self.size)
-            if ranges and sum(ranges[-1]) == start:
-                ranges[-1] = (ranges[-1][0], stop - ranges[-1][0])
-            else:
-                ranges.append((start, stop - start))
+        ratio, block_size = self.chunk_ratio, self.block_size
+        payload_entries = -(-self.size // block_size) + max(0, -(-self.size // block_size) - 1) // ratio
+        for first, entries in self._bat.pages(0, payload_entries, maybe_used=_may_hold_present):
+            for index, entry in enumerate(entries, first):
+                if (
+                    index >= payload_entries
+                    or entry & BAT_STATE_MASK not in present
+                    or index % (ratio + 1) == ratio
+                ):
+                    continue
+                start = (index - index // (ratio + 1)) * block_size
+                stop = min(start + block_size, self.size)
+                if ranges and sum(ranges[-1]) == start:
+                    ranges[-1] = (ranges[-1][0], stop - ranges[-1][0])
+                else:
+                    ranges.append((start, stop - start))
         return ranges
 
     def _describe(self) -> dict[str, Any]:
@@ -464,6 +464,18 @@ class VhdxImage(DiskImage):
         if self.parent_locator:
             details["parent_locator"] = dict(self.parent_locator)
         return {"subtype": subtype, "identifiers": identifiers, "details": details}
+
+
+#: Per BAT entry's first byte: 1 if its state is fully or partially present.
+_PRESENT_STATES = bytes(
+    int(b & BAT_STATE_MASK in (PayloadState.FULLY_PRESENT, PayloadState.PARTIALLY_PRESENT))
+    for b in range(256)
+)
+
+
+def _may_hold_present(raw: bytes) -> bool:
+    """Whether a page of BAT entries (little-endian, state in the low bits) has a present block."""
+    return 1 in raw[::8].translate(_PRESENT_STATES)
 
 
 def open_layer(source: ImageSource, resolver: Resolver) -> DiskImage:

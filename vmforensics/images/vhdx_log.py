@@ -4,14 +4,23 @@ A VHDX file whose header names a log (LogGuid non-zero) may hold metadata update
 region tables) that were logged but not yet written in place. Following [MS-VHDX] 2.3.3 this
 module finds the active sequence (the newest complete run of valid entries) and returns a view of
 the file with those writes applied on top (:class:`ReplayedSource`).
+
+The log's length is what the header declares (bounded by the file), so it is never read whole:
+entries are read and checksummed in bounded pieces, and a logged sector stays in the file (the
+overlay keeps where it lies, not its bytes). The search's checksumming is bounded by a multiple
+of the log's length, so a hostile log of overlapping entries cannot make it quadratic.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import NamedTuple
+
+import google_crc32c
 
 from vmforensics.errors import ImageFormatError
 from vmforensics.images.base import ImageSource, fill_zero
@@ -24,7 +33,6 @@ from vmforensics.images.vhdx_layout import (
     LogDescriptor,
     LogEntryHeader,
     MiB,
-    checksum_ok,
     descriptor_sectors,
 )
 
@@ -32,8 +40,22 @@ log = logging.getLogger(__name__)
 
 #: Entry validations the search may perform before giving up on a (hostile) log.
 MAX_SEARCH_STEPS = 1_000_000
+#: The search may checksum this many times the log's length (a valid log needs at most once).
+SEARCH_PASSES = 4
+#: Bytes of an entry read at once while checksumming it.
+READ_PIECE = 1 * MiB
 
-Write = tuple[int, int, bytes | None]  # file offset, length, bytes (None: zeros)
+
+class LoggedSector(NamedTuple):
+    """A 4 KiB sector the log holds: its middle at ``file_offset`` (a data sector's payload) and
+    its first 8 and last 4 bytes kept in the descriptor."""
+
+    file_offset: int
+    leading: bytes
+    trailing: bytes
+
+
+Write = tuple[int, int, LoggedSector | None]  # file offset, length, the logged sector (None: zeros)
 
 
 class LogEntry(NamedTuple):
@@ -43,7 +65,7 @@ class LogEntry(NamedTuple):
     sequence_number: int
     flushed_file_offset: int
     last_file_offset: int
-    writes: list[Write]
+    descriptor_count: int
 
 
 class LogReplay(NamedTuple):
@@ -52,19 +74,28 @@ class LogReplay(NamedTuple):
 
 
 class _Log:
-    """The circular log, read once, and the entries found in it."""
+    """The circular log, read from the file as entries are examined."""
 
-    def __init__(self, raw: bytes, log_guid: bytes):
-        self.raw = raw
-        self.size = len(raw)
+    def __init__(self, source: ImageSource, offset: int, size: int, log_guid: bytes):
+        if offset + size > source.size:
+            raise ImageFormatError(
+                f"VHDX log of {size} bytes at {offset} runs past the end of the {source.size}-byte file",
+                offset=offset,
+                path=source.name,
+            )
+        self.source = source
+        self.start = offset
+        self.size = size
         self.log_guid = log_guid
         self._parsed: dict[int, LogEntry | None] = {}
+        self._budget = SEARCH_PASSES * size + READ_PIECE
 
     def _bytes(self, offset: int, length: int) -> bytes:
-        """``length`` bytes from ``offset``, wrapping around the end of the ring."""
-        head = self.raw[offset : offset + length]
+        """``length`` bytes from ``offset`` of the ring, wrapping around its end."""
+        offset %= self.size
+        head = self.source.read_at(self.start + offset, min(length, self.size - offset))
         if len(head) < length:
-            head += self.raw[: length - len(head)]
+            head += self.source.read_at(self.start, length - len(head))
         return head
 
     def entry(self, offset: int) -> LogEntry | None:
@@ -72,10 +103,37 @@ class _Log:
             self._parsed[offset] = self._parse(offset)
         return self._parsed[offset]
 
+    def _checksum_ok(self, offset: int, length: int, stored: int) -> bool:
+        self._budget -= length
+        if self._budget < 0:
+            raise ImageFormatError(
+                "VHDX log search exceeded its work limit (overlapping entries: hostile log?)",
+                offset=self.start + offset,
+                path=self.source.name,
+            )
+        crc = 0
+        for at in range(0, length, READ_PIECE):
+            piece = self._bytes(offset + at, min(READ_PIECE, length - at))
+            if at == 0:
+                piece = piece[:4] + b"\0\0\0\0" + piece[8:]
+            crc = google_crc32c.extend(crc, piece)
+        return crc == stored
+
+    def _descriptors(self, offset: int, header: LogEntryHeader) -> list[LogDescriptor]:
+        """The entry's descriptors (read a 4 KiB sector at a time)."""
+        found: list[LogDescriptor] = []
+        sector_bytes = b""
+        for index in range(header.descriptor_count):
+            at = LOG_ENTRY_HEADER.size + index * LOG_DESCRIPTOR.size
+            sector, within = divmod(at, LOG_SECTOR)
+            if within == 0 or not sector_bytes or index == 0:
+                sector_bytes = self._bytes(offset + sector * LOG_SECTOR, LOG_SECTOR)
+            found.append(LogDescriptor._make(LOG_DESCRIPTOR.unpack_from(sector_bytes, within)))
+        return found
+
     def _parse(self, offset: int) -> LogEntry | None:
-        header = LogEntryHeader._make(
-            LOG_ENTRY_HEADER.unpack_from(self._bytes(offset, LOG_ENTRY_HEADER.size))
-        )
+        raw = self._bytes(offset, LOG_SECTOR)
+        header = LogEntryHeader._make(LOG_ENTRY_HEADER.unpack_from(raw))
         if (
             header.signature != b"loge"
             or header.log_guid != self.log_guid
@@ -87,48 +145,52 @@ class _Log:
             or header.tail >= self.size
         ):
             return None
-        desc_sectors = descriptor_sectors(header.descriptor_count)
-        if desc_sectors * LOG_SECTOR > header.entry_length:
+        if descriptor_sectors(header.descriptor_count) * LOG_SECTOR > header.entry_length:
             return None
-        raw = self._bytes(offset, header.entry_length)
-        if not checksum_ok(raw):
+        if not self._checksum_ok(offset, header.entry_length, header.checksum):
             return None
-        writes: list[Write] = []
-        data_sector = desc_sectors * LOG_SECTOR
-        for index in range(header.descriptor_count):
-            desc = LogDescriptor._make(
-                LOG_DESCRIPTOR.unpack_from(raw, LOG_ENTRY_HEADER.size + index * LOG_DESCRIPTOR.size)
-            )
-            if desc.sequence_number != header.sequence_number or desc.file_offset % LOG_SECTOR:
-                return None
-            if desc.signature == b"zero":
-                if desc.leading_or_length % LOG_SECTOR:
-                    return None
-                writes.append((desc.file_offset, desc.leading_or_length, None))
-            elif desc.signature == b"desc":
-                if data_sector + LOG_SECTOR > header.entry_length:
-                    return None
-                signature, high, payload, low = LOG_DATA_SECTOR.unpack_from(raw, data_sector)
-                if signature != b"data" or (high << 32 | low) != header.sequence_number:
-                    return None
-                sector = (
-                    desc.leading_or_length.to_bytes(8, "little")
-                    + payload
-                    + desc.trailing_bytes.to_bytes(4, "little")
-                )
-                writes.append((desc.file_offset, LOG_SECTOR, sector))
-                data_sector += LOG_SECTOR
-            else:
-                return None
-        return LogEntry(
+        entry = LogEntry(
             offset,
             header.entry_length,
             header.tail,
             header.sequence_number,
             header.flushed_file_offset,
             header.last_file_offset,
-            writes,
+            header.descriptor_count,
         )
+        return entry if self.writes(entry) is not None else None
+
+    def writes(self, entry: LogEntry) -> list[Write] | None:
+        """What ``entry`` writes into the file, or None if its descriptors are invalid."""
+        header = LogEntryHeader._make(LOG_ENTRY_HEADER.unpack_from(self._bytes(entry.offset, LOG_SECTOR)))
+        writes: list[Write] = []
+        data_sector = descriptor_sectors(entry.descriptor_count) * LOG_SECTOR
+        for desc in self._descriptors(entry.offset, header):
+            if desc.sequence_number != entry.sequence_number or desc.file_offset % LOG_SECTOR:
+                return None
+            if desc.signature == b"zero":
+                if desc.leading_or_length % LOG_SECTOR:
+                    return None
+                writes.append((desc.file_offset, desc.leading_or_length, None))
+            elif desc.signature == b"desc":
+                if data_sector + LOG_SECTOR > entry.length:
+                    return None
+                signature, high, _, low = LOG_DATA_SECTOR.unpack(
+                    self._bytes(entry.offset + data_sector, LOG_SECTOR)
+                )
+                if signature != b"data" or (high << 32 | low) != entry.sequence_number:
+                    return None
+                where = self.start + (entry.offset + data_sector) % self.size + 8
+                sector = LoggedSector(
+                    where,
+                    desc.leading_or_length.to_bytes(8, "little"),
+                    desc.trailing_bytes.to_bytes(4, "little"),
+                )
+                writes.append((desc.file_offset, LOG_SECTOR, sector))
+                data_sector += LOG_SECTOR
+            else:
+                return None
+        return writes
 
     def active_sequence(self) -> list[LogEntry]:
         """The newest valid, complete sequence (tail entry first), per [MS-VHDX] 2.3.3; [] if none."""
@@ -161,6 +223,38 @@ class _Log:
             old_tail = current_tail
 
 
+def overlay(writes: list[Write]) -> tuple[list[int], list[int], list[tuple[int, LoggedSector] | None]]:
+    """Sorted, disjoint (start, end, payload) runs of ``writes``, a later write winning where they
+    overlap; a payload is (where its sector starts in the file, the sector). O(n log n)."""
+    bounds = sorted({at for offset, length, _ in writes if length > 0 for at in (offset, offset + length)})
+    order = sorted((w for w in enumerate(writes) if w[1][1] > 0), key=lambda w: w[1][0])
+    active: list[tuple[int, int]] = []  # (-index, end): the latest write on top
+    starts: list[int] = []
+    ends: list[int] = []
+    payloads: list[tuple[int, LoggedSector] | None] = []
+    winners: list[int] = []
+    position = 0
+    for left, right in itertools.pairwise(bounds):
+        while position < len(order) and order[position][1][0] <= left:
+            index, (offset, length, _) = order[position]
+            heapq.heappush(active, (-index, offset + length))
+            position += 1
+        while active and active[0][1] <= left:
+            heapq.heappop(active)
+        if not active:
+            continue
+        index = -active[0][0]
+        if ends and ends[-1] == left and winners[-1] == index:
+            ends[-1] = right
+            continue
+        offset, _, sector = writes[index]
+        starts.append(left)
+        ends.append(right)
+        payloads.append(None if sector is None else (offset, sector))
+        winners.append(index)
+    return starts, ends, payloads
+
+
 class ReplayedSource(ImageSource):
     """The image file as it reads after the log replay: the file's bytes with the logged writes on top."""
 
@@ -168,37 +262,7 @@ class ReplayedSource(ImageSource):
         super().__init__(base.fileobj, base.name, owned=False)
         self.base = base
         self.size = size
-        self._starts: list[int] = []
-        self._ends: list[int] = []
-        self._payloads: list[bytes | None] = []
-        for offset, length, payload in writes:
-            self._put(offset, offset + length, payload)
-
-    def _put(self, start: int, end: int, payload: bytes | None) -> None:
-        """Overlay ``[start, end)``; later writes replace earlier ones where they overlap."""
-        if end <= start:
-            return
-        first = bisect_right(self._ends, start)
-        last = bisect_left(self._starts, end)
-        starts, ends, payloads = [start], [end], [payload]
-        if first < last:
-            left_start, left_payload = self._starts[first], self._payloads[first]
-            if left_start < start:
-                starts.insert(0, left_start)
-                ends.insert(0, start)
-                payloads.insert(0, left_payload and left_payload[: start - left_start])
-            right_start, right_end, right_payload = (
-                self._starts[last - 1],
-                self._ends[last - 1],
-                self._payloads[last - 1],
-            )
-            if right_end > end:
-                starts.append(end)
-                ends.append(right_end)
-                payloads.append(right_payload and right_payload[end - right_start :])
-        self._starts[first:last] = starts
-        self._ends[first:last] = ends
-        self._payloads[first:last] = payloads
+        self._starts, self._ends, self._payloads = overlay(writes)
 
     @property
     def writes(self) -> int:
@@ -224,8 +288,11 @@ class ReplayedSource(ImageSource):
             if payload is None:
                 fill_zero(view[start - offset : stop - offset])
             else:
-                base = self._starts[index]
-                view[start - offset : stop - offset] = payload[start - base : stop - base]
+                base, sector = payload
+                raw = (
+                    sector.leading + self.base.read_at(sector.file_offset, LOG_SECTOR - 12) + sector.trailing
+                )
+                view[start - offset : stop - offset] = raw[start - base : stop - base]
             index += 1
 
     def close(self) -> None:
@@ -244,7 +311,7 @@ def replay_log(source: ImageSource, header: Header, warn: Callable[[str, int | N
             offset=header.log_offset,
             path=source.name,
         )
-    ring = _Log(source.read_at(header.log_offset, header.log_length), header.log_guid)
+    ring = _Log(source, header.log_offset, header.log_length, header.log_guid)
     entries = ring.active_sequence()
     if not entries:
         warn(
@@ -258,7 +325,7 @@ def replay_log(source: ImageSource, header: Header, warn: Callable[[str, int | N
             "(truncated?)",
             source.size,
         )
-    writes = [write for entry in entries for write in entry.writes]
+    writes = [write for entry in entries for write in ring.writes(entry) or ()]
     size = max([source.size, head.last_file_offset] + [offset + length for offset, length, _ in writes])
     log.info(
         "%s: replaying %d VHDX log entries (sequence %d..%d) in memory",

@@ -10,8 +10,10 @@ grain directory and cached grain tables normalised to byte offsets, with two sen
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import mmap
+import os
 import threading
 import zlib
 from array import array
@@ -31,6 +33,7 @@ from vmforensics.images.base import (
     produced,
     zero,
 )
+from vmforensics.images.paged import PagedTable
 from vmforensics.images.vmdk_layout import (
     COWD_GT_ENTRIES,
     COWD_MAGIC,
@@ -195,7 +198,7 @@ class GrainExtent(Extent):
         *,
         grain: int,
         gt_entries: int,
-        gd: array,
+        gd: PagedTable,
         compressed: bool = False,
         markers: bool = False,
     ):
@@ -230,6 +233,22 @@ class GrainExtent(Extent):
         """Grain table ``index`` as byte offsets / sentinels, or None when the directory has none."""
         raise NotImplementedError
 
+    def _tables_in_hole(self, page: array, blank: _BlankScan) -> bool:
+        """Whether the directory ``page`` names tables laid end to end (as qemu and VMware
+        preallocate them) that all lie in a hole of the sparse file: no grain, checked at once."""
+        step, spare = divmod(self.gt_entries * 4, SECTOR)
+        if spare or not page or not page[0]:
+            return False
+        first = page[0]
+        if page != array(page.typecode, range(first, first + len(page) * step, step)):
+            return False
+        return blank.is_hole(first * SECTOR, len(page) * step * SECTOR)
+
+    def _table_offset(self, index: int, entry: int) -> int | None:
+        """Where grain table ``index`` (directory entry ``entry``) lies in the file, or None when
+        the directory has none (32-bit directory entries in sectors; SESparse overrides)."""
+        return entry * SECTOR if entry else None
+
     # --- shared ---------------------------------------------------------------------------------
 
     def _table(self, index: int) -> GrainTable | None:
@@ -247,11 +266,11 @@ class GrainExtent(Extent):
     def _sector_table(self, index: int, *, zeroed_grains: bool) -> array | None:
         """Table ``index`` of 32-bit grain sectors (KDMV, COWD) as byte offsets; with
         ``zeroed_grains`` an entry of 1 is the zeroed-grain sentinel."""
-        sector = self.gd[index]
-        if sector == 0:
+        at = self._table_offset(index, self.gd[index])
+        if at is None:
             return None
         assert self.source is not None
-        raw = _read_u32_table(self.source, sector * SECTOR, self._table_entries(index))
+        raw = _read_u32_table(self.source, at, self._table_entries(index))
         if zeroed_grains:
             return array("Q", [e << 9 if e != 1 else ZEROED for e in raw])
         return array("Q", [e << 9 for e in raw])
@@ -368,10 +387,19 @@ class GrainExtent(Extent):
         assert source is not None
         seen: set[int] = set()
         # tables are as wide as directory entries (4 bytes, 8 for SESparse); more than fit must overlap
-        most = source.size // (per_table * self.gd.itemsize) + 1
+        most = source.size // (per_table * self.gd.width) + 1
         run_start = run_end = -1
-        for table_index in range(min(len(self.gd), -(-self.grains // per_table))):
-            where = self.gd[table_index]
+        blank = _BlankScan(source)
+        tables = min(len(self.gd), -(-self.grains // per_table))
+        directory = (
+            (i, e)
+            for first, page in self.gd.pages(0, tables)
+            if not self._tables_in_hole(page, blank)
+            for i, e in enumerate(page, first)
+        )
+        for table_index, where in directory:
+            if table_index >= tables:
+                break
             if len(seen) >= most:
                 self.report(
                     f"grain directory names more grain tables than the file can hold ({most}); "
@@ -388,6 +416,9 @@ class GrainExtent(Extent):
                         None,
                     )
                 continue
+            at = self._table_offset(table_index, where)
+            if at is None or blank.is_blank(at, self._table_entries(table_index) * self.gd.width):
+                continue  # a table of zeros maps no grain (qemu and VMware preallocate them)
             table = self._table(table_index)
             if table is None:
                 continue
@@ -411,6 +442,51 @@ class GrainExtent(Extent):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "grain_size": self.grain, "compressed": self.compressed}
+
+
+class _BlankScan:
+    """Answers "is this span of the file all zeros?" for spans met in ascending order, reading
+    the file a window at a time (one read for many preallocated, still empty grain tables) and
+    skipping the holes of a sparse file without reading them (SEEK_DATA)."""
+
+    WINDOW = 1 << 20
+
+    def __init__(self, source: ImageSource):
+        self.source = source
+        self._start = self._end = 0
+        self._window = b""
+        self._blank = False
+
+    def _hole_until(self, offset: int) -> int:
+        """Where the file's next data begins at or after ``offset`` (``offset`` if unknown)."""
+        fd = self.source._pread_fd
+        if fd is None:
+            return offset
+        try:
+            return os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:  # ENXIO: no data after offset; others: no SEEK_DATA here
+            return self.source.size if exc.errno == errno.ENXIO else offset
+
+    def is_hole(self, offset: int, length: int) -> bool:
+        """Whether ``[offset, offset+length)`` lies in a hole of the file (never read)."""
+        return offset + length <= self.source.size and self._hole_until(offset) >= offset + length
+
+    def is_blank(self, offset: int, length: int) -> bool:
+        if not (self._start <= offset and offset + length <= self._end):
+            if offset < 0 or offset + length > self.source.size or length > self.WINDOW:
+                return False  # left to the table's own read, which reports it
+            data_at = self._hole_until(offset)
+            if data_at >= offset + length:
+                self._start, self._end, self._blank = offset, min(data_at, self.source.size), True
+                return True
+            self._start = offset
+            self._end = min(self.source.size, offset + self.WINDOW)
+            self._window = self.source.read_at(offset, self._end - offset)
+            self._blank = not self._window.strip(b"\0")
+        if self._blank:
+            return True
+        at = offset - self._start
+        return not self._window[at : at + length].strip(b"\0")
 
 
 def _read_u32_table(source: ImageSource, offset: int, count: int) -> array:
@@ -440,7 +516,7 @@ class HostedSparseExtent(GrainExtent):
             gd_sector = header.rgd_offset
         coverage = gt_entries * grain
         gd_entries = -(-header.capacity * SECTOR // coverage)
-        gd = _read_u32_table(source, gd_sector * SECTOR, gd_entries) if gd_entries else array("I")
+        gd = PagedTable(source, gd_sector * SECTOR, gd_entries, width=4, what="grain directory")
         super().__init__(
             start,
             length,
@@ -475,7 +551,7 @@ class CowdExtent(GrainExtent):
 
     def __init__(self, start: int, length: int, source: ImageSource, header: CowdHeader):
         grain = header.grain_sectors * SECTOR
-        gd = _read_u32_table(source, header.gd_offset * SECTOR, header.gd_entries)
+        gd = PagedTable(source, header.gd_offset * SECTOR, header.gd_entries, width=4, what="grain directory")
         super().__init__(start, length, source, grain=grain, gt_entries=COWD_GT_ENTRIES, gd=gd)
         self.header = header
 
@@ -492,17 +568,15 @@ class SesparseExtent(GrainExtent):
         self.header = header
         gt_entries = header.gt_sectors * SECTOR // 8
         gd_entries = header.gd_sectors * SECTOR // 8
-        if gd_entries * 8 > MAX_ALLOCATION:
-            raise ImageFormatError(
-                f"grain directory of {gd_entries} entries is too large", offset=0, path=source.name
-            )
-        gd = array("Q", source.read_at(header.gd_offset * SECTOR, gd_entries * 8))
+        gd = PagedTable(source, header.gd_offset * SECTOR, gd_entries, width=8, what="grain directory")
         super().__init__(
             start, length, source, grain=header.grain_sectors * SECTOR, gt_entries=gt_entries, gd=gd
         )
 
-    def _load_table(self, index: int) -> array | None:
-        entry = self.gd[index]
+    def _tables_in_hole(self, page: array, blank: _BlankScan) -> bool:
+        return False  # directory entries are table numbers with a tag, not file sectors
+
+    def _table_offset(self, index: int, entry: int) -> int | None:
         assert self.source is not None
         if entry == 0:
             return None
@@ -513,7 +587,14 @@ class SesparseExtent(GrainExtent):
                 path=self.source.name,
             )
         h = self.header
-        table_offset = (h.gt_offset + (entry & 0xFFFFFFFF) * h.gt_sectors) * SECTOR
+        return (h.gt_offset + (entry & 0xFFFFFFFF) * h.gt_sectors) * SECTOR
+
+    def _load_table(self, index: int) -> array | None:
+        table_offset = self._table_offset(index, self.gd[index])
+        if table_offset is None:
+            return None
+        assert self.source is not None
+        h = self.header
         raw = array("Q", self.source.read_at(table_offset, self._table_entries(index) * 8))
         out = array("Q", bytes(8 * len(raw)))
         for slot, value in enumerate(raw):

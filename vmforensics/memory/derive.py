@@ -18,6 +18,7 @@ from typing import Any
 from vmforensics.custody.derived import DerivedResult, Sink, derive
 from vmforensics.custody.models import Manifest
 from vmforensics.errors import MemoryFormatError, VMForensicsError
+from vmforensics.memory.base import GuestMemory
 from vmforensics.memory.convert import write
 from vmforensics.memory.open import detect, open_memory
 
@@ -28,6 +29,7 @@ KIND = "memory-image"
 STATE_ROLES = {"snapshot-state", "suspend-state", "memory", "saved-state", "memory-state", "vm-state"}
 CONVERTED = {"vmware", "libvirt", "qemu", "hyperv"}
 SUFFIXES = {"raw": ".raw", "elf": ".elf", "lime": ".lime"}
+AUTO = "auto"
 
 
 def produce(inputs: Sequence[Path], params: Mapping[str, Any], sink: Sink) -> dict[str, Any]:
@@ -85,22 +87,42 @@ def _embeds_memory(state: Path) -> bool:
         return False
 
 
+def chosen_format(memory: GuestMemory) -> str:
+    """ "auto": raw unless its holes would outweigh the memory (a small x86 guest's firmware sits
+    just below 4 GiB, so its raw image is 4 GiB whatever its RAM); then ELF, which skips holes."""
+    return "raw" if memory.size <= 2 * memory.info().memory_size else "elf"
+
+
 def derive_memory_images(
     root: str | Path, manifest: Manifest, format: str = "raw"
 ) -> tuple[DerivedResult, ...]:
-    """After the seal: one derived memory image per sealed saved state (failures recorded, never raised)."""
+    """After the seal: one derived memory image per sealed saved state (failures recorded, never raised).
+
+    ``format``: raw, elf, lime, or "auto" (:func:`chosen_format` per state; the chosen format is
+    what the ledger event records, so ``verify`` re-derives exactly that)."""
     root = Path(root)
-    if format not in SUFFIXES:
+    if format not in SUFFIXES and format != AUTO:
         raise ValueError(f"unknown memory image format {format!r}")
     results = []
     for kind, inputs in candidates(root, manifest):
         base = posixpath.splitext(inputs[0])[0]
         base = base[len("files/") :] if base.startswith("files/") else base
-        output = f"memory/{base}{SUFFIXES[format]}"
         try:
+            chosen = format if format != AUTO else _auto(root, inputs)
+            output = f"memory/{base}{SUFFIXES[chosen]}"
             results.append(
-                derive(root, manifest, KIND, inputs, {"format": format, "source_format": kind}, output)
+                derive(root, manifest, KIND, inputs, {"format": chosen, "source_format": kind}, output)
             )
         except (VMForensicsError, OSError) as exc:  # the directory could not even be amended
             log.warning("no memory image from %s: %s", inputs[0], exc)
     return tuple(results)
+
+
+def _auto(root: Path, inputs: list[str]) -> str:
+    """The format "auto" picks for a state; one that cannot be opened gets raw (its derivation
+    then fails and is recorded as such)."""
+    try:
+        with open_memory(root / inputs[0], vmem=root / inputs[1] if len(inputs) > 1 else None) as memory:
+            return chosen_format(memory)
+    except VMForensicsError:
+        return "raw"

@@ -23,6 +23,9 @@ class RemoteStat:
     mtime: float | None = None
     is_dir: bool = False
     is_symlink: bool = False
+    #: The file type in words (``confine.file_type``: "regular file", "FIFO"...) from the entry's
+    #: own mode, links not followed, where the transport reports it; None where it cannot.
+    kind: str | None = None
 
 
 class ReadStream(Protocol):

@@ -38,6 +38,7 @@ def _stat(path: str, info: os.stat_result) -> RemoteStat:
         mtime=info.st_mtime,
         is_dir=stat.S_ISDIR(info.st_mode),
         is_symlink=stat.S_ISLNK(info.st_mode),
+        kind=file_type(info.st_mode),
     )
 
 

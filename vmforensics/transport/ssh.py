@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import paramiko
 
+from vmforensics.confine import file_type
 from vmforensics.errors import (
     AuthenticationError,
     ConnectionError_,
@@ -535,6 +536,7 @@ def _remote_stat(path: str, attributes: paramiko.SFTPAttributes, is_link: bool) 
         mtime=float(attributes.st_mtime) if attributes.st_mtime is not None else None,
         is_dir=statmode.S_ISDIR(mode),
         is_symlink=is_link,
+        kind=("symbolic link" if is_link else file_type(mode)) if attributes.st_mode is not None else None,
     )
 
 

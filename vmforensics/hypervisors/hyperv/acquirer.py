@@ -31,7 +31,7 @@ from vmforensics.acquire.filesets import role_for
 from vmforensics.custody.models import SourceInfo, VMIdentity
 from vmforensics.errors import SourceError, UsageError, VMNotFoundError
 from vmforensics.hypervisors.hyperv import scripts as scripts
-from vmforensics.hypervisors.hyperv.files import HyperVFileTransport, ShareMap
+from vmforensics.hypervisors.hyperv.files import HyperVFileTransport, ShareMap, confine_listing, vm_roots
 from vmforensics.hypervisors.hyperv.scripts import Script, as_list
 from vmforensics.hypervisors.hyperv.winrm import PowerShellSession, WinRMAuth
 from vmforensics.transport.base import Transport
@@ -206,12 +206,17 @@ class HyperVAcquirer(Acquirer):
         session.vm = attrs.evolve(session.vm, power_state_after=state)
 
     def enumerate(self, session: Session) -> list[PlannedFile]:
-        listed = as_list(self.powershell.run(scripts.ENUMERATE, id=session.state["vm_id"]).get("files"))
+        answer = self.powershell.run(scripts.ENUMERATE, id=session.state["vm_id"])
+        roots = vm_roots(answer.get("roots") or {})
+        allowed = [str(r) for r in session.options.get("allowed_roots") or ()]
+        session.ledger.append("hyperv-roots", roots=roots, allowed_roots=allowed)
+        listed, refused = confine_listing(as_list(answer.get("files")), roots, allowed)
+        for item, reason in refused:
+            path = item["path"]
+            session.omit(path, _ROLES_BY_KIND.get(str(item.get("kind")), role_for("hyperv", path)), reason)
         planned: list[PlannedFile] = []
         for item in listed:
-            path = item.get("path")
-            if not isinstance(path, str) or not path:
-                continue
+            path = item["path"]
             role = _ROLES_BY_KIND.get(str(item.get("kind")), role_for("hyperv", path))
             if item.get("missing"):
                 session.omit(path, role, f"listed by the host but not readable: {item['missing']}")

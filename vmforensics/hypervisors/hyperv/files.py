@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import ntpath
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from vmforensics.confine import ConfinedPath, Refusal, RemoteConfinement
 from vmforensics.errors import SourceError, UsageError
 from vmforensics.hypervisors.hyperv import scripts as scripts
 from vmforensics.hypervisors.hyperv.winrm import PowerShellSession
@@ -58,6 +59,67 @@ class ShareMap:
         if self.share:
             return {"share": self.share, "share_root": self.root}
         return {"share": "administrative shares (C$, D$...)"}
+
+
+def vm_roots(named: dict[str, Any]) -> list[str]:
+    r"""The folders Hyper-V itself names for a VM (ENUMERATE's ``roots``): its configuration,
+    snapshot and smart-paging locations and the folders of its attached and checkpoint disks.
+
+    Only absolute drive paths count (``C:\...``, or a UNC share for disks on SMB storage)."""
+    folders = [
+        named.get(key)
+        for key in ("configuration_location", "snapshot_file_location", "smart_paging_file_path")
+    ]
+    folders += [ntpath.dirname(d) for d in scripts.as_list(named.get("disks")) if isinstance(d, str)]
+    return sorted({f for f in folders if isinstance(f, str) and _absolute(f)}, key=str.lower)
+
+
+def confine_listing(
+    listed: list[dict[str, Any]], roots: list[str], allowed_roots: Sequence[str] = ()
+) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
+    """ENUMERATE's files split into those that may be read and ``(item, reason)`` refusals.
+
+    A file is kept only when its path lies beneath a root (``..`` folded, case-insensitively as
+    Windows compares); a refused parent disk takes every file named only through it with it.
+    """
+    confinement = (
+        RemoteConfinement(roots, allowed_roots, flavor="windows") if roots or allowed_roots else None
+    )
+    kept: list[dict[str, Any]] = []
+    refused: list[tuple[dict[str, Any], str]] = []
+    dropped: set[str] = set()
+    for item in listed:
+        path, by, reference = item.get("path"), item.get("named_by"), item.get("reference")
+        if not isinstance(path, str) or not path:
+            continue
+        if isinstance(by, str) and _key(by) in dropped:
+            dropped.add(_key(path))
+            refused.append((item, f"named only through {by}, which is not read"))
+            continue
+        checked: ConfinedPath | Refusal = (
+            confinement.resolve(path)
+            if confinement is not None
+            else Refusal(path, "Hyper-V names no folder for this VM", "outside-roots")
+        )
+        if isinstance(checked, Refusal):
+            dropped.update({_key(path), *([_key(reference)] if isinstance(reference, str) else [])})
+            named = (
+                f"; named {reference!r} as the parent of {by}" if isinstance(by, str) and reference else ""
+            )
+            refused.append((item, f"{checked.reason}{named}; not read"))
+            continue
+        kept.append(item)
+    return kept, refused
+
+
+def _key(path: str) -> str:
+    """A Windows path as the host compares it: separators unified, '..' folded, case folded."""
+    return ntpath.normpath(path.replace("/", "\\")).casefold()
+
+
+def _absolute(path: str) -> bool:
+    text = path.replace("/", "\\")
+    return bool(_DRIVE_PATH.match(text)) or text.startswith("\\\\")
 
 
 class HyperVFileTransport(Transport):

@@ -202,18 +202,25 @@ Emit ([ordered]@{ removed = $a.snapshot_id; state = (Get-VM -Id $a.id).State.ToS
 """,
 )
 
+#: Every file Hyper-V names for the VM. A parent disk carries ``named_by`` (the disk whose
+#: ``Get-VHD`` ParentPath names it) and ``reference`` (that ParentPath exactly); a change-tracking
+#: file carries ``named_by`` (its disk). ``roots`` are the folders Hyper-V itself names for the VM
+#: (configuration, snapshot and smart-paging locations, attached and checkpoint disks); which
+#: names lie beneath them is decided in Python (files.py), never here.
 ENUMERATE = Script(
     "enumerate",
     r"""$vm = Get-VM -Id $a.id
 $id = $vm.Id.ToString()
 $out = [Collections.Generic.List[object]]::new()
 $seen = @{}
-function Add($p, $kind) {
+function Add($p, $kind, $by, $ref) {
   if (-not $p -or $seen.ContainsKey($p.ToLowerInvariant())) { return }
   $seen[$p.ToLowerInvariant()] = 1
   try { $i = Get-Item -LiteralPath $p -Force
-    $out.Add([ordered]@{ path = $i.FullName; kind = $kind; size = $i.Length; last_write_utc = Iso $i.LastWriteTime; missing = $null }) }
-  catch { $out.Add([ordered]@{ path = $p; kind = $kind; size = $null; last_write_utc = $null; missing = $_.Exception.Message }) }
+    $out.Add([ordered]@{ path = $i.FullName; kind = $kind; size = $i.Length; last_write_utc = Iso $i.LastWriteTime; missing = $null
+      named_by = $by; reference = $ref }) }
+  catch { $out.Add([ordered]@{ path = $p; kind = $kind; size = $null; last_write_utc = $null; missing = $_.Exception.Message
+      named_by = $by; reference = $ref }) }
 }
 function Owned($dir, $prefix, $kind) {
   if (-not $dir -or -not (Test-Path -LiteralPath $dir)) { return }
@@ -227,17 +234,19 @@ $snaps = @(Get-VMSnapshot -VM $vm)
 foreach ($s in $snaps) { Owned (Join-Path $vm.SnapshotFileLocation 'Snapshots') $s.Id.ToString() 'checkpoint' }
 $disks = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object { $_.Path }) + @($snaps | ForEach-Object { $_.HardDrives | ForEach-Object { $_.Path } })
 foreach ($d in $disks) {
-  $p = $d; $n = 0
+  $p = $d; $n = 0; $by = $null; $ref = $null
   while ($p -and $n -lt 64) {
     $n++
-    Add $p 'disk'
+    Add $p 'disk' $by $ref
     foreach ($ext in '.rct', '.mrt') { foreach ($c in ($p + $ext), [IO.Path]::ChangeExtension($p, $ext)) {
-      if (Test-Path -LiteralPath $c) { Add $c 'change-tracking' } } }
-    try { $p = (Get-VHD -Path $p).ParentPath } catch { $p = $null }
+      if (Test-Path -LiteralPath $c) { Add $c 'change-tracking' $p $null } } }
+    try { $ref = (Get-VHD -Path $p).ParentPath; $by = $p; $p = $ref } catch { $p = $null }
   }
 }
 Owned $vm.SmartPagingFilePath $id 'smart-paging'
-Emit ([ordered]@{ files = $out.ToArray() })
+Emit ([ordered]@{ files = $out.ToArray(); roots = [ordered]@{ configuration_location = $vm.ConfigurationLocation
+  snapshot_file_location = $vm.SnapshotFileLocation; smart_paging_file_path = $vm.SmartPagingFilePath
+  disks = @($disks | Where-Object { $_ }) } })
 """,
 )
 

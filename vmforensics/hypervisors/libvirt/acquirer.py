@@ -3,7 +3,8 @@
 The examiner needs only SSH access to the host: ``virsh -c qemu:///system`` and ``qemu-img`` run
 on exec channels of the same verified connection that reads the files. Identification keeps the
 domain XML (secrets removed), preservation takes an external snapshot with memory (or suspends, or
-saves), and enumeration follows every disk's backing chain with ``qemu-img info --backing-chain``.
+saves), and enumeration follows every disk's backing chain layer by layer, each file checked
+before ``qemu-img info`` opens it (chain.py).
 
 Evidence layout (under ``files/``)::
 
@@ -32,7 +33,7 @@ from vmforensics.confine import OUTSIDE, ConfinedPath, Refusal, RemoteConfinemen
 from vmforensics.custody.models import SourceInfo, VMIdentity
 from vmforensics.errors import SourceError, UsageError
 from vmforensics.hypervisors.libvirt.captured import PREFIX, CapturedTransport
-from vmforensics.hypervisors.libvirt.chain import Chain, Layer, read_chain
+from vmforensics.hypervisors.libvirt.chain import Chain, read_chain
 from vmforensics.hypervisors.libvirt.commands import Host
 from vmforensics.hypervisors.libvirt.domain_xml import (
     DiskSpec,
@@ -414,55 +415,47 @@ class LibvirtAcquirer(Acquirer):
                 "after the snapshot point and is committed back at cleanup",
             )
             entry["snapshot_overlay"] = overlay
-        chain = read_chain(self._run, top, disk.format if top == disk.path else None)
+        assert self._files is not None
+        chain = read_chain(self._run, self._files, top, disk.format if top == disk.path else None, plan.check)
         entry.update(self._plan_chain(session, plan, disk.target, chain))
         return entry
 
     def _plan_chain(self, session: Session, plan: _Plan, target: str, chain: Chain) -> dict[str, Any]:
-        """Plan the chain's files; all but the top one are named by an image header, so confined."""
+        """Plan the chain's files (every one checked before it was opened) and its refusal."""
+        folder = f"disks/{_safe(target)}"
         layers = []
-        refused_above: str | None = None
-        for depth, layer in enumerate(chain.layers):
-            folder = f"disks/{_safe(target)}"
+        for layer in chain.layers:
             item: dict[str, Any] = {"source": layer.path, **layer.describe()}
-            if refused_above is not None:
-                session.omit(
-                    layer.path, "disk", f"named only by the refused backing file {refused_above}; not read"
-                )
-                dest = None
-            else:
-                dest = plan.add_host_file(
-                    layer.path,
-                    f"{folder}/{_safe(posixpath.basename(layer.path))}",
-                    "disk",
-                    confined=depth > 0,
-                    named_by=chain.layers[depth - 1] if depth else None,
-                )
-                if dest is None and depth > 0 and layer.path in plan.refused:
-                    refused_above = layer.path
+            dest = plan.add_host_file(layer.path, f"{folder}/{_safe(posixpath.basename(layer.path))}", "disk")
             item["evidence"] = f"files/{dest}" if dest else None
             if layer.data_file:
-                data_dest = (
-                    plan.add_host_file(
-                        layer.data_file, f"{folder}/{_safe(posixpath.basename(layer.data_file))}", "disk",
-                        confined=True,
-                    )
-                    if refused_above is None
-                    else None
-                )  # fmt: skip
+                data_dest = plan.add_host_file(
+                    layer.data_file, f"{folder}/{_safe(posixpath.basename(layer.data_file))}", "disk"
+                )
                 item["data_file_evidence"] = f"files/{data_dest}" if data_dest else None
-            if layer.path in plan.refused:
-                item["refused"] = plan.refused[layer.path]
             layers.append(item)
         names = [posixpath.basename(layer.path) for layer in chain.layers]
         opens = (
             chain.broken is None
+            and chain.refused is None
             and len(set(names)) == len(names)
             and all(item["evidence"] for item in layers)
         )
         result: dict[str, Any] = {"acquired": bool(layers), "layers": layers, "opens_in_evidence": opens}
         if layers and layers[0]["evidence"]:
             result["evidence_top"] = layers[0]["evidence"]
+        if chain.refused is not None:
+            refusal = chain.refused
+            if chain.refused_by is None:
+                where = f"disk {target} as the domain XML names it"
+            else:
+                where = f"named {chain.refused_name!r} in {chain.refused_by.path}"
+            session.omit(refusal.reference, "disk", f"{refusal}; {where}; not read")
+            result["refused"] = {
+                "reference": refusal.reference,
+                "reason": refusal.reason,
+                "kind": refusal.kind,
+            }
         if chain.broken:
             result["broken_at"] = chain.broken
             session.omit(
@@ -511,11 +504,9 @@ class _Plan:
         self.files: list[PlannedFile] = []
         self.by_source: dict[str, str] = {}
         self.taken: set[str] = set()
-        #: Checks host paths named by image headers (None: no root, so every such path is refused).
+        #: Checks disk files named by the XML or image headers (None: no root, so all are refused).
         self.confinement: RemoteConfinement | None = None
         self.commands: Host | None = None
-        #: Host paths refused by the confinement, with the reason.
-        self.refused: dict[str, str] = {}
 
     def add(self, source: str, dest: str, role: str, size: int | None, label: str) -> str:
         if source in self.by_source:
@@ -526,43 +517,26 @@ class _Plan:
         self.taken.add(dest)
         return dest
 
-    def add_host_file(
-        self, path: str, dest: str, role: str, *, confined: bool = False, named_by: Layer | None = None
-    ) -> str | None:
-        """Plan a host file after checking it exists; else record the omission (None).
+    def check(self, path: str) -> ConfinedPath | Refusal:
+        """Whether a disk file the domain XML or an image header names may be opened on the host."""
+        if self.confinement is None or self.commands is None:
+            return Refusal(path, "the acquisition has no root to confine disk files to", OUTSIDE)
+        return check_member(self.commands, self.confinement, path)
 
-        ``confined``: the path was named by an image header and must pass the confinement;
-        ``named_by``: the image whose header names it (its exact text goes into a refusal).
-        """
+    def add_host_file(self, path: str, dest: str, role: str) -> str | None:
+        """Plan a host file after checking it exists; else record the omission (None)."""
         if path in self.by_source:
             return self.by_source[path]
         assert self.transport is not None
-        if confined:
-            if self.confinement is None or self.commands is None:
-                checked: ConfinedPath | Refusal = Refusal(
-                    path, "named by an image, and the acquisition has no root to confine it to", OUTSIDE
-                )
-            else:
-                checked = check_member(self.commands, self.confinement, path)
-            if isinstance(checked, Refusal):
-                self.refused[path] = checked.reason
-                header = f"; named {named_by.backing_name!r} in {named_by.path}" if named_by else ""
-                self.session.omit(path, role, f"{checked}{header}; not read")
-                return None
-        # the checked, folded path is read: on the host a '..' after a symbolic link resolves elsewhere
-        source = checked.path if confined and isinstance(checked, ConfinedPath) else path
         try:
-            info = self.transport.stat(source)
+            info = self.transport.stat(path)
         except SourceError as exc:
             self.session.omit(path, role, f"not readable on the host: {exc}")
             return None
         if info.is_dir:
             self.session.omit(path, role, "a directory where a file was expected")
             return None
-        # the manifest names what was read; the chain record keeps qemu-img's text
-        return self.add(
-            source, dest, role if role != "disk" else role_for("libvirt", path), info.size, source
-        )
+        return self.add(path, dest, role if role != "disk" else role_for("libvirt", path), info.size, path)
 
     def _unique(self, dest: str) -> str:
         if dest not in self.taken:

@@ -14,7 +14,15 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterable
 
-from vmforensics.confine import NOT_REGULAR, SYMLINK, UNREADABLE, ConfinedPath, Refusal, RemoteConfinement
+from vmforensics.confine import (
+    MISSING,
+    NOT_REGULAR,
+    SYMLINK,
+    UNREADABLE,
+    ConfinedPath,
+    Refusal,
+    RemoteConfinement,
+)
 from vmforensics.hypervisors.libvirt.commands import Host
 from vmforensics.hypervisors.libvirt.domain_xml import DiskSpec, parse_xml
 
@@ -67,6 +75,8 @@ def check_member(host: Host, confinement: RemoteConfinement, reference: str) -> 
     types = result.stdout.splitlines()
     if result.status != 0 or len(types) != len(components):
         message = (result.stderr.strip() or result.stdout.strip()).replace("\n", " ")
+        if "No such file or directory" in message:  # stat runs with LC_ALL=C
+            return Refusal(reference, f"{resolved.path} does not exist on the host", MISSING, resolved.path)
         return Refusal(reference, f"{resolved.path} cannot be checked on the host: {message or result.status}",
                        UNREADABLE, resolved.path)  # fmt: skip
     for here, kind in zip(components[:-1], types[:-1], strict=True):

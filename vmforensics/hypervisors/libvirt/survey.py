@@ -5,12 +5,12 @@ the commands (``virsh -c URI …``, ``qemu-img info -U``, ``date``, ``tail``) an
 folders. Only reading commands are sent: domains are listed and described (``dominfo``,
 ``dumpxml`` without ``--security-info``, so no secret ever travels), snapshots read
 (``snapshot-dumpxml``), each disk's backing chain followed, storage pools described and their
-folders listed (never ``pool-refresh``), and the tail of each domain's QEMU log read for the last
+folders listed (never ``pool-refresh``), chain members' types read (``stat -c %F``), and the tail of each domain's QEMU log read for the last
 time it ran. Every command sent is kept in the report's ``details``.
 
-Backing chains are not confined here (the acquirer confines them, roots.py): a survey reads no
-file's content, only lists the chain qemu-img reports and stats each member for its size, so a
-hostile backing name can show up as a path in the report but never brings data into it.
+Backing chains are confined as the acquirer confines them (chain.py, roots.py): each file is
+checked beneath the domain's disk folders and the host's file pools before qemu-img opens it, and
+a refused name ends the disk's chain with the reason in the disk's ``error``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 
 from vmforensics.acquire.clock import measure_clock
+from vmforensics.confine import ConfinedPath, Refusal, RemoteConfinement
 from vmforensics.custody.models import ClockReading, SourceInfo
 from vmforensics.errors import SourceError
 from vmforensics.hypervisors.libvirt.chain import Chain, read_chain
@@ -42,7 +43,7 @@ from vmforensics.hypervisors.libvirt.host import (
     ssh_transport_options,
     virsh_fields,
 )
-from vmforensics.hypervisors.libvirt.roots import FILE_POOLS
+from vmforensics.hypervisors.libvirt.roots import FILE_POOLS, check_member, disk_folders
 from vmforensics.survey.findings import with_findings
 from vmforensics.survey.models import (
     AcquirerSettings,
@@ -245,7 +246,9 @@ class _Survey:
             self.claimed |= {d.path for d in inactive.disks if d.path}
         self.claimed |= {p for p in (domain.nvram, domain.loader) if p}
         snapshots = self._snapshots(uuid) if has_snapshots else []
-        disks = [self._disk(d) for d in domain.disks if d.device not in ("cdrom", "floppy")]
+        roots = [*disk_folders(domain.disks), *(p.path for p in pools if p.type in FILE_POOLS and p.path)]
+        confinement = RemoteConfinement(roots) if roots else None
+        disks = [self._disk(d, confinement) for d in domain.disks if d.device not in ("cdrom", "floppy")]
         self.claimed |= {d.path for d in domain.disks if d.path and d.device in ("cdrom", "floppy")}
         log_file = logs.get(f"{domain.name}.log")
         first, last, basis = self._activity(domain, running, taken, log_file, disks)
@@ -328,11 +331,15 @@ class _Survey:
             tuple(files),
         )
 
-    def _disk(self, disk: Any) -> DiskRecord:
-        if disk.type not in ("file", "volume") or not disk.path:
+    def _disk(self, disk: Any, confinement: RemoteConfinement | None) -> DiskRecord:
+        if disk.type not in ("file", "volume") or not disk.path or confinement is None:
             where = disk.path or disk.network_name or disk.target
             return DiskRecord(path=str(where), format=disk.format, error=f"{disk.type} disk: no chain read")
-        chain: Chain = read_chain(self.commands, disk.path, disk.format)
+
+        def check(path: str) -> ConfinedPath | Refusal:
+            return check_member(self.commands, confinement, path)
+
+        chain: Chain = read_chain(self.commands, self.files, disk.path, disk.format, check)
         paths = [layer.path for layer in chain.layers]
         paths += [layer.data_file for layer in chain.layers if layer.data_file]
         self.claimed |= {disk.path, *paths}
@@ -345,7 +352,7 @@ class _Survey:
             chain_depth=len(chain.layers) or None,
             format=top.format if top else disk.format,
             files=tuple(paths),
-            error=f"backing file {chain.broken} cannot be opened: {chain.error}" if chain.broken else None,
+            error=_chain_error(chain),
         )
 
     def _activity(
@@ -474,6 +481,8 @@ def reading_only(command: str) -> bool:
         return bool(verbs) and verbs[0] in READING_COMMANDS
     if tool == "qemu-img":
         return len(argv) > 1 and argv[1] == "info" and "-U" in argv
+    if tool == "stat":  # roots.check_member: file types, links not followed
+        return argv[1:3] == ["-c", "%F"]
     return tool in ("date", "tail")
 
 
@@ -546,3 +555,11 @@ def _reason(name: str) -> str:
     if lowered.endswith(_STATE_SUFFIXES):
         return "a saved memory state no domain or snapshot names"
     return "a file in a storage pool that no domain uses"
+
+
+def _chain_error(chain: Chain) -> str | None:
+    """Why a disk's chain ends early (a refused name keeps the header's exact text)."""
+    if chain.refused is not None:
+        named = f"; named {chain.refused_name!r} in {chain.refused_by.path}" if chain.refused_by else ""
+        return f"not read: {chain.refused}{named}"
+    return f"backing file {chain.broken} cannot be opened: {chain.error}" if chain.broken else None
