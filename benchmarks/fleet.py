@@ -1,13 +1,17 @@
 """Batch acquisition overhead: one by one vs a batch on local threads and on 1, 2, 4 Dask workers.
 
-    python benchmarks/fleet.py [--vms 8,32] [--workers 1,2,4] [--memory-mib 16] [--workdir DIR]
+    python benchmarks/fleet.py [--vms 8,32] [--workers 1,2,4] [--memory-mib 16] [--repeat 3] [--workdir DIR]
 
 Builds local VM folders (the demo VM, renamed, plus a sparse .vmem of --memory-mib) and acquires
 them (a) one by one with ``LocalAcquirer.acquire`` in this process -- the reference; (b) as a batch
 on one local thread; (c) as a batch on a ``distributed.LocalCluster(processes=True)`` of 1, 2 and 4
 single-threaded workers on this machine (cluster start-up not counted; workers are warmed by
 importing vmforensics first, as a lab's long-running cluster would be; each worker's RSS is sampled
-every 20 ms during the run). Reports seconds, the batch overhead per VM against the
+every 20 ms during the run). Each kind runs ``--repeat`` times, interleaved with the others, and the
+median is reported (this machine's disk is shared: fsync latency varies by a factor of three from
+one minute to the next). The batches carry a per-host limit that never binds (four hosts, N
+VMs), so that its cost is in the figures: process-wide slots locally, named Dask semaphores on the
+cluster. Reports seconds, the batch overhead per VM against the
 reference ((batch - reference) / VMs), the ratio batch / reference, and the largest peak RSS of any
 worker for each number of VMs (flat when memory does not grow with the batch).
 """
@@ -18,6 +22,7 @@ import argparse
 import json
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -67,7 +72,8 @@ def plans(folders: list[Path]) -> list[AcquisitionPlan]:
 
 def local_batch(folders: list[Path], out: Path) -> float:
     began = time.perf_counter()
-    batch = acquire_many(plans(folders), out, case=CASE, limits=Limits(total=1), progress=False)
+    limits = Limits(total=1, per_host=len(folders))  # a host limit that never binds: its cost only
+    batch = acquire_many(plans(folders), out, case=CASE, limits=limits, progress=False)
     assert batch.ok
     return time.perf_counter() - began
 
@@ -105,8 +111,13 @@ def dask_batch(folders: list[Path], out: Path, workers: int) -> tuple[float, flo
     ):
         client.run(start_sampler)  # warm workers: a lab's cluster outlives one batch
         began = time.perf_counter()
-        batch = acquire_many(
-            plans(folders), out, case=CASE, executor=client.get_executor(), limits=Limits(), progress=False
+        batch = acquire_many(  # the host slots are named Dask semaphores; this limit never binds
+            plans(folders),
+            out,
+            case=CASE,
+            executor=client.get_executor(),
+            limits=Limits(per_host=len(folders)),
+            progress=False,
         )
         seconds = time.perf_counter() - began
         assert batch.ok, [i.error for i in batch.failed]
@@ -120,6 +131,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--memory-mib", type=int, default=16)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each kind; the median is reported")
     args = parser.parse_args()
     counts = [int(n) for n in args.vms.split(",")]
     worker_counts = [int(n) for n in args.workers.split(",")]
@@ -129,14 +141,21 @@ def main() -> None:
         root = work / f"n{count}"
         shutil.rmtree(root, ignore_errors=True)
         folders = build_vms(root, count, args.memory_mib * MiB)
-        reference = one_by_one(folders, root / "seq")
-        rows = [
-            ("one by one (reference)", reference, None),
-            ("batch, 1 local thread", local_batch(folders, root / "local"), None),
-        ]
-        for workers in worker_counts:
-            seconds, rss = dask_batch(folders, root / f"dask{workers}", workers)
-            rows.append((f"batch, {workers} Dask worker(s)", seconds, rss))
+        one_by_one(folders[:2], root / "warm-up")  # imports and first-run costs out of the reference
+        runs: dict[str, list[float]] = {}
+        peaks: dict[str, float] = {}
+        for repeat in range(args.repeat):  # interleaved, so that the machine's load hits every run alike
+            out = root / f"r{repeat}"
+            runs.setdefault("one by one (reference)", []).append(one_by_one(folders, out / "seq"))
+            runs.setdefault("batch, 1 local thread", []).append(local_batch(folders, out / "local"))
+            for workers in worker_counts:
+                label = f"batch, {workers} Dask worker(s)"
+                seconds, rss = dask_batch(folders, out / f"dask{workers}", workers)
+                runs.setdefault(label, []).append(seconds)
+                peaks[label] = max(peaks.get(label, 0.0), rss)
+            shutil.rmtree(out, ignore_errors=True)
+        rows = [(label, statistics.median(times), peaks.get(label)) for label, times in runs.items()]
+        reference = rows[0][1]
         for label, seconds, rss in rows:
             results.append(
                 {

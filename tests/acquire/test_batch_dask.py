@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from tests.acquire.test_batch import busy_interval, ledger_events, ledger_events_of, make_vms, overlapping
+from tests.custody.pki import TestCA, name, write_certificates
 from tests.custody.test_pkcs11 import MODULE, PIN, TOKEN, token  # noqa: F401 (the SoftHSM2 fixture)
 from tests.transport.sshd import SSHServer
 from vmforensics import CaseInfo, SigningKey, verify
@@ -87,6 +89,9 @@ def test_secrets_never_travel_in_task_payloads_while_workers_log_in_with_them(
         key_path = tmp_path / "examiner.pem"
         key = SigningKey.generate()
         key.save(key_path, passphrase=KEY_PASSPHRASE)
+        lab = TestCA(tmp_path / "ca", "Lab CA")  # the examiner's certificate travels as a path too
+        leaf = lab.issue(name("A. Analyst"), load_pem_public_key(key.public_key().to_pem()))
+        cert = write_certificates(tmp_path / "examiner.crt", leaf)
         with SSHServer(tmp_path / "sshd", password_user=("vmfbatch", SSH_PASSWORD)) as server:
             plans = [AcquisitionPlan(f.name, str(f)) for f in folders] + [
                 AcquisitionPlan(
@@ -111,7 +116,7 @@ def test_secrets_never_travel_in_task_payloads_while_workers_log_in_with_them(
                     case=CASE,
                     executor=client.get_executor(),
                     limits=Limits(total=3),
-                    signer=KeyRef(key_path, SecretRef(env="VMF_TEST_KEY_PASS")),
+                    signer=KeyRef(key_path, SecretRef(env="VMF_TEST_KEY_PASS"), certificates=cert),
                     progress=False,
                 )
                 payloads = client.run_on_scheduler(
@@ -140,6 +145,9 @@ def test_secrets_never_travel_in_task_payloads_while_workers_log_in_with_them(
             assert SSH_PASSWORD.encode() not in content and KEY_PASSPHRASE.encode() not in content, path
     check = verify(tmp_path / "out", key.public_key())
     assert check.ok, str(check)
+    proven = verify(tmp_path / "out", ca=lab.pem)  # the record's chain and each member's, by the CA
+    assert proven.ok and proven.certificate_status == "VERIFIED", str(proven)
+    assert (tmp_path / "out" / "web01" / "manifest.json.chain.pem").read_bytes() == cert.read_bytes()
 
 
 def test_per_host_limit_holds_across_dask_workers(tmp_path: Path) -> None:

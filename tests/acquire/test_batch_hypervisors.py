@@ -6,6 +6,7 @@ Acquired bytes are compared with the source files read directly (qemu-img for th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,6 +132,35 @@ def test_libvirt_survey_json_to_acquire_batch_on_two_local_workers_then_verify(
 # --- VMware (vcsim) ------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def memory_keyring() -> Iterator[Any]:
+    """The keyring package with an in-memory backend (the workers of --local are this process's threads)."""
+    keyring = pytest.importorskip("keyring")
+    from keyring.backend import KeyringBackend
+
+    class InMemory(KeyringBackend):
+        priority = 1  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            self.entries: dict[tuple[str, str], str] = {}
+
+        def get_password(self, service: str, username: str) -> str | None:
+            return self.entries.get((service, username))
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            self.entries[(service, username)] = password
+
+        def delete_password(self, service: str, username: str) -> None:
+            self.entries.pop((service, username), None)
+
+    previous = keyring.get_keyring()
+    keyring.set_keyring(InMemory())
+    try:
+        yield keyring
+    finally:
+        keyring.set_keyring(previous)
+
+
 def vcsim_or_skip() -> None:
     pytest.importorskip("pyVmomi")
     if shutil.which("go") is None or not Path("/usr/share/gocode/src/github.com/vmware/govmomi").is_dir():
@@ -173,6 +204,12 @@ def test_vcsim_survey_json_to_acquire_batch_with_the_password_named_per_host_in_
         code = main(["acquire-batch", str(plan), "--out", str(out), "--local", "2", "--per-datastore", "1",
                      "--preserve", "none", "--case", "2026-121", "--examiner", "A. Analyst", "--no-progress"])  # fmt: skip
         assert code == 0, capsys.readouterr()
+        plan.write_text(json.dumps({"surveys": [{"path": survey.name, "select": {"names": [server.vm]}}]}))
+        with memory_keyring() as keyring:  # --password-keyring: vmforensics:HOST for the survey's user
+            keyring.set_password(f"vmforensics:{server.host}", server.user, VC_PASSWORD)
+            code = main(["acquire-batch", str(plan), "--out", str(tmp_path / "by-keyring"), "--local", "1",
+                         "--password-keyring", "--preserve", "none", "--case", "2026-121", "--no-progress"])  # fmt: skip
+        assert code == 0, capsys.readouterr()
         sources = {  # read before vcsim removes its datastores at exit
             path.relative_to(datastore).as_posix(): sha256(path)
             for path in datastore.rglob("*")
@@ -192,3 +229,93 @@ def test_vcsim_survey_json_to_acquire_batch_with_the_password_named_per_host_in_
             assert entry["hashes"]["sha256"] == sources[entry["local_path"].removeprefix("files/LocalDS_0/")]
     no_secret_in(out, VC_PASSWORD)
     assert VC_PASSWORD.encode() not in survey.read_bytes()
+    assert main(["verify", str(tmp_path / "by-keyring")]) == 0
+    by_keyring = json.loads((tmp_path / "by-keyring" / "batch.json").read_bytes())["members"]
+    assert by_keyring[0]["plan"]["secrets"] == {
+        "password": {"keyring": [f"vmforensics:{server.host}", server.user]}
+    }
+    no_secret_in(tmp_path / "by-keyring", VC_PASSWORD)
+
+
+# --- Proxmox VE (the node's layout written by the test, reached over a real sshd) ----------------
+
+
+def test_proxmox_survey_json_to_acquire_batch_then_verify(
+    sshd: SSHServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.acquire import qemu_lab
+    from tests.acquire.qemu_lab import ProxmoxNode, qemu_img, short_root
+
+    if reason := qemu_lab.available():
+        pytest.skip(reason)
+    node = ProxmoxNode(short_root("pvb"))
+    try:
+        for vmid in (101, 102):  # two stopped VMs: a qcow2 and a raw disk each
+            folder = node.images / str(vmid)
+            folder.mkdir(parents=True)
+            qemu_img("create", "-q", "-f", "qcow2", str(folder / f"vm-{vmid}-disk-0.qcow2"), "4M")
+            (folder / f"vm-{vmid}-disk-1.raw").write_bytes(bytes([vmid % 256]) * 4096)
+            node.write_vm(
+                vmid, name=f"pve{vmid}", uuid=str(uuid.uuid4()), mac=f"bc:24:11:5e:b0:{vmid % 256:02x}"
+            )
+        assert main(["survey", "proxmox", "--host", sshd.host, "--port", str(sshd.port), "--user", sshd.user,
+                     "--identity", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts),
+                     "--config-root", str(node.config_root), "--run-root", str(node.run_root), "--json"]) == 0  # fmt: skip
+        survey = tmp_path / "pve01.json"
+        survey.write_bytes(capsys.readouterr().out.encode())
+        recorded = json.loads(survey.read_bytes())["acquirer"]
+        assert recorded["kind"] == "proxmox" and recorded["secrets"] == []
+        assert recorded["settings"]["config_root"] == str(node.config_root)
+        out = tmp_path / "batch"
+        code = main(["acquire-batch", str(survey), "--out", str(out), "--local", "2", "--case", "2026-122",
+                     "--examiner", "A. Analyst", "--no-progress"])  # fmt: skip
+        assert code == 0, capsys.readouterr()
+        assert main(["verify", str(out)]) == 0
+        record = json.loads((out / "batch.json").read_bytes())
+        assert sorted(m["name"] for m in record["members"] if m["outcome"] == "sealed") == [
+            "pve101",
+            "pve102",
+        ]
+        for member in record["members"]:
+            vmid = member["plan"]["target"]
+            manifest = json.loads((out / member["directory"] / "manifest.json").read_bytes())
+            raw = next(f for f in manifest["files"] if f["local_path"].endswith(f"vm-{vmid}-disk-1.raw"))
+            assert raw["hashes"]["sha256"] == sha256(node.images / vmid / f"vm-{vmid}-disk-1.raw")
+    finally:
+        node.stop()
+
+
+# --- Hyper-V (the WinRM host is the acquirer lab's fake, see tests/acquire/hyperv_lab.py) -----------
+
+
+def test_hyperv_survey_json_to_acquire_batch_then_verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No Hyper-V runs on Linux: WinRM is the labs' fake speaking the real WS-Management protocol
+    (NTLM), the files come from a real Samba serving the host's C: drive, as in test_hyperv.py."""
+    from tests.acquire.hyperv_lab import build_lab
+    from tests.acquire.wsman_server import WSManServer
+    from tests.survey.hyperv_survey_lab import SurveyHyperV
+    from tests.transport.smbd import SmbServer
+
+    facts = build_lab(tmp_path / "host")
+    with SmbServer({"C$": facts["drive"]}, force_user="root") as smb:
+        host = SurveyHyperV(facts["drive"], admins={smb.user})
+        with WSManServer(host, {smb.user: smb.password}, user_file=str(tmp_path / "ntlm-users")) as winrm:
+            monkeypatch.setenv("VMFORENSICS_PASSWORD", smb.password)
+            assert main(["survey", "hyperv", "--host", "127.0.0.1", "--user", smb.user, "--http", "--winrm-port",
+                         str(winrm.port), "--smb-port", str(smb.port), "--json"]) == 0  # fmt: skip
+            survey = tmp_path / "hv01.json"
+            survey.write_bytes(capsys.readouterr().out.encode())
+            monkeypatch.delenv("VMFORENSICS_PASSWORD")
+            recorded = json.loads(survey.read_bytes())["acquirer"]
+            assert recorded["secrets"] == ["password"] and recorded["settings"]["winrm_https"] is False
+            monkeypatch.setenv("VMF_TEST_HV01_PW", smb.password)
+            out = tmp_path / "batch"
+            code = main(["acquire-batch", str(survey), "--out", str(out), "--local", "2", "--password-env",
+                         "VMF_TEST_HV01_PW", "--preserve", "none", "--case", "2026-123", "--no-progress"])  # fmt: skip
+            assert code == 0, capsys.readouterr()
+    assert main(["verify", str(out)]) == 0
+    record = json.loads((out / "batch.json").read_bytes())
+    assert sorted(m["name"] for m in record["members"] if m["outcome"] == "sealed") == ["db02", "web01"]
+    no_secret_in(out, smb.password)

@@ -2,12 +2,15 @@
 
 The examiner's process (the driver) admits members to the executor only while the limits allow
 (overall, per hypervisor host, per datastore: :func:`limit_keys` decides the keys, :class:`Admission`
-counts them), so no worker thread ever sits holding a task while it waits for a host to free up,
-and the same logic holds on a local thread pool and on Dask (``Client.get_executor()``). Each member
-runs :func:`run_member` on a worker: the acquirer is built there from its picklable plan, secrets are
-resolved there, and events (started on which worker, progress) come back through Dask's structured
-events (``log_event`` / ``subscribe_topic``) or, in-process, directly. The driver writes the batch
-ledger and, at the end, the signed batch record (:mod:`vmforensics.custody.batch_record`).
+takes the slots), so no worker thread ever sits holding a task while it waits for a host to free up,
+and the same logic holds on a local thread pool and on Dask (``Client.get_executor()``). Host and
+datastore slots are shared by every batch at once: process-wide (:class:`ProcessSlots`), or on a
+Dask cluster as named semaphores (:class:`DaskSlots`). Each member runs :func:`run_member` on a
+worker: the acquirer is built there from its picklable plan, secrets are resolved there, and events
+(started on which worker, progress) come back through Dask's structured events (``log_event`` /
+``subscribe_topic``, on the Client :class:`DaskConnection` finds with public API) or, in-process,
+directly. The driver writes the batch ledger and, at the end, the signed batch record
+(:mod:`vmforensics.custody.batch_record`).
 """
 
 from __future__ import annotations
@@ -496,9 +499,10 @@ def run_batch(
 
 class DaskConnection:
     """The examiner's Client on the Dask cluster behind an executor, found with public API only: a
-    worker names its scheduler (:func:`scheduler_address`), ``distributed.get_client(address)`` gives
-    the Client already connected there (or a new one, closed again at the end). Worker events come
-    through it (``subscribe_topic``), and the shared slots (:class:`DaskSlots`)."""
+    worker names its scheduler (:func:`scheduler_address`); the current Client is used when it is
+    connected there (``Client.current()``, ``scheduler_info()``), else a new one, closed again at
+    the end. Worker events come through it (``subscribe_topic``), and the shared slots
+    (:class:`DaskSlots`)."""
 
     def __init__(self, client: Any, owned: bool):
         self.client = client
@@ -516,14 +520,15 @@ class DaskConnection:
         if address is None:
             log.info("%s does not run on Dask: started events are logged when each member returns", executor)
             return None
-        from distributed import Client, get_client
+        from distributed import Client
 
         try:
             current = Client.current()
         except ValueError:
             current = None
-        client = get_client(address)
-        return cls(client, owned=client is not current)
+        if current is not None and current.scheduler_info().get("address") == address:
+            return cls(current, owned=False)
+        return cls(Client(address, set_as_default=False), owned=True)  # the caller's default stays
 
     def subscribe(self, topic: str, handler: Callable[[dict[str, Any]], None]) -> None:
         self.client.subscribe_topic(topic, lambda event: handler(event[1]))
