@@ -164,6 +164,29 @@ def test_a_hyperv_folder_acquisition_derives_the_memory_image_and_verify_rederiv
     assert report.ok and "re-derived byte for byte" in report.post_seal[0].summary
 
 
+def test_hyperv_own_folder_layout_gives_the_roles_and_the_memory_image(tmp_path: Path) -> None:
+    """Hyper-V keeps a VM's files in "Virtual Machines/" and "Virtual Hard Disks/" below its folder:
+    the hypervisor is told from there too, so the state file is a vm-state and its memory derived."""
+    from vmforensics import CaseInfo, LocalAcquirer
+
+    folder = tmp_path / "web01"
+    (folder / "Virtual Machines").mkdir(parents=True)
+    (folder / "Virtual Hard Disks").mkdir()
+    config = hb.build([("/configuration/properties/version", hb.INT, 0x0A00)])
+    (folder / "Virtual Machines" / "4AD1E7F3.vmcx").write_bytes(bytes(config.data))
+    state = hb.saved_state([(0, pattern(MiB, 11))])
+    (folder / "Virtual Machines" / "4AD1E7F3.vmrs").write_bytes(bytes(state.data))
+    result = LocalAcquirer().acquire(
+        str(folder), tmp_path / "ev", case=CaseInfo(case_id="2026-119", examiner="A. Analyst"), progress=False
+    )
+    roles = {Path(f.local_path).name: f.role for f in result.manifest.files}
+    assert roles == {"4AD1E7F3.vmcx": "config", "4AD1E7F3.vmrs": "vm-state"}
+    (derived,) = result.derived
+    assert derived.ok, derived.error
+    assert derived.output.endswith(".raw")  # byte n of a raw image is guest-physical address n
+    assert (result.path / derived.output).read_bytes()[:MiB] == pattern(MiB, 11)
+
+
 def test_object_types_dissect_saw_in_real_files_are_passed_over_and_others_refused(tmp_path: Path) -> None:
     layout = hb.saved_state([(0, pattern(MiB, 10))])
     count = struct.unpack_from("<I", layout.data, layout.object_table + 4)[0]

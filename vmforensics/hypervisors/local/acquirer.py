@@ -56,7 +56,7 @@ class LocalAcquirer(Acquirer):
         self._transport.confinement = confinement
         vmx_path = path if path.is_file() else _single_vmx(folder, confinement)
         names = [p.name for p in folder.iterdir()]
-        vendor = "vmware" if vmx_path else guess_vendor(names)
+        vendor = "vmware" if vmx_path else guess_vendor(names) or guess_vendor(_subfolder_names(folder))
         session.state.update(folder=folder, vmx=vmx_path, vendor=vendor or "vmware", confinement=confinement)
         session.clock = measure_clock(
             lambda: None, method="local: the source is read with the examiner's clock"
@@ -185,6 +185,28 @@ def _virtualbox_identity(folder: Path, names: list[str], confinement: Confinemen
             "snapshots": len(machine.snapshots),
         },
     )
+
+
+#: How many names below the VM folder's subfolders are looked at to tell the hypervisor.
+_VENDOR_PROBE_NAMES = 4096
+
+
+def _subfolder_names(folder: Path) -> list[str]:
+    """Names one level down (Hyper-V keeps a VM in "Virtual Machines/", "Virtual Hard Disks/",
+    "Snapshots/"), through no symbolic link, at most ``_VENDOR_PROBE_NAMES`` of them."""
+    names: list[str] = []
+    with os.scandir(folder) as entries:
+        subfolders = [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)]
+    for subfolder in subfolders:
+        try:
+            with os.scandir(subfolder) as entries:
+                for entry in entries:
+                    names.append(entry.name)
+                    if len(names) >= _VENDOR_PROBE_NAMES:
+                        return names
+        except OSError:
+            continue  # unreadable: the enumeration records it
+    return names
 
 
 def _single_vmx(folder: Path, confinement: Confinement) -> Path | None:
