@@ -215,8 +215,9 @@ class Acquirer(abc.ABC):
         path under ``files/``; a match is recorded as an omission. ``tsa``: RFC 3161 time-stamping
         authority URL(s) asked for a token over the manifest after the seal; a TSA that fails is
         recorded in the ledger and never fails the sealed acquisition (``result.timestamps``).
-        ``memory_image``: after the seal, convert each saved memory state to a raw image under
-        derived/ (or "elf"/"lime"; False: none); a failure is recorded in the ledger, never raised
+        ``memory_image``: after the seal, convert each saved memory state to an image under
+        derived/: True is "auto" (raw unless its holes would outweigh the memory, then ELF), or
+        "raw"/"elf"/"lime"; False: none; a failure is recorded in the ledger, never raised
         (``result.derived``; docs/memory.md). ``allowed_roots``: folders or datastores beyond the
         ones the source names for the VM where its files may really live (vmforensics.confine);
         recorded in the manifest's options and the ledger.
@@ -627,7 +628,7 @@ def _memory_images(root: Path, manifest: Manifest, memory_image: bool | str) -> 
     from vmforensics.memory.derive import derive_memory_images
 
     try:
-        return derive_memory_images(root, manifest, "raw" if memory_image is True else str(memory_image))
+        return derive_memory_images(root, manifest, "auto" if memory_image is True else str(memory_image))
     except Exception as exc:  # the sealed acquisition stands whatever happens here
         log.warning("no memory images derived from %s: %s", root, exc)
         return ()

@@ -57,9 +57,10 @@ def add_acquire_options(parser: argparse.ArgumentParser, *, preserve: tuple[str,
     )
     how.add_argument(
         "--memory-image",
-        choices=("raw", "elf", "lime"),
-        default="raw",
-        help="format of the memory image converted from a saved memory state after the seal (default raw)",
+        choices=("auto", "raw", "elf", "lime"),
+        default="auto",
+        help="format of the memory image converted from a saved memory state after the seal (default "
+        "auto: raw unless its holes would outweigh the memory, then elf)",
     )
     how.add_argument(
         "--no-memory-image", action="store_true", help="no memory image under derived/ after the seal"
