@@ -283,6 +283,36 @@ def test_acquire_batch_command_on_a_local_survey_then_verify(
     )  # neither mode
 
 
+def test_acquire_batch_allow_root_reaches_a_file_on_another_datastore_and_records_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (folder,) = make_vms(tmp_path / "ds", ["web01"], tmp_path / "staging")
+    other = tmp_path / "ds2"
+    other.mkdir()
+    (other / "firmware.nvram").write_bytes(b"NVRAM on the second datastore")
+    vmx = next(folder.glob("*.vmx"))
+    lines = [line for line in vmx.read_text().splitlines() if not line.lower().startswith("nvram")]
+    vmx.write_text("\n".join([*lines, f'nvram = "{other / "firmware.nvram"}"']) + "\n")
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(survey_local(tmp_path / "ds").to_json())
+    argv = ["acquire-batch", str(plan), "--local", "1", "--case", "c1", "--no-progress"]
+
+    assert main([*argv, "--out", str(tmp_path / "without")]) == 0, capsys.readouterr()
+    manifest = json.loads((tmp_path / "without" / "web01" / "manifest.json").read_bytes())
+    assert not [f for f in manifest["files"] if f["local_path"].endswith("firmware.nvram")]
+    assert [o for o in manifest["omissions"] if "firmware.nvram" in json.dumps(o)]
+
+    assert main([*argv, "--out", str(tmp_path / "with"), "--allow-root", str(other)]) == 0, (
+        capsys.readouterr()
+    )
+    member = tmp_path / "with" / "web01"
+    manifest = json.loads((member / "manifest.json").read_bytes())
+    (nvram,) = [f for f in manifest["files"] if f["local_path"].endswith("firmware.nvram")]
+    assert (member / nvram["local_path"]).read_bytes() == b"NVRAM on the second datastore"
+    assert str(other) in json.dumps(manifest["options"])
+    assert main(["verify", str(tmp_path / "with")]) == 0
+
+
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "fleet.md"
 
 

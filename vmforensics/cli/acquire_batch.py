@@ -66,6 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tsa", action="append", default=[], metavar="URL", help="RFC 3161 TSA for each member's manifest"
     )
     how.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also read files a VM's own files name beneath DIR (a disk on another datastore); recorded",
+    )
+    how.add_argument(
         "--resume", action="store_true", help="rerun only the members the batch record has not sealed"
     )
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"hashes": ("sha256", *args.hash), "tsa": tuple(args.tsa)}
     if args.preserve:
         options["preserve"] = args.preserve
+    if args.allow_root:
+        options["allowed_roots"] = tuple(args.allow_root)
     client = _client(args.scheduler) if args.scheduler else None
     try:
         result = run_batch(
