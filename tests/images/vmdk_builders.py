@@ -42,11 +42,15 @@ def read_cid(vmdk: Path, name: str = "CID") -> int:
 
 
 def patch_descriptor_field(vmdk: Path, name: str, value: int) -> None:
-    """Rewrite ``name=xxxxxxxx`` in place (same length), in a text or monolithicSparse file."""
+    """Rewrite ``name=<hex>`` in place, in a text or monolithicSparse file. qemu writes CIDs
+    without leading zeros, so the new value keeps the old one's number of digits (same length)."""
     blob = bytearray(vmdk.read_bytes())
     key = f"\n{name}=".encode()
     at = blob.index(key) + len(key)
-    blob[at : at + 8] = f"{value:08x}".encode()
+    end = blob.index(b"\n", at)
+    text = f"{value:0{end - at}x}".encode()
+    assert len(text) == end - at, f"{value:#x} does not fit the {end - at} digits of {name}"
+    blob[at:end] = text
     vmdk.write_bytes(bytes(blob))
 
 
