@@ -12,13 +12,15 @@ import datetime as dt
 import hashlib
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.acquire.hyperv_lab import BASE, CHILD, MAC, OTHER_VM_ID, SNAP_ID, VM_ID, build_lab
+from tests.acquire.hyperv_lab import BASE, CHILD, DISK_SIZE, MAC, OTHER_VM_ID, SNAP_ID, VM_ID, build_lab
+from tests.acquire.hyperv_vhdx import write_differencing
 from tests.acquire.wsman_server import WSManServer
 from tests.survey.hyperv_survey_lab import HOME, SurveyHyperV
 from tests.transport.smbd import SmbServer
@@ -235,3 +237,30 @@ def test_cli_survey_hyperv_json(lab, host, winrm, monkeypatch, capsys) -> None:
     assert report.source.kind == "hyperv" and {vm.name for vm in report.vms} == {"web01", "db02"}
     monkeypatch.setenv("VMFORENSICS_PASSWORD", "wrong")
     assert cli.main(args) == 1
+
+
+def test_parent_disk_outside_the_vm_roots_is_reported_not_followed(lab, host, winrm) -> None:
+    vm = host.add_vm("trap01", mac="00155D0A0B60")
+    outside = r"C:\Elsewhere\secret.vhdx"
+    host.local(r"C:\Elsewhere").mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", str(host.local(outside)), "1M"], check=True)
+    host.vhd_parent[outside.lower()] = None
+    child = HOME + r"\trap01\Virtual Hard Disks\trap01_1.avhdx"
+    write_differencing(
+        host.local(child), size=DISK_SIZE, parent=host.local(outside), parent_absolute_path=outside
+    )
+    host.vhd_parent[child.lower()] = outside
+    vm["drives"] = [child]
+
+    report = survey(lab, winrm)
+
+    (disk,) = next(v for v in report.vms if v.name == "trap01").disks
+    assert disk.files == (child,) and disk.chain_depth == 1
+    assert disk.allocated == host.local(child).stat().st_size
+    assert "outside" in disk.error and f"named {outside!r} as the parent of {child}" in disk.error
+    assert not [f for f in report.unclaimed_files if "Elsewhere" in f.path]
+
+    allowed = survey(lab, winrm, allowed_roots=[r"C:\Elsewhere"])
+
+    (disk,) = next(v for v in allowed.vms if v.name == "trap01").disks
+    assert disk.files == (child, outside) and disk.chain_depth == 2 and disk.error is None

@@ -6,7 +6,10 @@ acquirer's ``host`` and ``clock`` and the survey's ``survey-inventory`` (every V
 adapters, VHD chains and checkpoints). Then the folders Hyper-V keeps VMs in are listed over SMB:
 ``Virtual Machines`` and ``Snapshots`` files named by a GUID no VM or checkpoint has, and VHDs in
 no disk chain, are reported as orphaned; the newest write to a VM's own files dates a VM that is
-off. Nothing on the host is changed.
+off. A parent disk Get-VHD names outside the folders Hyper-V names for its VM (or an
+``allowed_roots`` folder) is refused as the acquirer refuses it (:func:`files.confine_listing`): the
+disk's ``error`` gives the reason and the exact ParentPath, and nothing of it is counted or listed.
+Nothing on the host is changed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import ntpath
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -27,7 +30,7 @@ from vmforensics.errors import SourceError
 from vmforensics.hypervisors.hyperv import scripts as acquirer_scripts
 from vmforensics.hypervisors.hyperv import survey_scripts as scripts
 from vmforensics.hypervisors.hyperv.acquirer import HyperVAcquirer, vm_config_path
-from vmforensics.hypervisors.hyperv.files import HyperVFileTransport
+from vmforensics.hypervisors.hyperv.files import HyperVFileTransport, confine_listing, vm_roots
 from vmforensics.hypervisors.hyperv.scripts import Script, as_list
 from vmforensics.hypervisors.hyperv.winrm import PowerShellSession, WinRMAuth
 from vmforensics.survey import macs
@@ -77,11 +80,14 @@ def survey_hyperv(
     smb_encrypt: bool | None = None,
     files: bool = True,
     thresholds: Thresholds | None = None,
+    allowed_roots: Sequence[str] = (),
 ) -> SurveyReport:
     """Survey every VM, checkpoint and VHD chain of one Hyper-V host.
 
     WinRM and SMB are set up and verified as for :class:`HyperVAcquirer`. ``files=False`` skips
     the SMB listing (no orphaned-file search, and VMs that are off have no last-activity time).
+    ``allowed_roots`` are host folders whose parent disks are followed although Hyper-V names
+    them for no VM (the acquirer's ``--allow-root``).
     """
     began = time.monotonic()
     settings = HyperVAcquirer(
@@ -110,7 +116,7 @@ def survey_hyperv(
         connection: dict[str, Any] = {"winrm": powershell.describe()}
         if files:
             listing = HyperVFileTransport(settings.shares, settings.open_share, None)
-        report = build_report(host, facts, inventory, clock, listing, thresholds)
+        report = build_report(host, facts, inventory, clock, listing, thresholds, allowed_roots)
         if listing is not None:
             connection["files"] = listing.describe()
     finally:
@@ -153,11 +159,16 @@ def build_report(
     clock: ClockReading,
     files: HyperVFileTransport | None,
     thresholds: Thresholds | None,
+    allowed_roots: Sequence[str] = (),
 ) -> SurveyReport:
     """The report from the scripts' output and, when ``files`` is given, the folders' listing."""
     notes: list[str] = []
     host = inventory.get("host") or {}
-    vms = [v for v in as_list(inventory.get("vms")) if isinstance(v, dict) and v.get("id")]
+    vms = [
+        _confined(v, allowed_roots)
+        for v in as_list(inventory.get("vms"))
+        if isinstance(v, dict) and v.get("id")
+    ]
     claims = _Claims(vms)
     folders = _folders(vms, host, files, notes) if files is not None else {}
     if files is None:
@@ -370,6 +381,25 @@ def _activity(
     return None, _mtime(newest), f"the modification time of {newest.path} (over SMB)"
 
 
+def _confined(vm: dict[str, Any], allowed_roots: Sequence[str]) -> dict[str, Any]:
+    """The VM with each disk chain cut before its first parent outside the VM's roots.
+
+    The refusal (reason and exact ParentPath) is kept in the drive's ``refused``."""
+    drives = [d for d in as_list(vm.get("hard_drives")) if isinstance(d, dict)]
+    roots = vm_roots({**vm, "disks": [d.get("path") for d in drives]})
+    confined = []
+    for drive in drives:
+        chain = [layer for layer in as_list(drive.get("chain")) if isinstance(layer, dict)]
+        listed = [
+            {"path": layer.get("path"), "named_by": above.get("path"), "reference": above.get("parent_path")}
+            for above, layer in zip([{}, *chain], chain, strict=False)
+        ]
+        _, refused = confine_listing(listed, roots, allowed_roots)
+        first = next((i for i, item in enumerate(listed) if refused and item is refused[0][0]), len(chain))
+        confined.append({**drive, "chain": chain[:first], "refused": refused[0][1] if refused else None})
+    return {**vm, "hard_drives": confined}
+
+
 def _disk(drive: dict[str, Any]) -> DiskRecord:
     chain = [layer for layer in as_list(drive.get("chain")) if isinstance(layer, dict)]
     readable = [layer for layer in chain if not layer.get("error")]
@@ -383,7 +413,11 @@ def _disk(drive: dict[str, Any]) -> DiskRecord:
         chain_depth=len(readable) or None,
         format="/".join(str(top[k]) for k in ("vhd_format", "vhd_type") if top.get(k)) or None,
         files=tuple(str(layer.get("path")) for layer in chain if layer.get("path")),
-        error=f"{broken.get('path')}: {broken.get('error')}" if broken else None,
+        error=drive["refused"]
+        if drive.get("refused")
+        else f"{broken.get('path')}: {broken.get('error')}"
+        if broken
+        else None,
     )
 
 
