@@ -240,10 +240,14 @@ def test_cli_survey_hyperv_json(lab, host, winrm, monkeypatch, capsys) -> None:
 
 
 def test_parent_disk_outside_the_vm_roots_is_reported_not_followed(lab, host, winrm) -> None:
+    """A .avhdx whose ParentPath is in a folder Hyper-V names for no VM: the survey reports the
+    refusal with the exact ParentPath and neither counts the parent nor lists its folder over SMB
+    (a stray VHD beside it would otherwise be reported unclaimed); --allow-root follows it."""
     vm = host.add_vm("trap01", mac="00155D0A0B60")
     outside = r"C:\Elsewhere\secret.vhdx"
     host.local(r"C:\Elsewhere").mkdir()
     subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", str(host.local(outside)), "1M"], check=True)
+    host.local(r"C:\Elsewhere\stray.vhdx").write_bytes(os.urandom(4096))
     host.vhd_parent[outside.lower()] = None
     child = HOME + r"\trap01\Virtual Hard Disks\trap01_1.avhdx"
     write_differencing(
@@ -257,10 +261,11 @@ def test_parent_disk_outside_the_vm_roots_is_reported_not_followed(lab, host, wi
     (disk,) = next(v for v in report.vms if v.name == "trap01").disks
     assert disk.files == (child,) and disk.chain_depth == 1
     assert disk.allocated == host.local(child).stat().st_size
-    assert "outside" in disk.error and f"named {outside!r} as the parent of {child}" in disk.error
+    assert "outside" in disk.error and f"named {outside!r} as the parent of {child}; not read" in disk.error
     assert not [f for f in report.unclaimed_files if "Elsewhere" in f.path]
 
     allowed = survey(lab, winrm, allowed_roots=[r"C:\Elsewhere"])
 
     (disk,) = next(v for v in allowed.vms if v.name == "trap01").disks
     assert disk.files == (child, outside) and disk.chain_depth == 2 and disk.error is None
+    assert [f.path for f in allowed.unclaimed_files if "Elsewhere" in f.path] == [r"C:\Elsewhere\stray.vhdx"]
