@@ -239,7 +239,9 @@ def test_cli_survey_hyperv_json(lab, host, winrm, monkeypatch, capsys) -> None:
     assert cli.main(args) == 1
 
 
-def test_parent_disk_outside_the_vm_roots_is_reported_not_followed(lab, host, winrm) -> None:
+def test_parent_disk_outside_the_vm_roots_is_reported_not_followed(
+    lab, host, winrm, monkeypatch, capsys
+) -> None:
     """A .avhdx whose ParentPath is in a folder Hyper-V names for no VM: the survey reports the
     refusal with the exact ParentPath and neither counts the parent nor lists its folder over SMB
     (a stray VHD beside it would otherwise be reported unclaimed); --allow-root follows it."""
@@ -269,3 +271,12 @@ def test_parent_disk_outside_the_vm_roots_is_reported_not_followed(lab, host, wi
     (disk,) = next(v for v in allowed.vms if v.name == "trap01").disks
     assert disk.files == (child, outside) and disk.chain_depth == 2 and disk.error is None
     assert [f.path for f in allowed.unclaimed_files if "Elsewhere" in f.path] == [r"C:\Elsewhere\stray.vhdx"]
+
+    smb = lab["smb"]  # the same from the command line
+    monkeypatch.setenv("VMFORENSICS_PASSWORD", smb.password)
+    args = ["survey", "hyperv", "--host", "127.0.0.1", "--user", smb.user, "--http", "--json"]
+    args += ["--winrm-port", str(winrm.port), "--smb-port", str(smb.port), "--allow-root", r"C:\Elsewhere"]
+    assert cli.main(args) == 0
+    from_cli = SurveyReport.from_json(capsys.readouterr().out)
+    (disk,) = next(v for v in from_cli.vms if v.name == "trap01").disks
+    assert disk.files == (child, outside) and disk.error is None

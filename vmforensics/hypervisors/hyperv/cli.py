@@ -64,6 +64,13 @@ def register_survey(sources: argparse._SubParsersAction) -> None:
     hyperv.add_argument(
         "--no-files", action="store_true", help="do not list VM folders over SMB (no orphaned-file search)"
     )
+    hyperv.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also follow parent disks named beneath DIR on the host (a disk on another volume)",
+    )
     add_survey_options(hyperv)
     hyperv.set_defaults(handler=_run_survey)
 
@@ -76,5 +83,6 @@ def _run_survey(args: argparse.Namespace) -> int:
         smb_port=args.smb_port,
         files=not args.no_files,
         thresholds=thresholds_from_args(args),
+        allowed_roots=tuple(args.allow_root),
     )
     return finish(report, args)
