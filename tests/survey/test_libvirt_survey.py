@@ -319,3 +319,9 @@ def test_backing_file_outside_the_roots_is_reported_not_opened(lab, sshd, estate
     assert f"{outside / 'trap.qcow2'} lies outside the acquisition roots" in disk.error
     assert f"named '../elsewhere/trap.qcow2' in {top}" in disk.error
     assert not [c for c in commands_sent(report) if "elsewhere" in c]
+
+    allowed = survey(sshd, command_timeout=30, allowed_roots=[str(outside)])  # now beneath a root ...
+
+    (disk,) = next(vm for vm in allowed.vms if vm.name == name).disks
+    assert disk.chain_depth == 1 and "outside the acquisition roots" not in disk.error
+    assert "fifo" in disk.error.lower()  # ... and still typed before qemu-img opens it: no wait

@@ -49,6 +49,13 @@ def register_survey(sources: argparse._SubParsersAction) -> None:
     where.add_argument(
         "--log-dir", default="/var/log/libvirt/qemu", help="the QEMU driver's log folder on the host"
     )
+    where.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also follow backing files beneath DIR on the host (beyond the disk folders and file pools)",
+    )
     add_survey_options(libvirt)
     libvirt.set_defaults(handler=_run_survey)
 
@@ -60,5 +67,6 @@ def _run_survey(args: argparse.Namespace) -> int:
         **libvirt_host_settings(args),
         log_dir=args.log_dir or None,
         thresholds=thresholds_from_args(args),
+        allowed_roots=tuple(args.allow_root),
     )
     return finish(report, args)

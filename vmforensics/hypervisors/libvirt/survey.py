@@ -24,7 +24,7 @@ import shlex
 import socket
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +101,14 @@ def survey_libvirt(
     thresholds: Thresholds | None = None,
     command_timeout: float = 600.0,
     transport_options: dict[str, Any] | None = None,
+    allowed_roots: Sequence[str] = (),
 ) -> SurveyReport:
     """Survey every domain, snapshot, disk chain and storage pool of one libvirt host.
 
     ``host=None`` surveys this machine; otherwise SSH with the host key verified through
     ``known_hosts`` or ``host_key_fingerprint``, as for :class:`LibvirtAcquirer`. ``log_dir``
-    is where the QEMU driver writes ``NAME.log`` (None: do not read logs).
+    is where the QEMU driver writes ``NAME.log`` (None: do not read logs). ``allowed_roots``:
+    folders on the host beyond the disk folders and file pools where chain members may lie.
     """
     began = time.monotonic()
     options = ssh_transport_options(
@@ -119,7 +121,9 @@ def survey_libvirt(
     files, runner = connect_host(host, user=user or getpass.getuser(), port=port, ssh_options=options)
     commands = Host(runner, uri=uri, virsh=virsh, qemu_img=qemu_img, timeout=command_timeout)
     try:
-        report = _Survey(commands, files, uri, log_dir).run(host or socket.gethostname(), thresholds)
+        report = _Survey(commands, files, uri, log_dir, tuple(allowed_roots)).run(
+            host or socket.gethostname(), thresholds
+        )
     finally:
         runner.close()
         files.close()
@@ -171,11 +175,14 @@ class _Pool:
 class _Survey:
     """One pass over the host: commands through ``commands``, folder listings through ``files``."""
 
-    def __init__(self, commands: Host, files: Transport, uri: str, log_dir: str | None):
+    def __init__(
+        self, commands: Host, files: Transport, uri: str, log_dir: str | None, allowed_roots: tuple[str, ...]
+    ):
         self.commands = commands
         self.files = files
         self.uri = uri
         self.log_dir = log_dir
+        self.allowed_roots = allowed_roots
         self.notes: list[str] = []
         self.claimed: set[str] = set()
         self.stats: dict[str, RemoteStat | None] = {}
@@ -247,7 +254,7 @@ class _Survey:
         self.claimed |= {p for p in (domain.nvram, domain.loader) if p}
         snapshots = self._snapshots(uuid) if has_snapshots else []
         roots = [*disk_folders(domain.disks), *(p.path for p in pools if p.type in FILE_POOLS and p.path)]
-        confinement = RemoteConfinement(roots) if roots else None
+        confinement = RemoteConfinement(roots, self.allowed_roots) if roots or self.allowed_roots else None
         disks = [self._disk(d, confinement) for d in domain.disks if d.device not in ("cdrom", "floppy")]
         self.claimed |= {d.path for d in domain.disks if d.path and d.device in ("cdrom", "floppy")}
         log_file = logs.get(f"{domain.name}.log")
