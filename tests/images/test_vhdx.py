@@ -31,6 +31,7 @@ from tests.images.vhdx_builders import (
 from vmforensics.errors import ImageFormatError
 from vmforensics.images.open import open_image
 from vmforensics.images.vhdx_layout import HEADER, HEADER_OFFSETS, crc32c
+from vmforensics.images.vhdx_log import MAX_DESCRIPTORS
 
 KiB = 1024
 
@@ -261,9 +262,12 @@ def test_vhdx_reader_never_writes_the_chain(tmp_path: Path, patterned_vhdx: Path
     assert (sha256_of(child), sha256_of(patterned_vhdx)) == before
 
 
-def _dirty_with_a_long_log(tmp_path: Path, log_size: str, at_in_log: int) -> tuple[Path, bytes]:
+def _dirty_with_a_long_log(
+    tmp_path: Path, log_size: str, at_in_log: int, zero_descriptors: int = 0
+) -> tuple[Path, bytes]:
     """A qemu-made VHDX with a ``log_size`` log (qemu's own option) holding one entry, at
-    ``at_in_log`` within the log, that rewrites guest sector 0..4 KiB of an allocated block."""
+    ``at_in_log`` within the log, that rewrites guest sector 0..4 KiB of an allocated block,
+    then (with ``zero_descriptors``) zeroes the block's 4 KiB sectors in turn, round and round."""
     image = tmp_path / "long-log.vhdx"
     qemu_img("create", "-f", "vhdx", "-o", f"block_size=1M,log_size={log_size}", image, "64M")
     qemu_io(image, "write -P 0x41 0 1M", fmt="vhdx")
@@ -277,11 +281,13 @@ def _dirty_with_a_long_log(tmp_path: Path, log_size: str, at_in_log: int) -> tup
     blob[where + 48 : where + 64] = log_guid
     blob[where + 4 : where + 8] = bytes(4)
     blob[where + 4 : where + 8] = crc32c(bytes(blob[where : where + 4 * KiB])).to_bytes(4, "little")
-    entry = log_entry(7, at_in_log, log_guid, [(host, b"\x5a" * 4 * KiB)], [], len(blob))
+    zeros = [(host + i % (MiB // (4 * KiB)) * 4 * KiB, 4 * KiB) for i in range(zero_descriptors)]
+    entry = log_entry(7, at_in_log, log_guid, [(host, b"\x5a" * 4 * KiB)], zeros, len(blob))
     assert at_in_log + len(entry) <= log_length
     blob[log_offset + at_in_log : log_offset + at_in_log + len(entry)] = entry
     image.write_bytes(bytes(blob))
-    return image, b"\x5a" * 4 * KiB + b"\x41" * (MiB - 4 * KiB)
+    zeroed = min(zero_descriptors, MiB // (4 * KiB)) * 4 * KiB
+    return image, bytes(zeroed) + (b"\x5a" * 4 * KiB + b"\x41" * (MiB - 4 * KiB))[zeroed:]
 
 
 def test_a_vhdx_log_longer_than_64_mib_is_replayed_as_qemu_replays_it(tmp_path: Path) -> None:
@@ -294,6 +300,36 @@ def test_a_vhdx_log_longer_than_64_mib_is_replayed_as_qemu_replays_it(tmp_path: 
         assert disk.read_at(0, MiB) == want
         assert_same_bytes(disk, qemu_replayed_copy(image, tmp_path))
     assert sha256_of(image) == before
+
+
+def test_a_vhdx_log_at_the_descriptor_limit_is_replayed(tmp_path: Path) -> None:
+    """An entry of a data descriptor and 65,535 zero descriptors (2 MiB of the log) over one
+    block, as many as the reader replays: the later zeros win over the logged sector. qemu 7.2
+    is no oracle here: it refuses (EINVAL) any entry of more than 126 descriptors, reading each
+    descriptor sector into the same buffer, so the expected block comes from the builder."""
+    image, want = _dirty_with_a_long_log(tmp_path, "4M", 0, zero_descriptors=MAX_DESCRIPTORS - 1)
+    with open_image(image) as disk:
+        assert disk.info().details["log_replayed_entries"] == 1
+        assert want == bytes(MiB) and disk.read_at(0, MiB) == want
+        assert disk.read_at(MiB, MiB) == bytes(MiB)  # the next, unallocated block
+
+
+def test_a_vhdx_log_entry_of_125_zero_descriptors_reads_as_qemu_replays_it(tmp_path: Path) -> None:
+    """The most descriptors one sector holds (126: the data descriptor and 125 zeros over the
+    block's first 125 sectors), against qemu's replay."""
+    image, want = _dirty_with_a_long_log(tmp_path, "4M", 0, zero_descriptors=125)
+    with open_image(image) as disk:
+        assert disk.read_at(0, MiB) == want
+        assert_same_bytes(disk, qemu_replayed_copy(image, tmp_path))
+
+
+def test_a_vhdx_log_of_more_descriptors_than_the_limit_is_refused(tmp_path: Path) -> None:
+    """Zero descriptors cost the file 32 bytes each and the replay far more: a 16 MiB log's entry
+    of 500,000 (valid checksum) is refused with the entry's offset instead of using gigabytes."""
+    image, _ = _dirty_with_a_long_log(tmp_path, "16M", 0, zero_descriptors=500_000)
+    with pytest.raises(ImageFormatError, match="500001 descriptors, more than the 65536") as caught:
+        open_image(image)
+    assert caught.value.offset is not None and caught.value.offset >= MiB
 
 
 def test_a_hostile_vhdx_log_of_overlapping_entries_is_refused_quickly(tmp_path: Path) -> None:

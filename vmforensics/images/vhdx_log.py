@@ -44,6 +44,11 @@ MAX_SEARCH_STEPS = 1_000_000
 SEARCH_PASSES = 4
 #: Bytes of an entry read at once while checksumming it.
 READ_PIECE = 1 * MiB
+#: Descriptors replayed at most, all entries of the active sequence together. A zero descriptor
+#: costs the file 32 bytes and the overlay a few hundred, so it is their number that is bounded,
+#: not the log's length: Hyper-V's and qemu's logs carry metadata updates (a 1 MiB log has room
+#: for 256 data sectors in all), far below this.
+MAX_DESCRIPTORS = 1 << 16
 
 
 class LoggedSector(NamedTuple):
@@ -149,6 +154,13 @@ class _Log:
             return None
         if not self._checksum_ok(offset, header.entry_length, header.checksum):
             return None
+        if header.descriptor_count > MAX_DESCRIPTORS:
+            raise ImageFormatError(
+                f"VHDX log entry declares {header.descriptor_count} descriptors, more than the "
+                f"{MAX_DESCRIPTORS} this reader replays (hostile log?)",
+                offset=self.start + offset,
+                path=self.source.name,
+            )
         entry = LogEntry(
             offset,
             header.entry_length,
@@ -319,6 +331,14 @@ def replay_log(source: ImageSource, header: Header, warn: Callable[[str, int | N
         )
         return LogReplay(source, [])
     head = entries[-1]
+    descriptors = sum(entry.descriptor_count for entry in entries)
+    if descriptors > MAX_DESCRIPTORS:
+        raise ImageFormatError(
+            f"VHDX log's active sequence holds {descriptors} descriptors, more than the "
+            f"{MAX_DESCRIPTORS} this reader replays (hostile log?)",
+            offset=header.log_offset + entries[0].offset,
+            path=source.name,
+        )
     if source.size < head.flushed_file_offset:
         warn(
             f"file is {source.size} bytes but the log says at least {head.flushed_file_offset} were written "
