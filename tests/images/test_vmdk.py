@@ -7,10 +7,13 @@ tests/images/vmdk_builders.py and read back by qemu-img or libvmdk, never compar
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import resource
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -362,3 +365,51 @@ def test_descriptor_in_another_directory_cannot_reach_outside_files(tmp_path):
     shutil.copy(outside, case / "secret-flat.vmdk")  # the base name beside the descriptor is used
     with open_image(desc) as disk:
         assert disk.read() == b"x" * 4096
+
+
+@contextlib.contextmanager
+def few_file_descriptors() -> Iterator[None]:
+    """The process may open only 96 more files than it has open now (restored afterwards)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 96, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _split_disk_written_by_qemu(tmp_path: Path) -> tuple[Path, dict[int, bytes]]:
+    """A 320 GiB twoGbMaxExtentSparse disk (160 extent files) with data qemu wrote in the first,
+    a middle and the last extent."""
+    image = tmp_path / "split.vmdk"
+    qemu_img("create", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", image, "320G")
+    writes = {0: b"\x41", 160 << 30: b"\x42", (320 << 30) - (64 << 10): b"\x43"}
+    qemu_io(image, *(f"write -P 0x{v.hex()} {at} 64k" for at, v in writes.items()), fmt="vmdk")
+    assert len(list(tmp_path.glob("split-s*.vmdk"))) == 160
+    return image, {at: value * (64 << 10) for at, value in writes.items()}
+
+
+def test_a_split_vmdk_of_more_extent_files_than_the_process_may_open_reads(tmp_path):
+    """Extent files are held in a pool and opened again when read, so 160 extents open and read
+    where only 96 more files may be open (main opened them all at once: EMFILE)."""
+    image, written = _split_disk_written_by_qemu(tmp_path)
+    with few_file_descriptors(), open_image(image) as disk:
+        for _ in range(2):  # again, after every extent was closed and reopened
+            for at, data in written.items():
+                assert disk.read_at(at, len(data)) == data
+                if at:
+                    assert disk.read_at(at - 4096, 4096) == bytes(4096)
+        assert [a for a, _ in disk.extents()] == sorted(written)
+
+
+def test_an_extent_file_replaced_while_the_image_is_open_is_refused(tmp_path):
+    image, written = _split_disk_written_by_qemu(tmp_path)
+    with open_image(image) as disk:
+        assert disk.read_at(0, 4096) == written[0][:4096]
+        for at in range(2 << 30, 320 << 30, 2 << 30):  # every other extent: the first is closed
+            disk.read_at(at, 512)
+        first = tmp_path / "split-s001.vmdk"
+        shutil.copy(first, tmp_path / "copy.vmdk")
+        os.replace(tmp_path / "copy.vmdk", first)  # the same bytes, another file
+        with pytest.raises(ImageFormatError, match="no longer the file the image was opened with"):
+            disk.read_at(0, 4096)

@@ -12,6 +12,7 @@ segments: :meth:`DiskImage._direct` names the file offset and the read is a sing
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import io
 import itertools
@@ -181,12 +182,126 @@ class ImageSource:
             )
         return self.pread(offset, length)
 
+    def next_data(self, offset: int) -> int:
+        """Where the file's data next begins at or after ``offset`` (SEEK_DATA; ``offset`` where
+        the file cannot tell, the file's size where only a hole follows)."""
+        fd = self._pread_fd
+        if fd is None:
+            return offset
+        try:
+            return os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:  # ENXIO: no data after offset; others: no SEEK_DATA here
+            return self.size if exc.errno == errno.ENXIO else offset
+
+    def identity(self) -> object:
+        """What makes two sources the same file: device and inode, else the normalised name."""
+        if self._fd is not None:
+            info = os.fstat(self._fd)
+            return (info.st_dev, info.st_ino)
+        return posixpath.normpath(self.name.replace("\\", "/"))
+
     def close(self) -> None:
         if self._owned:
             self.fileobj.close()
 
     def __repr__(self) -> str:
         return f"ImageSource({self.name!r}, size={self.size})"
+
+
+class FilePool:
+    """At most ``limit`` pooled files open at once, the least recently read closed first.
+
+    A descriptor naming thousands of extent files (a split VMDK of a large disk, with its
+    snapshots' deltas split too) would otherwise need a descriptor each and meet the process's
+    file limit (1024 by default) before the first read. Reads of pooled files are serialised.
+    """
+
+    def __init__(self, limit: int = 64):
+        self.limit = limit
+        self.lock = threading.RLock()
+        self._open: OrderedDict[int, PooledSource] = OrderedDict()
+
+    @contextlib.contextmanager
+    def held(self, source: PooledSource) -> Iterator[None]:
+        """``source`` open (opened again if it was closed) for the duration of one read."""
+        with self.lock:
+            if id(source) in self._open:
+                self._open.move_to_end(id(source))
+            else:
+                while len(self._open) >= self.limit:
+                    _, oldest = self._open.popitem(last=False)
+                    oldest.release()
+                source.reacquire()
+                self._open[id(source)] = source
+            yield
+
+    def discard(self, source: PooledSource) -> None:
+        with self.lock:
+            self._open.pop(id(source), None)
+
+
+class PooledSource(ImageSource):
+    """A file an image refers to (an extent, a data file, a parent) whose descriptor the pool
+    may close while it is not read; it is opened again through the same (confined) opener, and
+    refused if it is no longer the same file (device, inode and size)."""
+
+    def __init__(self, fileobj: BinaryIO, name: str, reopen: Callable[[], BinaryIO], pool: FilePool):
+        super().__init__(fileobj, name)
+        if self._fd is None:
+            raise TypeError("only a file with a descriptor can be pooled")
+        info = os.fstat(self._fd)
+        self._key = (info.st_dev, info.st_ino)
+        self._reopen = reopen
+        self._pool = pool
+        with pool.held(self):
+            pass
+
+    def release(self) -> None:
+        """Close the descriptor (the pool's lock is held)."""
+        if self._fd is not None:
+            self.fileobj.close()
+            self._fd = None
+
+    def reacquire(self) -> None:
+        """Open the file again if its descriptor was closed (the pool's lock is held)."""
+        if self._fd is not None:
+            return
+        if self._reopen is None:
+            raise ImageFormatError("the file was closed", path=self.name)
+        try:
+            fileobj = self._reopen()
+        except (OSError, RefusedPathError) as exc:
+            raise ImageFormatError(f"cannot open the file again: {exc}", path=self.name) from exc
+        info = os.fstat(fileobj.fileno())
+        if (info.st_dev, info.st_ino) != self._key or info.st_size != self.size:
+            fileobj.close()
+            raise ImageFormatError(
+                "is no longer the file the image was opened with (replaced or resized)", path=self.name
+            )
+        self.fileobj, self._fd = fileobj, fileobj.fileno()
+
+    def readinto_at(self, view: memoryview, offset: int) -> None:
+        with self._pool.held(self):
+            super().readinto_at(view, offset)
+
+    def next_data(self, offset: int) -> int:
+        with self._pool.held(self):
+            try:
+                return os.lseek(self._fd, offset, os.SEEK_DATA)  # type: ignore[arg-type]
+            except OSError as exc:
+                return self.size if exc.errno == errno.ENXIO else offset
+
+    def identity(self) -> object:
+        return self._key
+
+    def close(self) -> None:
+        with self._pool.lock:
+            self._pool.discard(self)
+            self.release()
+            self._reopen = None
+
+    def __repr__(self) -> str:
+        return f"PooledSource({self.name!r}, size={self.size})"
 
 
 K = TypeVar("K")
@@ -552,6 +667,16 @@ class Resolver:
         self.confinement = confinement
         self.strict = strict
         self._chain: list[object] = []  # identities of the layers being opened, to refuse loops
+        self.pool = FilePool()
+
+    def _pooled(self, path: str) -> ImageSource:
+        """``path`` opened, in the pool when it is a real file (so it may be closed while unused)."""
+        fileobj = self.opener(path)
+        try:
+            fileobj.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            return ImageSource(fileobj, path)
+        return PooledSource(fileobj, path, lambda: self.opener(path), self.pool)
 
     def candidates(self, name: str, relative_to: str) -> list[str]:
         """Where ``name``, found in ``relative_to``, may be: as given (relative or, when confined,
@@ -591,7 +716,7 @@ class Resolver:
                         refused.append(attrs.evolve(where, reference=name))
                         continue
                 try:
-                    return ImageSource(self.opener(path), path)
+                    return self._pooled(path)
                 except FileNotFoundError:
                     continue
                 except RefusedPathError as exc:
@@ -616,7 +741,7 @@ class Resolver:
     def layer(self, source: ImageSource) -> Iterator[None]:
         """Hold ``source`` as a layer being opened: refuse it if it is already one (a loop, by
         device and inode where the file has them) or if the chain is already too deep."""
-        key = _identity(source)
+        key = source.identity()
         if key in self._chain:
             raise ImageFormatError(f"parent chain loops back to {source.name!r}", path=source.name)
         if len(self._chain) >= MAX_CHAIN_DEPTH:
@@ -645,11 +770,3 @@ class Resolver:
         except ImageFormatError:
             source.close()
             raise
-
-
-def _identity(source: ImageSource) -> object:
-    """What makes two sources the same file: device and inode, else the normalised name."""
-    if source._fd is not None:
-        info = os.fstat(source._fd)
-        return (info.st_dev, info.st_ino)
-    return posixpath.normpath(source.name.replace("\\", "/"))

@@ -280,6 +280,9 @@ class ReplayedSource(ImageSource):
     def writes(self) -> int:
         return len(self._starts)
 
+    def identity(self) -> object:
+        return self.base.identity()
+
     def readinto_at(self, view: memoryview, offset: int) -> None:
         end = offset + len(view)
         if end > self.size:

@@ -10,10 +10,8 @@ grain directory and cached grain tables normalised to byte offsets, with two sen
 from __future__ import annotations
 
 import bisect
-import errno
 import logging
 import mmap
-import os
 import threading
 import zlib
 from array import array
@@ -459,13 +457,7 @@ class _BlankScan:
 
     def _hole_until(self, offset: int) -> int:
         """Where the file's next data begins at or after ``offset`` (``offset`` if unknown)."""
-        fd = self.source._pread_fd
-        if fd is None:
-            return offset
-        try:
-            return os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:  # ENXIO: no data after offset; others: no SEEK_DATA here
-            return self.source.size if exc.errno == errno.ENXIO else offset
+        return self.source.next_data(offset)
 
     def is_hole(self, offset: int, length: int) -> bool:
         """Whether ``[offset, offset+length)`` lies in a hole of the file (never read)."""
