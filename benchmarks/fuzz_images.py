@@ -177,8 +177,22 @@ def build_seeds(work: Path) -> list[Seed]:
     for seed in seeds:  # every seed must open as it is, or the fuzzing proves nothing
         outcome = exercise(seed, seed.files, work / "check")
         if outcome != "ok":
-            raise SystemExit(f"seed {seed.name} does not open cleanly: {outcome}")
+            raise SystemExit(
+                f"seed {seed.name} does not open cleanly: {outcome} ({_why(seed, work / 'why')})"
+            )
     return seeds
+
+
+def _why(seed: Seed, folder: Path) -> str:
+    """The exception a seed's check ends in, once more (a check that failed says only 'error')."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, blob in seed.files.items():
+        (folder / name).write_bytes(blob)
+    try:
+        (_exercise_memory if seed.memory else _exercise_image)(folder / seed.entry)
+    except Exception as exc:  # reported, whatever it is
+        return f"{type(exc).__name__}: {exc}"
+    return "not again: the second check passed"
 
 
 def _newer_format_seeds(work: Path, add) -> None:
