@@ -21,6 +21,25 @@ BANNER = (
 BANNER_ADDRESS = 0x2000000
 
 
+def bios_shadowed(mtree: str) -> bool:
+    """Whether HMP ``info mtree -f`` shows guest RAM, not the BIOS ROM, at 0xc0000-0xfffff.
+
+    At reset those addresses read the ROM (PAM registers); SeaBIOS copies itself into RAM and
+    switches them over. A guest paused before that has RAM there that differs from what a dump
+    (which reads the address space) shows, so the oracles wait for it instead of a fixed sleep."""
+    legacy = [line for line in mtree.splitlines() if line.strip().startswith(("00000000000c", "00000000000d",
+              "00000000000e", "00000000000f"))]  # fmt: skip
+    return bool(legacy) and not any("pc.bios" in line or "isa-bios" in line for line in legacy)
+
+
+def wait_until(check, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
 def available() -> str | None:
     return None if shutil.which(QEMU) else f"{QEMU} is missing: apt-get install qemu-system-x86"
 
@@ -70,7 +89,13 @@ class Guest:
                 return answer["return"]
 
     def pause(self) -> None:
-        time.sleep(0.5)  # let SeaBIOS reach its idle loop
+        wait_until(
+            lambda: bios_shadowed(
+                str(self.command("human-monitor-command", **{"command-line": "info mtree -f"}))
+            ),
+            "SeaBIOS to shadow itself into RAM",
+        )
+        time.sleep(0.2)  # and to reach its idle loop
         self.command("stop")
 
     def dump_elf(self, path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.acquire.libvirt_lab import QEMU_CONF, LibvirtLab, available, virsh
-from tests.memory.qemu_guest import BANNER, BANNER_ADDRESS
+from tests.memory.qemu_guest import BANNER, BANNER_ADDRESS, bios_shadowed, wait_until
 from tests.memory.volatility import banners, layer, segments
 from vmforensics.memory import GuestMemory, convert, open_memory
 from vmforensics.memory.libvirt_save import read_header
@@ -64,6 +64,12 @@ def saves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[
             with LibvirtLab(work) as lab:
                 name = f"vmf-mem-{compression}"
                 lab.define(name, domain_xml(name, banner))
+                wait_until(
+                    lambda name=name: bios_shadowed(
+                        virsh("qemu-monitor-command", name, "--hmp", "info mtree -f")
+                    ),
+                    "SeaBIOS to shadow itself into RAM",
+                )
                 virsh("suspend", name)
                 dump, save = work / f"{compression}.elf", work / f"{compression}.save"
                 virsh("dump", name, str(dump), "--memory-only", "--format", "elf")
