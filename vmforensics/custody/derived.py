@@ -20,6 +20,9 @@ import hashlib
 import importlib
 import logging
 import os
+import queue
+import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,15 +47,65 @@ PRODUCERS: dict[str, str] = {
 _ZEROS = bytes(1 << 20)
 
 
+class _Hasher:
+    """SHA-256 in a thread of its own, fed in order, so that hashing (which releases the GIL)
+    overlaps the reads and writes of the thread producing the bytes. Small pieces are handed over
+    in batches of about 1 MiB; at most a few batches wait, so memory stays bounded."""
+
+    BATCH = 1 << 20
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self._queue: queue.Queue[list[bytes | memoryview | int] | None] = queue.Queue(maxsize=8)
+        self._batch: list[bytes | memoryview | int] = []
+        self._batched = 0
+        self._thread = threading.Thread(
+            target=_hash_batches, args=(self._queue, self.hash), name="vmforensics-sha256", daemon=True
+        )
+        self._thread.start()
+        weakref.finalize(self, self._queue.put, None)  # an abandoned sink's thread ends too
+
+    def _add(self, item: bytes | memoryview | int, length: int) -> None:
+        self._batch.append(item)
+        self._batched += length
+        if self._batched >= self.BATCH:
+            self._queue.put(self._batch)
+            self._batch, self._batched = [], 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        immutable = isinstance(data, bytes) or (view.readonly and isinstance(view.obj, bytes))
+        self._add(data if immutable else bytes(data), len(view))  # a reused buffer is copied
+
+    def zeros(self, length: int) -> None:
+        self._add(length, length)
+
+    def hexdigest(self) -> str:
+        if self._thread.is_alive():
+            self._queue.put(self._batch)
+            self._queue.put(None)
+            self._thread.join()
+        return self.hash.hexdigest()
+
+
+def _hash_batches(batches: queue.Queue[list[bytes | memoryview | int] | None], digest: Any) -> None:
+    while (batch := batches.get()) is not None:
+        for item in batch:
+            if isinstance(item, int):
+                _hash_zeros(digest, item)
+            else:
+                digest.update(item)
+
+
 class Sink:
     """Sequential output that hashes what it is given; a hole is hashed as zeros and, in a file,
     seeked over (sparse). Without ``fd`` nothing is written: that is how a checker re-derives."""
 
     def __init__(self, fd: int | None = None):
-        self.fd, self.position, self.hash = fd, 0, hashlib.sha256()
+        self.fd, self.position, self._hasher = fd, 0, _Hasher()
 
     def write(self, data: bytes | memoryview) -> None:
-        self.hash.update(data)
+        self._hasher.update(data)
         if self.fd is not None:
             view = memoryview(data)
             while view:
@@ -62,7 +115,7 @@ class Sink:
     def hole(self, length: int) -> None:
         if length < 0:
             raise ValueError("a sink only moves forward")
-        _hash_zeros(self.hash, length)
+        self._hasher.zeros(length)
         if self.fd is not None and length:
             os.lseek(self.fd, length, os.SEEK_CUR)
         self.position += length
@@ -75,7 +128,8 @@ class Sink:
 
     @property
     def sha256(self) -> str:
-        return self.hash.hexdigest()
+        """The SHA-256 of everything given (no more may be given after it is read)."""
+        return self._hasher.hexdigest()
 
 
 Producer = Callable[[Sequence[Path], Mapping[str, Any], Sink], dict[str, Any]]
