@@ -14,6 +14,7 @@ import pytest
 
 from tests.interop.vmware_state import BANNER, write_memory_state
 from vmforensics import CaseInfo, LocalAcquirer, verify
+from vmforensics.custody.derived import Sink
 from vmforensics.custody.ledger import LEDGER_NAME
 from vmforensics.memory import convert, open_memory
 
@@ -168,3 +169,19 @@ def test_auto_gives_a_small_guest_with_firmware_below_4_gib_an_elf_and_a_large_h
         str(vm_folder), tmp_path / "ev2", case=CASE, progress=False, memory_image="auto"
     )
     assert again.derived[0].output.endswith(".raw")
+
+
+def test_a_sink_hashes_what_it_was_given_even_when_the_buffer_is_reused(tmp_path: Path) -> None:
+    """The hashing thread gets a copy of a mutable buffer: reusing it for the next read must not
+    change the hash of what was already written (the file on disk is the oracle)."""
+    out = tmp_path / "sink.bin"
+    buffer = bytearray(b"a" * 3000)
+    with out.open("wb") as handle:
+        sink = Sink(handle.fileno())
+        for fill in b"abc":
+            buffer[:] = bytes([fill]) * 3000
+            sink.write(buffer)
+            sink.hole(5000)
+        sink.write(memoryview(b"tail"))
+        sink.finish()
+    assert sink.sha256 == sha256(out) and sink.position == out.stat().st_size == 3 * 8000 + 4
