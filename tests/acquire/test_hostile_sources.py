@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from pathlib import Path
 
 import pytest
 
+from tests.deadline import within
 from vmforensics import CaseInfo, LocalAcquirer, verify
 from vmforensics.acquire.files import FilesAcquirer
 from vmforensics.demo.vm import VM_NAME, build_demo_vm
@@ -44,21 +44,11 @@ def set_vmx(vmx: Path, **entries: str) -> None:
 
 def acquire(folder: Path, out: Path, timeout: float = 60, **options):
     """LocalAcquirer in a thread: a hang fails the test instead of blocking the suite."""
-    outcome: list[object] = []
-
-    def run() -> None:
-        try:
-            outcome.append(LocalAcquirer().acquire(str(folder), out, case=CASE, progress=False, **options))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    assert not worker.is_alive(), "the acquisition blocked"
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return outcome[0]
+    return within(
+        timeout,
+        lambda: LocalAcquirer().acquire(str(folder), out, case=CASE, progress=False, **options),
+        "the acquisition blocked",
+    )
 
 
 def bait_in(out: Path) -> list[Path]:
@@ -165,20 +155,16 @@ def test_acquire_files_with_a_fifo_and_a_socket_leaves_no_placeholder_and_verifi
     os.mkfifo(source / "pipe")
     server = socket.socket(socket.AF_UNIX)
     out = tmp_path / "ev"
-    outcome: list[object] = []
     try:
         server.bind(str(source / "control.sock"))
         acquirer = FilesAcquirer(LocalTransport(), [str(source)], recursive=True)
-        worker = threading.Thread(
-            target=lambda: outcome.append(acquirer.acquire("logs", out, case=CASE, progress=False)),
-            daemon=True,
+        result = within(
+            60,
+            lambda: acquirer.acquire("logs", out, case=CASE, progress=False),
+            "the acquisition blocked on the FIFO",
         )
-        worker.start()
-        worker.join(60)
-        assert not worker.is_alive(), "the acquisition blocked on the FIFO"
     finally:
         server.close()
-    (result,) = outcome
     reasons = {Path(o.source_path).name: o.reason for o in result.manifest.omissions}
     assert "FIFO" in reasons["pipe"] and "socket" in reasons["control.sock"]
     stored = sorted(p.name for p in (out / "files").rglob("*") if p.is_file())
@@ -189,12 +175,7 @@ def test_acquire_files_with_a_fifo_and_a_socket_leaves_no_placeholder_and_verifi
 def survey(root: Path, timeout: float = 60):
     from vmforensics import survey_local
 
-    outcome: list[object] = []
-    worker = threading.Thread(target=lambda: outcome.append(survey_local(root)), daemon=True)
-    worker.start()
-    worker.join(timeout)
-    assert not worker.is_alive(), "the survey blocked"
-    return outcome[0]
+    return within(timeout, lambda: survey_local(root), "the survey blocked")
 
 
 def test_survey_does_not_open_a_disk_the_vmx_names_outside_the_surveyed_root(hostile) -> None:
@@ -237,17 +218,10 @@ def test_a_fifo_met_first_in_a_resumed_run_leaves_no_empty_file_either(tmp_path:
     EvidenceDirectory(tmp_path / "ev")  # the interrupted run's directory, with its ledger
     Ledger.create(tmp_path / "ev" / "custody.log.jsonl", {})
     again = EvidenceDirectory(tmp_path / "ev", resume=True)
-    outcome: list[object] = []
-
-    def run() -> None:
-        try:
-            copy_file(LocalTransport(), str(tmp_path / "pipe"), again, "host/pipe", resume=True)
-        except SourceError as exc:
-            outcome.append(exc)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(30)
-    assert not worker.is_alive(), "opening the FIFO blocked"
-    assert outcome and "FIFO" in str(outcome[0])
+    with pytest.raises(SourceError, match="FIFO"):
+        within(
+            30,
+            lambda: copy_file(LocalTransport(), str(tmp_path / "pipe"), again, "host/pipe", resume=True),
+            "opening the FIFO blocked",
+        )
     assert not again.local_path("host/pipe").exists()

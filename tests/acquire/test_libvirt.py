@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tests.acquire.libvirt_lab import (
     run,
     virsh,
 )
+from tests.deadline import within
 from tests.transport.sshd import SSHServer
 from vmforensics import CaseInfo, open_image, verify
 from vmforensics.acquire.base import Session
@@ -496,22 +496,13 @@ def test_backing_file_through_a_symlinked_directory_is_an_omission(lab, sshd, tm
 
 def _acquire_in_time(sshd: SSHServer, name: str, out: Path, seconds: float = 60.0):
     """The acquisition in a thread: a FIFO that is opened blocks it, which fails the test."""
-    outcome: list[object] = []
-
-    def work() -> None:
-        try:
-            acq = acquirer(sshd, command_timeout=seconds)
-            outcome.append(acq.acquire(name, out, case=CASE, preserve="none", progress=False))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), "the acquisition blocked on a file the chain names"
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return outcome[0]
+    return within(
+        seconds,
+        lambda: acquirer(sshd, command_timeout=seconds).acquire(
+            name, out, case=CASE, preserve="none", progress=False
+        ),
+        "the acquisition blocked on a file the chain names",
+    )
 
 
 def _commands(result_path: Path) -> list[str]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from pathlib import Path
 
 import pytest
 
+from tests.deadline import within
 from vmforensics import CaseInfo, verify
 from vmforensics.acquire.files import FilesAcquirer
 from vmforensics.cli import main
@@ -73,21 +73,9 @@ def _tree(tmp_path):
 
 
 def _in_time(acquirer, target, out, seconds=60):
-    outcome = []
-
-    def work():
-        try:
-            outcome.append(acquirer.acquire(target, out, case=CASE, progress=False))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), "the acquisition blocked"
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return outcome[0]
+    return within(
+        seconds, lambda: acquirer.acquire(target, out, case=CASE, progress=False), "the acquisition blocked"
+    )
 
 
 def _stored(out):
