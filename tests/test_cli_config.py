@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.memory_keyring import memory_keyring
 from vmforensics.cli import build_parser
 from vmforensics.cli.common import password_from_env_or_prompt
 from vmforensics.cli.config import apply_config, config_path
@@ -120,27 +121,7 @@ def test_cli_survey_of_vcsim_takes_user_port_and_thumbprint_from_the_config(
 
 
 def test_keyring_password_is_used_after_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    keyring = pytest.importorskip("keyring")
-    from keyring.backend import KeyringBackend
-
-    class InMemory(KeyringBackend):
-        priority = 1  # type: ignore[assignment]
-
-        def __init__(self) -> None:
-            self.entries: dict[tuple[str, str], str] = {}
-
-        def get_password(self, service: str, username: str) -> str | None:
-            return self.entries.get((service, username))
-
-        def set_password(self, service: str, username: str, password: str) -> None:
-            self.entries[(service, username)] = password
-
-        def delete_password(self, service: str, username: str) -> None:
-            del self.entries[(service, username)]
-
-    previous = keyring.get_keyring()
-    keyring.set_keyring(InMemory())
-    try:
+    with memory_keyring() as keyring:
         keyring.set_password("vmforensics:vcenter01", "ir@vsphere.local", "from the keyring")
         monkeypatch.delenv("VMFORENSICS_PASSWORD", raising=False)
         monkeypatch.setattr("sys.stdin.isatty", lambda: False)
@@ -150,8 +131,6 @@ def test_keyring_password_is_used_after_the_environment(monkeypatch: pytest.Monk
             password_from_env_or_prompt("p: ", account=("vcenter01", "someone-else"))
         monkeypatch.setenv("VMFORENSICS_PASSWORD", "from the environment")
         assert password_from_env_or_prompt("p: ", account=account) == "from the environment"
-    finally:
-        keyring.set_keyring(previous)
 
 
 def test_keygen_json_names_the_files_and_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,6 @@ Acquired bytes are compared with the source files read directly (qemu-img for th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -14,12 +13,12 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.acquire import libvirt_lab
 from tests.acquire.libvirt_lab import LibvirtLab
+from tests.memory_keyring import memory_keyring
 from tests.transport.sshd import SSHServer
 from vmforensics.cli import main
 
@@ -130,35 +129,6 @@ def test_libvirt_survey_json_to_acquire_batch_on_two_local_workers_then_verify(
 
 
 # --- VMware (vcsim) ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def memory_keyring() -> Iterator[Any]:
-    """The keyring package with an in-memory backend (the workers of --local are this process's threads)."""
-    keyring = pytest.importorskip("keyring")
-    from keyring.backend import KeyringBackend
-
-    class InMemory(KeyringBackend):
-        priority = 1  # type: ignore[assignment]
-
-        def __init__(self) -> None:
-            self.entries: dict[tuple[str, str], str] = {}
-
-        def get_password(self, service: str, username: str) -> str | None:
-            return self.entries.get((service, username))
-
-        def set_password(self, service: str, username: str, password: str) -> None:
-            self.entries[(service, username)] = password
-
-        def delete_password(self, service: str, username: str) -> None:
-            self.entries.pop((service, username), None)
-
-    previous = keyring.get_keyring()
-    keyring.set_keyring(InMemory())
-    try:
-        yield keyring
-    finally:
-        keyring.set_keyring(previous)
 
 
 def vcsim_or_skip() -> None:
