@@ -185,9 +185,9 @@ class ImageSource:
     def next_data(self, offset: int) -> int:
         """Where the file's data next begins at or after ``offset`` (SEEK_DATA; ``offset`` where
         the file cannot tell, the file's size where only a hole follows)."""
-        fd = self._pread_fd
-        if fd is None:
-            return offset
+        return offset if self._pread_fd is None else self._seek_data(self._pread_fd, offset)
+
+    def _seek_data(self, fd: int, offset: int) -> int:
         try:
             return os.lseek(fd, offset, os.SEEK_DATA)
         except OSError as exc:  # ENXIO: no data after offset; others: no SEEK_DATA here
@@ -286,10 +286,7 @@ class PooledSource(ImageSource):
 
     def next_data(self, offset: int) -> int:
         with self._pool.held(self):
-            try:
-                return os.lseek(self._fd, offset, os.SEEK_DATA)  # type: ignore[arg-type]
-            except OSError as exc:
-                return self.size if exc.errno == errno.ENXIO else offset
+            return self._seek_data(self._fd, offset)  # type: ignore[arg-type]
 
     def identity(self) -> object:
         return self._key
