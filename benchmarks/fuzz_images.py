@@ -175,24 +175,11 @@ def build_seeds(work: Path) -> list[Seed]:
     _newer_format_seeds(work, add)
     _memory_seeds(work, add)
     for seed in seeds:  # every seed must open as it is, or the fuzzing proves nothing
-        outcome = exercise(seed, seed.files, work / "check")
+        why: list[str] = []
+        outcome = exercise(seed, seed.files, work / "check", why)
         if outcome != "ok":
-            raise SystemExit(
-                f"seed {seed.name} does not open cleanly: {outcome} ({_why(seed, work / 'why')})"
-            )
+            raise SystemExit(f"seed {seed.name} does not open cleanly: {outcome} ({'; '.join(why)})")
     return seeds
-
-
-def _why(seed: Seed, folder: Path) -> str:
-    """The exception a seed's check ends in, once more (a check that failed says only 'error')."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, blob in seed.files.items():
-        (folder / name).write_bytes(blob)
-    try:
-        (_exercise_memory if seed.memory else _exercise_image)(folder / seed.entry)
-    except Exception as exc:  # reported, whatever it is
-        return f"{type(exc).__name__}: {exc}"
-    return "not again: the second check passed"
 
 
 def _newer_format_seeds(work: Path, add) -> None:
@@ -380,9 +367,9 @@ def _alarm(signum: int, frame: object) -> None:
     raise CaseTimeoutError()
 
 
-def exercise(seed: Seed, files: dict[str, bytes], folder: Path) -> str:
+def exercise(seed: Seed, files: dict[str, bytes], folder: Path, why: list[str] | None = None) -> str:
     """Write ``files`` into a fresh ``folder`` and use them as an analyst would: 'ok', 'error'
-    (a VMForensicsError) or what went wrong."""
+    (a VMForensicsError, its message appended to ``why`` when given) or what went wrong."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for name, blob in files.items():
@@ -392,7 +379,9 @@ def exercise(seed: Seed, files: dict[str, bytes], folder: Path) -> str:
             _exercise_memory(folder / seed.entry)
         else:
             _exercise_image(folder / seed.entry)
-    except VMForensicsError:
+    except VMForensicsError as exc:
+        if why is not None:
+            why.append(str(exc))
         return "error"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
