@@ -9,6 +9,8 @@ compression, since qemu.conf is read at start) and must not run beside another l
 from __future__ import annotations
 
 import re
+import struct
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +21,12 @@ from tests.acquire.libvirt_lab import QEMU_CONF, LibvirtLab, available, virsh
 from tests.memory.qemu_guest import BANNER, BANNER_ADDRESS, bios_shadowed, wait_until
 from tests.memory.volatility import banners, layer, segments
 from vmforensics.memory import GuestMemory, convert, open_memory
-from vmforensics.memory.libvirt_save import read_header
+from vmforensics.memory.libvirt_save import FORMATS, HEADER, read_header
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=available() or "")
 PAGE = 4096
-#: What Debian 12's libvirt 9.0 writes (zstd came in a later libvirt; lzop needs the lzop program).
-COMPRESSIONS = ("raw", "gzip", "bzip2", "xz")
+#: What Debian 12's libvirt 9.0 writes (lzop through the lzop program; zstd came in a later libvirt).
+COMPRESSIONS = ("raw", "gzip", "bzip2", "xz", "lzop")
 
 
 def set_save_format(value: str | None) -> None:
@@ -131,3 +133,27 @@ def test_the_spool_of_a_compressed_save_is_removed_on_close(saves, tmp_path: Pat
     with open_memory(save, spool_dir=spool) as ours:
         assert ours.read(BANNER_ADDRESS, len(BANNER)) == BANNER
     assert list(spool.iterdir()) == []
+
+
+def test_a_zstd_save_reads_as_the_same_guest(saves, tmp_path: Path) -> None:
+    """libvirt 9.0 here cannot write zstd saves (later libvirt runs ``zstd -c`` for them), so the
+    real raw save is made into one the way it would: its header's format set to 5 and its stream
+    compressed by the zstd program. The gap: the header of a libvirt that writes zstd itself."""
+    raw_save, dump = saves["raw"]
+    with open(raw_save, "rb") as handle:
+        stream_offset = read_header(handle.fileno(), raw_save)["stream_offset"]
+    data = raw_save.read_bytes()
+    order = "<" if struct.unpack_from("<I", data, 16)[0] in (1, 2) else ">"
+    header = bytearray(data[:stream_offset])
+    struct.pack_into(order + "I", header, 28, next(k for k, v in FORMATS.items() if v == "zstd"))
+    assert HEADER.size == 92
+    compressed = subprocess.run(
+        ["zstd", "-c", "-q"], input=data[stream_offset:], capture_output=True, check=True
+    )
+    save = tmp_path / "zstd.save"
+    save.write_bytes(bytes(header) + compressed.stdout)
+    elf = layer(dump, "elf")
+    with open_memory(save) as ours:
+        assert ours.info().details["compression"] == "zstd"
+        assert same_pages(ours, elf) == (64 << 20) // PAGE + 64
+        assert ours.read(BANNER_ADDRESS, len(BANNER)) == BANNER

@@ -199,17 +199,20 @@ def _decompress(fd: int, offset: int, kind: str, spool: Any, limit: int, path: P
                 offset=offset,
                 path=str(path),
             )
-        with open(path, "rb") as source:
-            source.seek(offset)
-            process = subprocess.Popen(program, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            assert process.stdout is not None
-            try:
-                while chunk := process.stdout.read(CHUNK):
-                    put(chunk)
-            finally:
-                process.stdout.close()
-                error = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
-                status = process.wait()
+        os.lseek(fd, offset, os.SEEK_SET)  # the file already opened, never the path again
+        process = subprocess.Popen(program, stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert process.stdout is not None and process.stderr is not None
+        try:
+            while chunk := process.stdout.read(CHUNK):
+                put(chunk)
+        except BaseException:  # stopped early (a bomb): the program goes with it
+            process.kill()
+            raise
+        finally:
+            process.stdout.close()
+            error = process.stderr.read(4096).decode(errors="replace").strip()
+            process.stderr.close()
+            status = process.wait()
         if status != 0:
             raise MemoryFormatError(
                 f"{program[0]} could not decompress the stream: {error}", offset=offset, path=str(path)
