@@ -7,8 +7,9 @@ Cases (files built here, in a temporary folder on the same file system):
   zero pages), converted to raw and ELF, against ``cp`` of the stream.
 - Large: a QEVM stream of a --large-gib GiB guest, almost all zero pages: open + ELF conversion,
   to show the index stays small (peak RSS) whatever the guest size.
-- Fragmented: a QEVM stream of a --fragmented-gib GiB guest, every 4th page stored: open only,
-  the index's peak RSS and its cost per run (the index grows with the number of runs).
+- Fragmented: a QEVM stream of a --fragmented-gib GiB guest, every 4th page stored: open only
+  (the index's peak RSS and its cost per run: it grows with the number of runs), then raw; and
+  the same stream with every --resend-every-th page sent again at its end (a live save).
 
 Each conversion is also set against ``cp`` of its own output (the same bytes, holes kept, synced):
 the disk-speed floor for writing that image.
@@ -123,8 +124,9 @@ def build_vmware(folder: Path, mib: int) -> Path:
     return state
 
 
-def build_qevm(path: Path, guest_bytes: int, data_percent: int) -> int:
-    """A QEVM stream of one pc.ram block: every page sent, ``data_percent`` of them stored."""
+def build_qevm(path: Path, guest_bytes: int, data_percent: int, resend_every: int = 0) -> int:
+    """A QEVM stream of one pc.ram block: every page sent, ``data_percent`` of them stored; with
+    ``resend_every``, every such page is sent again afterwards (as a live save resends dirty pages)."""
     with path.open("wb") as out:
         machine = b"pc-i440fx-7.2"
         out.write(b"QEVM" + struct.pack(">I", 3) + b"\x07" + struct.pack(">I", len(machine)) + machine)
@@ -144,6 +146,13 @@ def build_qevm(path: Path, guest_bytes: int, data_percent: int) -> int:
                 stored += PAGE
             else:
                 parts.append(struct.pack(">Q", number * PAGE | 0x02 | flags) + name + b"\0")
+            if len(parts) >= 4096:
+                out.write(b"".join(parts))
+                parts.clear()
+        out.write(b"".join(parts))
+        parts.clear()
+        for number in range(0, guest_bytes // PAGE, resend_every or guest_bytes):
+            parts.append(struct.pack(">Q", number * PAGE | 0x08 | 0x20) + page)
             if len(parts) >= 4096:
                 out.write(b"".join(parts))
                 parts.clear()
@@ -177,6 +186,7 @@ def main() -> None:
     parser.add_argument("--data-percent", type=int, default=25)
     parser.add_argument("--large-gib", type=int, default=64)
     parser.add_argument("--fragmented-gib", type=int, default=8)
+    parser.add_argument("--resend-every", type=int, default=64)
     parser.add_argument("--workdir", help="where to build the files (default: a temporary folder)")
     args = parser.parse_args()
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="vmf-membench-"))
@@ -239,12 +249,27 @@ def main() -> None:
         fragmented = folder / "fragmented.qevm"
         build_qevm(fragmented, args.fragmented_gib << 30, 25)
         result = run_child(INDEX_CHILD, str(fragmented))
-        print(f"QEMU stream of a {args.fragmented_gib} GiB guest, every 4th page stored: open/index only")
+        print(f"QEMU stream of a {args.fragmented_gib} GiB guest, every 4th page stored")
         print(
-            f"  {result['runs']} stored runs in {result['seconds']:.2f} s, peak RSS {result['rss_mib']:.0f} MiB "
-            f"({result['grown_mib'] * 2**20 / result['runs']:.0f} bytes a run above the interpreter's)"
+            f"  open/index only: {result['runs']} stored runs in {result['seconds']:.2f} s, peak RSS "
+            f"{result['rss_mib']:.0f} MiB ({result['grown_mib'] * 2**20 / result['runs']:.0f} bytes a run "
+            "above the interpreter's)"
         )
+        result = run_child(CHILD, str(fragmented), str(folder / "fragmented.raw"), "raw")
+        report("convert to raw", result, None, "")
+        print(f"  {'':<22} ({output_floor(folder / 'fragmented.raw')})")
+        (folder / "fragmented.raw").unlink()
         fragmented.unlink()
+
+        resent = folder / "resent.qevm"
+        build_qevm(resent, args.fragmented_gib << 30, 25, resend_every=args.resend_every)
+        result = run_child(INDEX_CHILD, str(resent))
+        print(
+            f"the same guest with every {args.resend_every}th page sent again afterwards (a live save): "
+            f"open/index only: {result['runs']} stored runs in {result['seconds']:.2f} s, "
+            f"peak RSS {result['rss_mib']:.0f} MiB"
+        )
+        resent.unlink()
     finally:
         if not args.workdir:
             shutil.rmtree(folder, ignore_errors=True)

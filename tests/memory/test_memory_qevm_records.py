@@ -5,6 +5,7 @@ record kinds that are refused rather than guessed (XBZRLE, compressed pages, map
 from __future__ import annotations
 
 import struct
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,25 @@ def test_a_page_sent_twice_keeps_its_last_copy(tmp_path: Path) -> None:
         assert memory.read(PAGE, PAGE) == bytes(PAGE)  # re-sent as a zero page
 
 
+def test_a_block_claiming_a_terabyte_with_pages_out_of_order_is_refused_before_any_page_table(
+    tmp_path: Path,
+) -> None:
+    """Out-of-order pages are resolved with a table of 8 bytes a page; a block list that lies about
+    its size must not make that table (2 GiB here) for a stream of a few records."""
+    stream = b.qevm(
+        [("pc.ram", 1 << 40)], [("pc.ram", PAGE, page(b"1")), ("pc.ram", 0, None)], complete=False
+    )
+    path = write(tmp_path, stream)
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryFormatError, match="holds 2 page records: the stream is incomplete"):
+            open_memory(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+
+
 def test_zero_page_with_a_fill_byte_is_refused(tmp_path: Path) -> None:
     stream = bytearray(b.qevm([("pc.ram", MiB)], [("pc.ram", 0, None)]))
     fill = stream.index(b"\x06pc.ram", 60) + 7
@@ -128,6 +148,31 @@ def test_q35_guest_of_3_gib_splits_ram_at_2_gib(tmp_path: Path) -> None:
         assert memory.ranges() == ((0, 2 << 30), (4 << 30, 1 << 30))
         assert memory.read((2 << 30) - PAGE, 1) == b"L"
         assert memory.read(4 << 30, 1) == b"H"
+
+
+@pytest.mark.parametrize("order", ["in order", "sent again"])
+def test_pc_ram_across_the_pci_hole_and_the_bios_below_4_gib_land_where_qemu_maps_them(
+    tmp_path: Path, order: str
+) -> None:
+    """One stored run that crosses pc.ram's 3 GiB split is cut in two, its upper part moved above
+    4 GiB; pc.bios's pages go just below 4 GiB, between them. "sent again": the same pages come
+    first as other bytes and then again (a live save), so the last copy must win."""
+    size, bios = 4 << 30, 256 << 10
+    low = 3 << 30  # i440fx with 4 GiB of RAM
+    ram = [("pc.ram", low - 2 * PAGE + n * PAGE, page(bytes([0x41 + n]))) for n in range(4)]
+    records = [("pc.ram", 5 * PAGE, page(b"5")), *ram, ("pc.bios", bios - PAGE, page(b"B"))]
+    if order == "sent again":
+        records = [(name, offset, page(b"?")) for name, offset, _ in records] + records
+    stream = b.qevm([("pc.ram", size), ("pc.bios", bios)], records)
+    with open_memory(write(tmp_path, stream)) as memory:
+        assert memory.ranges() == ((0, low), ((4 << 30) - bios, bios), (4 << 30, 1 << 30))
+        assert memory.read(5 * PAGE, PAGE) == page(b"5")
+        assert memory.read(low - 2 * PAGE, 2 * PAGE) == page(b"A") + page(b"B")
+        assert memory.read(low, PAGE) == bytes(PAGE)  # the PCI hole
+        assert memory.read((4 << 30) - PAGE, 3 * PAGE) == page(b"B") + page(b"C") + page(b"D")
+        assert memory.read((4 << 30) - bios, PAGE) == bytes(PAGE)
+        assert memory.extents.stored == 6 * PAGE
+        assert list(memory.extents.starts) == [5 * PAGE, low - 2 * PAGE, (4 << 30) - PAGE, 4 << 30]
 
 
 def test_vmdescription_gives_the_cpu_count(tmp_path: Path) -> None:

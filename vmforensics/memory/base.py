@@ -6,8 +6,8 @@ bytes — where each run of guest pages lies in the backing file. Addresses insi
 extent covers were zero pages (QEMU sends them as one flag byte); addresses outside every range
 were never memory. Both read as zeros, as they do in the raw image the converters write.
 
-Extents are kept in four ``array('Q')`` columns (32 bytes a run), never one Python object a page,
-so a 64 GiB guest costs a few megabytes of index at most.
+Extents are kept in four array columns (24 bytes a run), never one Python object a page: a 64 GiB
+guest costs a few megabytes of index, or about 100 MiB if it is cut into 4 million stored runs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ PAGE = 4096
 CHUNK = 1 << 20
 #: Pages gathered by one ``preadv`` of a strided run (each page and each gap is one iovec; IOV_MAX is 1024).
 IOV_GROUP = 1000
+#: The longest run one row of Extents holds (lengths are 32-bit; a multiple of every page size).
+MAX_RUN = (1 << 32) - (1 << 21)
+#: Rows rewritten at once when runs move (bounds the copy that moving makes).
+SHIFT_BATCH = 1 << 16
 
 
 @attrs.frozen
@@ -80,19 +84,24 @@ class Extents:
 
     Runs must be added in ascending, non-overlapping guest-physical order (readers that meet a
     page twice resolve it before adding); adjacent runs continue each other when they can.
+    Starts and offsets are 64-bit, lengths and strides 32-bit (a longer run takes several rows).
     """
 
     def __init__(self, page_size: int = PAGE) -> None:
         self.page_size = page_size
         self.starts = array("Q")
-        self.lengths = array("Q")
+        self.lengths = array("I")
         self.offsets = array("Q")
-        self.strides = array("Q")
+        self.strides = array("I")
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def add(self, start: int, length: int, offset: int, stride: int = 0) -> None:
+        while length > MAX_RUN:
+            self.add(start, MAX_RUN, offset, stride)
+            start, length = start + MAX_RUN, length - MAX_RUN
+            offset += MAX_RUN // self.page_size * stride if stride else MAX_RUN
         if length <= 0:
             return
         if self.starts:
@@ -100,18 +109,23 @@ class Extents:
             end = self.starts[last] + self.lengths[last]
             if start < end:
                 raise MemoryFormatError(f"guest-physical 0x{start:x} is stored twice", offset=offset)
-            last_stride = self.strides[last]
-            if start == end and stride == last_stride:
-                if stride == 0 and offset == self.offsets[last] + self.lengths[last]:
-                    self.lengths[last] += length
-                    return
-                if stride and offset == self.offsets[last] + self.lengths[last] // self.page_size * stride:
-                    self.lengths[last] += length
-                    return
+            if (
+                start == end
+                and stride == self.strides[last]
+                and self.lengths[last] + length <= MAX_RUN
+                and offset == self._offset_within(last, self.lengths[last])
+            ):
+                self.lengths[last] += length
+                return
         self.starts.append(start)
         self.lengths.append(length)
         self.offsets.append(offset)
         self.strides.append(stride)
+
+    def _offset_within(self, index: int, within: int) -> int:
+        """The file offset of byte ``within`` run ``index`` (``within`` on a page boundary if strided)."""
+        stride = self.strides[index]
+        return self.offsets[index] + (within // self.page_size * stride if stride else within)
 
     @property
     def stored(self) -> int:
@@ -121,6 +135,46 @@ class Extents:
     def find(self, address: int) -> int:
         """Index of the last run starting at or before ``address`` (-1 if none)."""
         return bisect.bisect_right(self.starts, address) - 1
+
+    def split(self, address: int) -> int:
+        """Cut the run that holds ``address`` (a page boundary) in two; returns the index of the
+        first run starting at or after ``address``."""
+        index = self.find(address)
+        if index < 0:
+            return 0
+        start, length = self.starts[index], self.lengths[index]
+        if address >= start + length:
+            return index + 1
+        if address == start:
+            return index
+        within = address - start
+        self.starts.insert(index + 1, address)
+        self.lengths.insert(index + 1, length - within)
+        self.offsets.insert(index + 1, self._offset_within(index, within))
+        self.strides.insert(index + 1, self.strides[index])
+        self.lengths[index] = within
+        return index + 1
+
+    def move(self, first: int, last: int, delta: int) -> None:
+        """Add ``delta`` to the starts of runs ``first`` up to ``last`` (their order must hold)."""
+        for at in range(first, last, SHIFT_BATCH):
+            end = min(at + SHIFT_BATCH, last)
+            self.starts[at:end] = array("Q", map(delta.__add__, self.starts[at:end]))
+
+    def insert(self, other: Extents, delta: int) -> None:
+        """Put the runs of ``other``, ``delta`` bytes on, among these (they must not overlap any)."""
+        if not other:
+            return
+        lo = other.starts[0] + delta
+        hi = other.starts[-1] + other.lengths[-1] + delta
+        index = self.find(lo) + 1
+        before_ends = self.starts[index - 1] + self.lengths[index - 1] if index else 0
+        if before_ends > lo or (index < len(self) and self.starts[index] < hi):
+            raise MemoryFormatError(f"guest-physical 0x{lo:x} is stored twice", offset=other.offsets[0])
+        self.starts[index:index] = array("Q", map(delta.__add__, other.starts))
+        self.lengths[index:index] = other.lengths
+        self.offsets[index:index] = other.offsets
+        self.strides[index:index] = other.strides
 
 
 @attrs.define

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,23 +88,16 @@ class _Reader:
         self.pos += length
 
 
-class _Block:
-    """One RAM block's page records in stream order (runs), resolved at the end."""
+class _Records:
+    """Page records in stream order, as runs (zero runs have ``offset`` ZERO_RUN)."""
 
-    def __init__(self, name: str, length: int):
-        self.name, self.length = name, length
+    def __init__(self) -> None:
         self.pages = array("Q")  # first page of each run
         self.counts = array("Q")
         self.offsets = array("Q")  # file offset of the first page, or ZERO_RUN
         self.strides = array("Q")
-        self.next_page = 0
-        self.ordered = True
 
-    def add(self, page: int, offset: int, stride: int, count: int = 1) -> None:
-        """``count`` pages from ``page``: zero pages (``offset`` ZERO_RUN) or stored ``stride`` apart."""
-        if page < self.next_page:
-            self.ordered = False
-        self.next_page = max(self.next_page, page + count)
+    def add(self, page: int, offset: int, stride: int, count: int) -> None:
         if self.pages:
             last = len(self.pages) - 1
             if (
@@ -125,45 +118,103 @@ class _Block:
         self.offsets.append(offset)
         self.strides.append(stride)
 
-    def check_complete(self, page_size: int, path: Path) -> None:
-        """QEMU sends every page of a RAM block at least once (zero pages as a flag); a block with
-        fewer records than pages is an incomplete stream or a block size that lies."""
-        pages = self.length // page_size
-        sent = sum(self.counts)
-        if sent < pages or (self.ordered and self.next_page < pages):
+
+class _Block:
+    """One RAM block's page records. While every record takes up where the last left off (the
+    save of a paused guest), only the stored runs are kept, already as the block's Extents. Once
+    a page comes out of that order (a live save sending dirtied pages again), the records that
+    follow are logged in stream order, and each page's last copy is resolved at the end."""
+
+    def __init__(self, name: str, length: int, page_size: int):
+        self.name, self.length, self.page_size = name, length, page_size
+        self.stored = Extents(page_size)  # byte offsets within the block
+        self.next_page = 0  # pages [0, next_page) came in order, once each
+        self.later: _Records | None = None
+
+    def add(self, page: int, offset: int, stride: int, count: int = 1) -> None:
+        """``count`` pages from ``page``: zero pages (``offset`` ZERO_RUN) or stored ``stride`` apart."""
+        if self.later is None and page == self.next_page:
+            if offset != ZERO_RUN:
+                self.stored.add(page * self.page_size, count * self.page_size, offset, stride)
+            self.next_page += count
+            return
+        if self.later is None:
+            log.info(
+                "RAM block %s has pages out of order or sent again; the last copy of each counts", self.name
+            )
+            self.later = _Records()
+        self.later.add(page, offset, stride, count)
+
+    def resolve(self, path: Path) -> Extents:
+        """The stored pages (block byte offsets), each page's last copy. QEMU sends every page of
+        a block at least once (zero pages as a flag): a page never sent is an incomplete stream
+        or a block size that lies."""
+        pages = self.length // self.page_size
+        sent = self.next_page + (sum(self.later.counts) if self.later is not None else 0)
+        if sent < pages:  # checked before any table of pages is made
             raise MemoryFormatError(
                 f"RAM block {self.name!r} has {pages} pages but the stream holds {sent} page records: "
                 "the stream is incomplete",
                 path=str(path),
             )
-
-    def data_runs(self, page_size: int) -> Iterable[tuple[int, int, int, int]]:
-        """(byte offset in the block, length, file offset, stride) of the stored pages, ascending;
-        a page sent more than once keeps its last copy."""
-        if self.ordered:  # a generator: no list of tuples beside the arrays
-            return (
-                (self.pages[n] * page_size, self.counts[n] * page_size, self.offsets[n], self.strides[n])
-                for n in range(len(self.pages))
-                if self.offsets[n] != ZERO_RUN
+        if self.later is None:
+            return self.stored
+        where = self._last_copies(pages)
+        try:
+            missing = where.index(MISSING)
+        except ValueError:
+            pass
+        else:
+            raise MemoryFormatError(
+                f"page {missing} of RAM block {self.name!r} is not in the stream: the stream is incomplete",
+                path=str(path),
             )
-        log.info("RAM block %s has pages sent more than once; the last copy of each counts", self.name)
-        where = array("Q", [MISSING]) * (self.length // page_size)
-        for n in range(len(self.pages)):
-            for k in range(self.counts[n]):
-                offset = self.offsets[n]
-                where[self.pages[n] + k] = ZERO_RUN if offset == ZERO_RUN else offset + k * self.strides[n]
-        runs: list[tuple[int, int, int, int]] = []
+        return self._runs(where)
+
+    def _last_copies(self, pages: int) -> array:
+        """The file offset of every page's last copy (ZERO_RUN, or MISSING if never sent): 8 bytes
+        a page, built run by run in C; the stream-order records are released as it is built."""
+        size = self.page_size
+        where = array("Q", [ZERO_RUN]) * self.next_page  # the ordered prefix left no gaps
+        filler = array("Q", [MISSING]) * min(pages - self.next_page, 1 << 16)
+        while len(where) < pages:
+            where.extend(filler[: pages - len(where)])
+        prefix = self.stored
+        for n in range(len(prefix)):
+            first, count, stride = (
+                prefix.starts[n] // size,
+                prefix.lengths[n] // size,
+                prefix.strides[n] or size,
+            )
+            where[first : first + count] = array(
+                "Q", range(prefix.offsets[n], prefix.offsets[n] + count * stride, stride)
+            )
+        later = self.later
+        assert later is not None
+        self.stored, self.later = Extents(size), None
+        for n in range(len(later.pages)):
+            first, count, offset, stride = later.pages[n], later.counts[n], later.offsets[n], later.strides[n]
+            if offset == ZERO_RUN:
+                where[first : first + count] = array("Q", [ZERO_RUN]) * count
+            else:
+                where[first : first + count] = array("Q", range(offset, offset + count * stride, stride))
+        return where
+
+    def _runs(self, where: array) -> Extents:
+        size, stride = self.page_size, self.page_size + 8
+        runs = Extents(size)
+        run_page = run_offset = run_count = 0
         for page, offset in enumerate(where):
-            if offset == MISSING:
-                raise MemoryFormatError(f"page {page} of RAM block {self.name!r} is not in the stream")
             if offset == ZERO_RUN:
                 continue
-            if runs:
-                start, length, first, stride = runs[-1]
-                if start + length == page * page_size and first + (length // page_size) * stride == offset:
-                    runs[-1] = (start, length + page_size, first, stride)
-                    continue
-            runs.append((page * page_size, page_size, offset, page_size + 8))
+            if run_count and run_page + run_count == page and run_offset + run_count * stride == offset:
+                run_count += 1
+                continue
+            if run_count:
+                runs.add(run_page * size, run_count * size, run_offset, stride)
+            run_page, run_offset, run_count = page, offset, 1
+        if run_count:
+            runs.add(run_page * size, run_count * size, run_offset, stride)
         return runs
 
 
@@ -276,7 +327,7 @@ def _ram_records(
         word = r.u64()
         flags, offset = word & mask, word & ~mask
         if flags & qfmt.FLAG_MEM_SIZE:
-            _block_list(r, blocks, offset, facts, at)
+            _block_list(r, blocks, offset, facts, at, page_size)
             continue
         if flags & qfmt.FLAG_EOS:
             return current, last
@@ -409,7 +460,9 @@ def _unsupported(kind: int) -> str:
     return f"unknown RAM record flags 0x{kind:x}"
 
 
-def _block_list(r: _Reader, blocks: dict[str, _Block], total: int, facts: dict[str, Any], at: int) -> None:
+def _block_list(
+    r: _Reader, blocks: dict[str, _Block], total: int, facts: dict[str, Any], at: int, page_size: int
+) -> None:
     if blocks:
         raise r.fail("a second RAM block list", at)
     ignore_shared = "x-ignore-shared" in facts["capabilities"]
@@ -423,7 +476,7 @@ def _block_list(r: _Reader, blocks: dict[str, _Block], total: int, facts: dict[s
             raise r.fail(f"RAM block {name!r} of {length} bytes does not fit the list ({remaining} left)", at)
         if ignore_shared:
             r.u64()
-        blocks[name] = _Block(name, length)
+        blocks[name] = _Block(name, length, page_size)
         remaining -= length
 
 
@@ -475,21 +528,34 @@ def layout(
             path=str(path),
         )
     placed.sort(key=lambda p: p[0])
-    ranges, extents = [], Extents(page_size)
-    checked: set[str] = set()
-    for start, length, name, block, base in placed:
+    ranges: list[MemoryRange] = []
+    for start, length, name, _block, _base in placed:
         if ranges and start < ranges[-1].end:
             raise MemoryFormatError(f"RAM blocks overlap at 0x{start:x} ({name})", path=str(path))
         ranges.append(MemoryRange(start, length, name))
-        if block.name not in checked:
-            block.check_complete(page_size, path)
-            checked.add(block.name)
-        for run_start, run_length, offset, stride in block.data_runs(page_size):
-            lo, hi = max(run_start, base), min(run_start + run_length, base + length)
-            if lo < hi:
-                skip_pages = (lo - run_start) // page_size
-                extents.add(start + lo - base, hi - lo, offset + skip_pages * stride, stride)
-    return tuple(ranges), extents, unmapped
+    return tuple(ranges), _place(placed, path), unmapped
+
+
+def _place(placed: list[tuple[int, int, str, _Block, int]], path: Path) -> Extents:
+    """One Extents in guest-physical order, built in place: the block with the most runs (pc.ram)
+    keeps its rows, cut where its placements part and moved to their guest addresses; the other
+    blocks' few rows are inserted among them. No second copy of the index is ever made."""
+    stored = {}
+    for _start, _length, _name, block, _base in placed:
+        if block.name not in stored:
+            stored[block.name] = block.resolve(path)
+    main = max(stored, key=lambda name: len(stored[name]))
+    extents = stored[main]
+    pieces = sorted((base, start) for start, _length, _name, block, base in placed if block.name == main)
+    edges = [extents.split(base) for base, _start in pieces] + [len(extents)]
+    for (base, start), first, last in zip(pieces, edges, edges[1:], strict=False):
+        extents.move(
+            first, last, start - base
+        )  # bases ascend with guest starts (pc.ram: low, then above 4 GiB)
+    for start, _length, _name, block, base in placed:
+        if block.name != main:
+            extents.insert(stored[block.name], start - base)
+    return extents
 
 
 def open_qevm(
