@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,40 @@ def test_split_move_and_insert_keep_every_byte_where_it_was_said_to_go(tmp_path:
     with pytest.raises(MemoryFormatError, match="stored twice"):
         extents.insert(other, 2 * PAGE)
     assert len(extents) == 3  # a refused insertion changes nothing
+
+
+def test_overlay_in_place_equals_laying_each_page_over_a_page_table() -> None:
+    """Runs that each cut a row in three (the most rows a run can add), zero runs that erase,
+    and a stored run past the last row: the rows in place must hold what a page table says."""
+    rng = random.Random(5)
+    extents, pages = Extents(), {}
+    for n in range(0, 4000, 4):  # rows of 3 pages, one page apart
+        extents.add(n * PAGE, 3 * PAGE, n * STRIDE, STRIDE)
+        pages.update({n + k: (n + k) * STRIDE for k in range(3)})
+    runs, at = [], 0
+    while at < 4100:
+        at += rng.randint(1, 6)
+        count = rng.randint(1, 2)
+        offset = None if rng.random() < 0.3 else 10**9 + at * STRIDE
+        runs.append((at * PAGE, count * PAGE, offset, STRIDE))
+        for k in range(count):
+            pages.pop(at + k, None)
+            if offset is not None:
+                pages[at + k] = offset + k * STRIDE
+        at += count
+    extents.overlay(iter(runs), len(runs))
+    seen = {}
+    for n in range(len(extents)):
+        assert n == 0 or extents.starts[n] >= extents.starts[n - 1] + extents.lengths[n - 1]
+        for k in range(extents.lengths[n] // PAGE):
+            seen[extents.starts[n] // PAGE + k] = extents.offsets[n] + k * extents.strides[n]
+    assert seen == pages
+
+
+def test_overlay_runs_past_the_last_row_grow_the_columns() -> None:
+    extents = Extents()
+    extents.add(0, PAGE, 0, STRIDE)
+    runs = [(n * 2 * PAGE, PAGE, n * STRIDE, STRIDE) for n in range(1, 101)]
+    extents.overlay(iter(runs), len(runs))
+    assert list(extents.starts) == [n * 2 * PAGE for n in range(101)]
+    assert list(extents.offsets) == [n * STRIDE for n in range(101)]

@@ -118,6 +118,32 @@ class _Records:
         self.offsets.append(offset)
         self.strides.append(stride)
 
+    def sweeps(self, most: int) -> list[tuple[int, int]] | None:
+        """(first, last) run of each ascending sweep over the block (QEMU sends dirtied pages in
+        sweeps of ascending page numbers), or None if there are more than ``most``."""
+        found, first = [], 0
+        for n in range(1, len(self.pages)):
+            if self.pages[n] < self.pages[n - 1] + self.counts[n - 1]:
+                found.append((first, n))
+                first = n
+                if len(found) >= most:
+                    return None
+        return [*found, (first, len(self.pages))]
+
+
+def _overlay(base: Extents, later: _Records, first: int, last: int, size: int) -> None:
+    """Lay the ascending runs ``first`` to ``last`` of ``later`` (those pages' last copies) over ``base``."""
+    runs = (
+        (
+            later.pages[n] * size,
+            later.counts[n] * size,
+            None if later.offsets[n] == ZERO_RUN else later.offsets[n],
+            later.strides[n],
+        )
+        for n in range(first, last)
+    )
+    base.overlay(runs, last - first)
+
 
 class _Block:
     """One RAM block's page records. While every record takes up where the last left off (the
@@ -158,6 +184,15 @@ class _Block:
                 path=str(path),
             )
         if self.later is None:
+            return self.stored
+        # Each sweep laid over the first visits every row once; while that costs no more visits
+        # than a table of the pages would (sweeps x rows <= pages), it spares the table's memory.
+        rows = len(self.stored) + len(self.later.pages)
+        sweeps = self.later.sweeps(pages // rows) if self.next_page == pages else None
+        if sweeps:
+            for first, last in sweeps:
+                _overlay(self.stored, self.later, first, last, self.page_size)
+            self.later = None
             return self.stored
         where = self._last_copies(pages)
         try:
