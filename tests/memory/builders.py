@@ -131,3 +131,13 @@ def subsection(name: str, body: bytes, version: int = 1) -> bytes:
 def capabilities(*names: str) -> bytes:
     body = struct.pack(">I", len(names)) + b"".join(bytes([len(n)]) + n.encode() for n in names)
     return subsection("configuration/capabilities", body)
+
+
+def live_qevm() -> bytes:
+    """A live save: every page of pc.ram and pc.bios once in order, then two sweeps that send a
+    few pages again (the stream a running guest's save writes)."""
+    first = [("pc.ram", n * PAGE, b"S" * PAGE if n in (0, 2, 5) else None) for n in range(64)]
+    first += [("pc.bios", n * PAGE, None) for n in range(4)]
+    again = [("pc.ram", PAGE, b"1" * PAGE), ("pc.ram", 2 * PAGE, None), ("pc.ram", 40 * PAGE, b"4" * PAGE)]
+    records = first + again + [("pc.ram", 0, None)]
+    return qevm([("pc.ram", 64 * PAGE), ("pc.bios", 4 * PAGE)], records, complete=False)
