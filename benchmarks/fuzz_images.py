@@ -8,7 +8,7 @@ builders (VMDK sparse, streamOptimized, twoGbMaxExtentSparse, monolithicFlat, CO
 qcow2 v2, v3 zlib, zstd, extended L2, backing; VHD fixed, dynamic, differencing; VHDX dynamic,
 differencing, dirty log; VDI normal and differencing; QED with and without backing; Parallels
 image and .hdd bundle; qcow1 plain and compressed; ASIF; VMware .vmss + .vmem and old .vmsn, QEMU
-migration stream (paused and live), libvirt save, ELF core, LiME, Hyper-V .vmrs). Each case copies one seed, applies one mutation
+migration stream (paused, live and mapped-ram), libvirt save, ELF core, LiME, Hyper-V .vmrs). Each case copies one seed, applies one mutation
 (bit flips, a field set to an extreme, a truncation, a splice, a descriptor token replaced) and,
 usually, fixes the checksums that cover what changed (VHD footer/dynamic header, VHDX CRC-32C),
 then writes its files into a fresh folder on tmpfs and opens, describes, walks the extents and
@@ -266,6 +266,11 @@ def _memory_seeds(work: Path, add) -> None:
     add("memory-qevm", work / "vm.qevm", memory=True)
     (work / "live.qevm").write_bytes(builders.live_qevm())
     add("memory-qevm-live", work / "live.qevm", memory=True)
+    mapped = builders.mapped_ram_qevm(
+        [("pc.ram", 64 * page), ("pc.bios", 4 * page)], {("pc.ram", 1): bytes([7]) * page}
+    )
+    (work / "mapped.qevm").write_bytes(mapped)
+    add("memory-qevm-mapped-ram", work / "mapped.qevm", memory=True)
     xml = b"<domain><name>d</name><vcpu>1</vcpu><memory unit='KiB'>256</memory><os><type machine='pc-i440fx-7.2'>hvm</type></os></domain>\0"
     (work / "vm.save").write_bytes(HEADER.pack(MAGIC, 2, len(xml), 1, 0, 0, *([0] * 14)) + xml + stream)
     add("memory-libvirt-save", work / "vm.save", memory=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 PAGE = 4096
 HEADER = struct.Struct("<4sII")
@@ -141,3 +141,46 @@ def live_qevm() -> bytes:
     again = [("pc.ram", PAGE, b"1" * PAGE), ("pc.ram", 2 * PAGE, None), ("pc.ram", 40 * PAGE, b"4" * PAGE)]
     records = first + again + [("pc.ram", 0, None)]
     return qevm([("pc.ram", 64 * PAGE), ("pc.bios", 4 * PAGE)], records, complete=False)
+
+
+def mapped_ram_qevm(
+    blocks: Sequence[tuple[str, int]],
+    pages: dict[tuple[str, int], bytes],
+    *,
+    stale: dict[tuple[str, int], bytes] | None = None,
+    machine: str = "pc-i440fx-7.2",
+    header: Callable[[int, int, int], tuple[int, int, int, int]] | None = None,
+) -> bytes:
+    """A mapped-ram stream (QEMU 9.0+ ``file:`` migration, migration/ram.c): each block-list entry
+    is followed by its MappedRamHeader; page n lies at pages_offset + n * PAGE, the bitmap says
+    which are in the file. ``pages`` maps (block, page number) to the page's bytes; ``stale``
+    pages are in the file but cleared in the bitmap (zeroed in a later pass). ``header`` may
+    replace (version, page size, bitmap offset, pages offset) from (bitmap, pages, length)."""
+    out = bytearray(b"QEVM" + struct.pack(">I", 3))
+    out += b"\x07" + struct.pack(">I", len(machine)) + machine.encode() + capabilities("mapped-ram")
+    out += b"\x01" + struct.pack(">I", 2) + bytes([3]) + b"ram" + struct.pack(">II", 0, 4)
+    out += struct.pack(">Q", sum(length for _, length in blocks) | MEM_SIZE)
+    bitmaps = []
+    for name, length in blocks:
+        out += bytes([len(name)]) + name.encode() + struct.pack(">Q", length)
+        count = length // PAGE
+        bitmap_at = len(out) + 28
+        pages_at = -(-(bitmap_at + -(-count // 64) * 8) // (1 << 20)) * (1 << 20)
+        fields = (1, PAGE, bitmap_at, pages_at) if header is None else header(bitmap_at, pages_at, length)
+        out += struct.pack(">IQQQ", *fields)
+        out += bytes(pages_at + length - len(out))
+        bits = bytearray(-(-count // 64) * 8)
+        for (block, number), data in {**(stale or {}), **pages}.items():
+            if block == name:
+                out[pages_at + number * PAGE : pages_at + (number + 1) * PAGE] = data
+        for block, number in pages:
+            if block == name:
+                bits[number // 8] |= 1 << number % 8
+        bitmaps.append((bitmap_at, bytes(bits)))
+    out += struct.pack(">Q", EOS) + b"\x7e" + struct.pack(">I", 2)
+    out += b"\x02" + struct.pack(">I", 2) + struct.pack(">Q", 0x200) + struct.pack(">Q", EOS)
+    out += b"\x7e" + struct.pack(">I", 2)
+    out += b"\x03" + struct.pack(">I", 2) + struct.pack(">Q", EOS) + b"\x7e" + struct.pack(">I", 2) + b"\x00"
+    for at, bits in bitmaps:  # written last, as ram_save_complete does
+        out[at : at + len(bits)] = bits
+    return bytes(out)

@@ -84,6 +84,10 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[Seed]:
     )
     live = b.live_qevm()
     made.append(Seed("live.qevm", live, [(len(live) - 4 * (PAGE + 8) - 100, 4 * (PAGE + 8) + 80)]))
+    mapped = b.mapped_ram_qevm(
+        [("pc.ram", 64 * PAGE), ("pc.bios", 4 * PAGE)], {("pc.ram", 1): bytes([7]) * PAGE}
+    )
+    made.append(Seed("mapped.qevm", mapped, [(0, 200), (len(mapped) - 200, 200)]))
     return made
 
 
@@ -111,7 +115,7 @@ mutation = st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(1
     deadline=10000,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(seed=st.integers(0, 7), mutations=st.lists(mutation, min_size=1, max_size=6))
+@given(seed=st.integers(0, 8), mutations=st.lists(mutation, min_size=1, max_size=6))
 def test_mutated_saved_states_raise_only_memory_format_errors(
     seeds: list[Seed], tmp_path: Path, seed: int, mutations: list[tuple[int, int, int]]
 ) -> None:

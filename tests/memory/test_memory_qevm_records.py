@@ -1,6 +1,7 @@
 """QEVM streams built to the letter of QEMU's migration/savevm.c and ram.c for the cases this
 QEMU does not write on its own: configuration subsections (newer QEMU), pages sent twice, and
-record kinds that are refused rather than guessed (XBZRLE, compressed pages, mapped-ram)."""
+record kinds that are refused rather than guessed (XBZRLE, compressed pages), and mapped-ram
+streams (QEMU 9.0+; this QEMU 7.2 cannot write them, so they are built from ram.c's layout)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_unknown_configuration_subsection_is_refused_with_its_offset(tmp_path: P
     assert raised.value.offset == 8 + 1 + 4 + len("pc-i440fx-7.2")
 
 
-@pytest.mark.parametrize("capability", ["mapped-ram", "multifd", "xbzrle", "postcopy-ram", "compress"])
+@pytest.mark.parametrize("capability", ["multifd", "xbzrle", "postcopy-ram", "compress"])
 def test_capabilities_that_move_ram_elsewhere_are_refused(tmp_path: Path, capability: str) -> None:
     stream = b.qevm([("pc.ram", MiB)], [], subsections=b.capabilities(capability))
     with pytest.raises(MemoryFormatError, match=f"capability {capability}"):
@@ -284,3 +285,51 @@ def test_zero_page_with_a_fill_byte_deep_in_a_long_zero_run_is_refused_at_its_of
     with pytest.raises(MemoryFormatError, match="filled with 0x5a") as raised:
         open_memory(write(tmp_path, bytes(stream)))
     assert raised.value.offset == fill - 8
+
+
+MAPPED = [("pc.ram", 1000 * PAGE), ("pc.bios", 64 * PAGE)]
+
+
+def test_a_mapped_ram_stream_reads_each_page_from_its_place_in_the_file(tmp_path: Path) -> None:
+    """Pages at either side of a bitmap word, the last page of a block whose bitmap ends inside
+    a word, pc.bios just below 4 GiB; a stale page (in the file, cleared in the bitmap) reads zero."""
+    pages = {("pc.ram", n): page(bytes([n % 250 + 1])) for n in (0, 63, 64, 65, 999)}
+    pages[("pc.bios", 63)] = page(b"B")
+    stream = b.mapped_ram_qevm(MAPPED, pages, stale={("pc.ram", 5): page(b"X")})
+    with open_memory(write(tmp_path, stream)) as memory:
+        assert memory.ranges() == ((0, 1000 * PAGE), ((4 << 30) - 64 * PAGE, 64 * PAGE))
+        for (block, number), data in pages.items():
+            address = number * PAGE if block == "pc.ram" else (4 << 30) - 64 * PAGE + number * PAGE
+            assert memory.read(address, PAGE) == data, (block, number)
+        assert memory.read(5 * PAGE, PAGE) == bytes(PAGE)
+        assert memory.extents.stored == 6 * PAGE
+        assert len(memory.extents) == 4  # pages 63-65 are one run across the word boundary
+        assert memory.info().details["capabilities"] == ["mapped-ram"]
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (lambda bitmap, pages, length: (2, PAGE, bitmap, pages), "header version 2"),
+        (lambda bitmap, pages, length: (1, 2 * PAGE, bitmap, pages), "pages of 8192 bytes"),
+        (lambda bitmap, pages, length: (1, PAGE, 0, 0), "not in the file"),
+        (lambda bitmap, pages, length: (1, PAGE, bitmap, pages - (1 << 20)), "do not fit"),
+        (lambda bitmap, pages, length: (1, PAGE, bitmap, pages + (1 << 40)), "do not fit"),
+        (lambda bitmap, pages, length: (1, PAGE, bitmap - 64, pages), "do not fit"),
+    ],
+)
+def test_a_mapped_ram_header_that_does_not_hold_is_refused_with_its_offset(
+    tmp_path: Path, header, reason: str
+) -> None:
+    stream = b.mapped_ram_qevm(MAPPED, {("pc.ram", 0): page(b"a")}, header=header)
+    with pytest.raises(MemoryFormatError, match=reason) as raised:
+        open_memory(write(tmp_path, stream))
+    assert raised.value.offset == stream.index(b"\x06pc.ram") + 7 + 8
+
+
+def test_a_page_record_for_a_mapped_ram_block_is_refused(tmp_path: Path) -> None:
+    stream = b.mapped_ram_qevm(MAPPED, {("pc.ram", 0): page(b"a")})
+    flush = b"\x02" + struct.pack(">IQ", 2, 0x200)
+    record = b"\x02" + struct.pack(">IQ", 2, b.PAGE_FLAG) + b"\x06pc.ram" + page(b"r")
+    with pytest.raises(MemoryFormatError, match=r"page record for mapped-ram block 'pc\.ram'"):
+        open_memory(write(tmp_path, stream.replace(flush, record)))

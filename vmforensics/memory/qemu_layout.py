@@ -8,6 +8,7 @@ section id), VMDESCRIPTION (u32 length + JSON), EOF. RAM travels in the "ram" se
 START/PART/END contents as records: a u64 whose low page bits are RAM_SAVE flags and whose rest
 is the page's offset in its RAM block; unless CONTINUE, a u8 length + block name follows; then a
 fill byte (ZERO), a page (PAGE), or nothing (EOS, MULTIFD_FLUSH). MEM_SIZE opens the block list.
+With mapped-ram the pages are not records but lie at fixed places in the file (below).
 """
 
 from __future__ import annotations
@@ -45,12 +46,20 @@ U64 = struct.Struct(">Q")
 
 #: Capabilities that put RAM somewhere this reader does not follow, or change the block list.
 UNSUPPORTED_CAPABILITIES = {
-    "mapped-ram": "mapped-ram streams (pages at fixed file offsets) are not supported",
-    "multifd": "multifd streams carry pages on other channels",
+    "multifd": "multifd streams carry pages on other channels (unless mapped-ram puts them in the file)",
     "postcopy-ram": "postcopy streams add page sizes to the block list only for some blocks",
     "xbzrle": "XBZRLE delta pages cannot be decoded without the previous page",
     "compress": "compressed pages (the compress capability) are not supported",
 }
+
+#: mapped-ram (QEMU 9.0+, ``file:`` migrations): after each block-list entry, a packed header
+#: (u32 version 1, u64 page size, u64 bitmap offset, u64 pages offset; absolute file offsets).
+#: Page n of the block lies at pages offset + n * page size; the bitmap, one bit a page in the
+#: host's unsigned-long words (read as little-endian: x86-64, aarch64), says which pages are in
+#: the file, the others being zero. The stream goes on at pages offset + block length.
+MAPPED_RAM_HEADER = struct.Struct(">IQQQ")
+MAPPED_RAM_VERSION = 1
+MAPPED_RAM_ALIGNMENT = 1 << 20
 
 MAX_BLOCKS = 4096
 MAX_BLOCK_SIZE = 1 << 50

@@ -156,6 +156,38 @@ class _Block:
         self.stored = Extents(page_size)  # byte offsets within the block
         self.next_page = 0  # pages [0, next_page) came in order, once each
         self.later: _Records | None = None
+        self.mapped: tuple[int, int] | None = None  # mapped-ram: (bitmap offset, pages offset)
+
+    def read_bitmap(self, fd: int, path: Path) -> None:
+        """A mapped-ram block's pages: one run a stretch of set bits, read a window at a time."""
+        assert self.mapped is not None
+        bitmap, first = self.mapped
+        size, pages = self.page_size, self.length // self.page_size
+        words = -(-pages // 64)
+        for at in range(0, words, WINDOW // 8):
+            take = min(WINDOW // 8, words - at)
+            data = os.pread(fd, take * 8, bitmap + at * 8)
+            if len(data) != take * 8:
+                raise MemoryFormatError(
+                    f"the file ends inside the mapped-ram bitmap of block {self.name!r}",
+                    offset=bitmap + at * 8 + len(data),
+                    path=str(path),
+                )
+            column = array("Q", data)
+            if sys.byteorder == "big":
+                column.byteswap()
+            for index, word in enumerate(column, at):
+                page = index * 64
+                if index == words - 1 and pages % 64:
+                    word &= (1 << pages % 64) - 1  # bits past the last page
+                while word:
+                    low = (word & -word).bit_length() - 1
+                    ones = (~(word >> low) & ((word >> low) + 1)).bit_length() - 1
+                    start = (page + low) * size
+                    self.stored.add(start, ones * size, first + start)
+                    word >>= low + ones
+                    page += low + ones
+        self.next_page = pages
 
     def add(self, page: int, offset: int, stride: int, count: int = 1) -> None:
         """``count`` pages from ``page``: zero pages (``offset`` ZERO_RUN) or stored ``stride`` apart."""
@@ -309,6 +341,9 @@ def parse_stream(
         _footer(r)
     if not blocks:
         raise r.fail("the stream holds no RAM section")
+    for block in blocks.values():
+        if block.mapped is not None:
+            block.read_bitmap(fd, path)
     facts["ram_end"] = r.pos
     facts.update(_description(fd, r.pos, end))
     return blocks, facts, page_size
@@ -337,6 +372,8 @@ def _configuration_subsections(r: _Reader, facts: dict[str, Any], page_size: int
                 raise r.fail(f"{count} capabilities", at)
             facts["capabilities"] = [r.string() for _ in range(count)]
             for capability in facts["capabilities"]:
+                if capability == "multifd" and "mapped-ram" in facts["capabilities"]:
+                    continue
                 if capability in qfmt.UNSUPPORTED_CAPABILITIES:
                     raise r.fail(f"capability {capability}: {qfmt.UNSUPPORTED_CAPABILITIES[capability]}", at)
         elif name == "configuration/uuid":
@@ -378,6 +415,10 @@ def _ram_records(
                 raise r.fail(f"page for RAM block {name!r}, which the block list does not name", at)
         elif current is None:
             raise r.fail("a CONTINUE page record before any block was named", at)
+        if current.mapped is not None:
+            raise r.fail(
+                f"a page record for mapped-ram block {current.name!r}, whose pages lie in the file", at
+            )
         if offset + page_size > current.length:
             raise r.fail(
                 f"page at 0x{offset:x} lies beyond block {current.name!r} ({current.length} bytes)", at
@@ -501,6 +542,7 @@ def _block_list(
     if blocks:
         raise r.fail("a second RAM block list", at)
     ignore_shared = "x-ignore-shared" in facts["capabilities"]
+    mapped = "mapped-ram" in facts["capabilities"]
     remaining = total
     while remaining:
         if len(blocks) >= qfmt.MAX_BLOCKS:
@@ -512,7 +554,35 @@ def _block_list(
         if ignore_shared:
             r.u64()
         blocks[name] = _Block(name, length, page_size)
+        if mapped:
+            blocks[name].mapped = _mapped_ram_header(r, name, length, page_size)
         remaining -= length
+
+
+def _mapped_ram_header(r: _Reader, name: str, length: int, page_size: int) -> tuple[int, int]:
+    """(bitmap offset, pages offset) of a mapped-ram block, checked; the stream goes on after the pages."""
+    at = r.pos
+    version, size, bitmap, pages = qfmt.MAPPED_RAM_HEADER.unpack(r.take(qfmt.MAPPED_RAM_HEADER.size))
+    if version != qfmt.MAPPED_RAM_VERSION:
+        raise r.fail(f"mapped-ram header version {version} of block {name!r} (only 1 is known)", at)
+    if size != page_size:
+        raise r.fail(f"mapped-ram block {name!r} has pages of {size} bytes, the stream {page_size}", at)
+    if bitmap == pages == 0:
+        raise r.fail(f"RAM block {name!r} is not in the file (shared memory left out, x-ignore-shared)", at)
+    bitmap_size = -(-length // page_size // 64) * 8
+    if (
+        bitmap < r.pos
+        or pages % qfmt.MAPPED_RAM_ALIGNMENT
+        or bitmap + bitmap_size > pages
+        or pages + length > r.end
+    ):
+        raise r.fail(
+            f"mapped-ram block {name!r}: bitmap at 0x{bitmap:x} and pages at 0x{pages:x} do not fit "
+            f"the stream (block of {length} bytes, stream ends at 0x{r.end:x})",
+            at,
+        )
+    r.pos = pages + length
+    return bitmap, pages
 
 
 def _description(fd: int, start: int, end: int) -> dict[str, Any]:
