@@ -163,65 +163,26 @@ class Extents:
 
     def overlay(self, runs: Iterable[tuple[int, int, int | None, int]], count: int) -> None:
         """Lay ``count`` ascending, non-overlapping ``runs`` (start, length, offset or None for
-        zeros, stride) over these rows, in place: what they cover now reads as they say.
-
-        Merged rows are written from the front while the rows still to read wait further on;
-        a run adds two rows at most (the rest of a row it cuts, and itself), and when the writing
-        catches up the unread rows move on (a memmove), by a room that doubles each time."""
-        self.read, self.end, self.written = 0, len(self), 0
-        self._make_room(count // 8 + 16)
-        row = self._take()
+        zeros, stride) over these rows, in place: what they cover now reads as they say."""
+        rows = _Rewrite(self, count // 8 + 16)
+        row = rows.take()
         for low, length, offset, stride in runs:
             high = low + length
             while row is not None and row[0] < high:
                 start, run, first, step = row
                 if start < low:
-                    self._put(start, min(start + run, low) - start, first, step)
+                    rows.put(start, min(start + run, low) - start, first, step)
                 if start + run > high:  # the rest of this row lies beyond the run
                     cut = high - start
                     row = (high, run - cut, first + (cut // self.page_size * step if step else cut), step)
                     break
-                row = self._take()
+                row = rows.take()
             if offset is not None:
-                self._put(low, length, offset, stride)
+                rows.put(low, length, offset, stride)
         while row is not None:
-            self._put(*row)
-            row = self._take()
-        for column in (self.starts, self.lengths, self.offsets, self.strides):
-            del column[self.written :]
-        del self.read, self.end, self.written
-
-    def _make_room(self, more: int) -> None:
-        """Move the unread rows ``more`` places on (the columns grow by as many)."""
-        for column in (self.starts, self.lengths, self.offsets, self.strides):
-            column.extend(array(column.typecode, [0]) * more)
-            with memoryview(column) as view:
-                view[self.read + more : self.end + more] = view[self.read : self.end]
-        self.read, self.end = self.read + more, self.end + more
-
-    def _take(self) -> tuple[int, int, int, int] | None:
-        at = self.read
-        if at == self.end:
-            return None
-        self.read = at + 1
-        return self.starts[at], self.lengths[at], self.offsets[at], self.strides[at]
-
-    def _put(self, start: int, length: int, offset: int, stride: int) -> None:
-        at = self.written
-        if at:
-            last = at - 1
-            if (
-                self.starts[last] + self.lengths[last] == start
-                and self.strides[last] == stride
-                and self.lengths[last] + length <= MAX_RUN
-                and offset == self._offset_within(last, self.lengths[last])
-            ):
-                self.lengths[last] += length
-                return
-        if at == self.read:  # the next row to read (or the columns' end) is reached
-            self._make_room(max(16, self.written // 8))
-        self.starts[at], self.lengths[at], self.offsets[at], self.strides[at] = start, length, offset, stride
-        self.written = at + 1
+            rows.put(*row)
+            row = rows.take()
+        rows.finish()
 
     def insert(self, other: Extents, delta: int) -> None:
         """Put the runs of ``other``, ``delta`` bytes on, among these (they must not overlap any)."""
@@ -237,6 +198,59 @@ class Extents:
         self.lengths[index:index] = other.lengths
         self.offsets[index:index] = other.offsets
         self.strides[index:index] = other.strides
+
+
+class _Rewrite:
+    """Rows of an Extents rewritten in place: new rows are written from the front while the rows
+    still to read wait further on. A run laid over them adds two rows at most (the rest of a row
+    it cuts, and itself); when the writing catches up, the unread rows move on (one memmove) by
+    a room that grows with what was written, so the index never needs a second copy."""
+
+    def __init__(self, extents: Extents, room: int) -> None:
+        self.extents = extents
+        self.columns = (extents.starts, extents.lengths, extents.offsets, extents.strides)
+        self.read, self.end, self.written = 0, len(extents), 0
+        self.make_room(room)
+
+    def make_room(self, more: int) -> None:
+        """Move the unread rows ``more`` places on (the columns grow by as many)."""
+        for column in self.columns:
+            column.extend(array(column.typecode, [0]) * more)
+            with memoryview(column) as view:
+                view[self.read + more : self.end + more] = view[self.read : self.end]
+        self.read, self.end = self.read + more, self.end + more
+
+    def take(self) -> tuple[int, int, int, int] | None:
+        """The next row to read, or None after the last."""
+        at = self.read
+        if at == self.end:
+            return None
+        self.read = at + 1
+        starts, lengths, offsets, strides = self.columns
+        return starts[at], lengths[at], offsets[at], strides[at]
+
+    def put(self, start: int, length: int, offset: int, stride: int) -> None:
+        """Write a row after the last one written, continuing it when it can."""
+        ext, at = self.extents, self.written
+        if at:
+            last = at - 1
+            if (
+                ext.starts[last] + ext.lengths[last] == start
+                and ext.strides[last] == stride
+                and ext.lengths[last] + length <= MAX_RUN
+                and offset == ext._offset_within(last, ext.lengths[last])
+            ):
+                ext.lengths[last] += length
+                return
+        if at == self.read:  # the next row to read (or the columns' end) is reached
+            self.make_room(max(16, at // 8))
+        ext.starts[at], ext.lengths[at], ext.offsets[at], ext.strides[at] = start, length, offset, stride
+        self.written = at + 1
+
+    def finish(self) -> None:
+        """Drop what lies past the last row written."""
+        for column in self.columns:
+            del column[self.written :]
 
 
 @attrs.define
