@@ -11,11 +11,11 @@ import json
 import os
 import stat
 import struct
-import threading
 from pathlib import Path
 
 import pytest
 
+from tests.deadline import within
 from tests.images.conftest import qemu_img, qemu_io
 from tests.images.vhdx_builders import crc32c_into, gbytes
 from tests.images.vmdk_builders import write_descriptor
@@ -42,23 +42,6 @@ def qcow2_backed_by(image: Path, backing: str, fmt: str = "raw") -> Path:
     qemu_img("create", "-f", "qcow2", image, "1M")
     qemu_img("rebase", "-u", "-b", backing, "-F", fmt, "-f", "qcow2", image)
     return image
-
-
-def in_thread(action, timeout: float = 20):
-    """Run ``action`` in a thread; fail if it has not finished in ``timeout`` seconds (a hang)."""
-    outcome: list[object] = []
-
-    def run() -> None:
-        try:
-            outcome.append(action())
-        except BaseException as exc:
-            outcome.append(exc)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    assert not worker.is_alive(), "open_image blocked"
-    return outcome[0]
 
 
 def test_qcow2_backing_file_dot_dot_into_the_examiners_files_is_refused_naming_it(case) -> None:
@@ -134,14 +117,14 @@ def test_a_fifo_named_as_an_extent_is_refused_without_blocking(case) -> None:
     desc = write_descriptor(
         case["vm"] / "disk.vmdk", ['RW 2048 FLAT "disk-flat.vmdk" 0'], create_type="monolithicFlat"
     )
-    outcome = in_thread(lambda: open_image(desc))
-    assert isinstance(outcome, ImageFormatError) and "FIFO" in str(outcome), outcome
+    with pytest.raises(ImageFormatError, match="FIFO"):
+        within(20, lambda: open_image(desc), "open_image blocked")
 
 
 def test_a_fifo_opened_as_the_image_itself_is_refused_without_blocking(case) -> None:
     os.mkfifo(case["vm"] / "disk.qcow2")
-    outcome = in_thread(lambda: open_image(case["vm"] / "disk.qcow2"))
-    assert isinstance(outcome, ImageFormatError) and "FIFO" in str(outcome), outcome
+    with pytest.raises(ImageFormatError, match="FIFO"):
+        within(20, lambda: open_image(case["vm"] / "disk.qcow2"), "open_image blocked")
 
 
 def test_a_character_device_named_as_an_extent_is_refused_and_never_read(case) -> None:
