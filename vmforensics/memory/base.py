@@ -101,7 +101,7 @@ class Extents:
         while length > MAX_RUN:
             self.add(start, MAX_RUN, offset, stride)
             start, length = start + MAX_RUN, length - MAX_RUN
-            offset += MAX_RUN // self.page_size * stride if stride else MAX_RUN
+            offset = self._file_offset(offset, stride, MAX_RUN)
         if length <= 0:
             return
         if self.starts:
@@ -109,12 +109,7 @@ class Extents:
             end = self.starts[last] + self.lengths[last]
             if start < end:
                 raise MemoryFormatError(f"guest-physical 0x{start:x} is stored twice", offset=offset)
-            if (
-                start == end
-                and stride == self.strides[last]
-                and self.lengths[last] + length <= MAX_RUN
-                and offset == self._offset_within(last, self.lengths[last])
-            ):
+            if self._continues(last, start, length, offset, stride):
                 self.lengths[last] += length
                 return
         self.starts.append(start)
@@ -122,10 +117,19 @@ class Extents:
         self.offsets.append(offset)
         self.strides.append(stride)
 
-    def _offset_within(self, index: int, within: int) -> int:
-        """The file offset of byte ``within`` run ``index`` (``within`` on a page boundary if strided)."""
-        stride = self.strides[index]
-        return self.offsets[index] + (within // self.page_size * stride if stride else within)
+    def _file_offset(self, offset: int, stride: int, within: int) -> int:
+        """The file offset of byte ``within`` a run stored from ``offset`` (``within`` on a page
+        boundary if the run is strided)."""
+        return offset + (within // self.page_size * stride if stride else within)
+
+    def _continues(self, index: int, start: int, length: int, offset: int, stride: int) -> bool:
+        """Whether the run (start, length, offset, stride) carries row ``index`` on, in one row."""
+        return (
+            start == self.starts[index] + self.lengths[index]
+            and stride == self.strides[index]
+            and self.lengths[index] + length <= MAX_RUN
+            and offset == self._file_offset(self.offsets[index], stride, self.lengths[index])
+        )
 
     @property
     def stored(self) -> int:
@@ -150,7 +154,7 @@ class Extents:
         within = address - start
         self.starts.insert(index + 1, address)
         self.lengths.insert(index + 1, length - within)
-        self.offsets.insert(index + 1, self._offset_within(index, within))
+        self.offsets.insert(index + 1, self._file_offset(self.offsets[index], self.strides[index], within))
         self.strides.insert(index + 1, self.strides[index])
         self.lengths[index] = within
         return index + 1
@@ -174,7 +178,7 @@ class Extents:
                     rows.put(start, min(start + run, low) - start, first, step)
                 if start + run > high:  # the rest of this row lies beyond the run
                     cut = high - start
-                    row = (high, run - cut, first + (cut // self.page_size * step if step else cut), step)
+                    row = (high, run - cut, self._file_offset(first, step, cut), step)
                     break
                 row = rows.take()
             if offset is not None:
@@ -232,16 +236,9 @@ class _Rewrite:
     def put(self, start: int, length: int, offset: int, stride: int) -> None:
         """Write a row after the last one written, continuing it when it can."""
         ext, at = self.extents, self.written
-        if at:
-            last = at - 1
-            if (
-                ext.starts[last] + ext.lengths[last] == start
-                and ext.strides[last] == stride
-                and ext.lengths[last] + length <= MAX_RUN
-                and offset == ext._offset_within(last, ext.lengths[last])
-            ):
-                ext.lengths[last] += length
-                return
+        if at and ext._continues(at - 1, start, length, offset, stride):
+            ext.lengths[at - 1] += length
+            return
         if at == self.read:  # the next row to read (or the columns' end) is reached
             self.make_room(max(16, at // 8))
         ext.starts[at], ext.lengths[at], ext.offsets[at], ext.strides[at] = start, length, offset, stride

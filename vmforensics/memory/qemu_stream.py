@@ -653,10 +653,9 @@ def _place(placed: list[tuple[int, int, str, _Block, int]], path: Path) -> Exten
     extents = stored[main]
     pieces = sorted((base, start) for start, _length, _name, block, base in placed if block.name == main)
     edges = [extents.split(base) for base, _start in pieces] + [len(extents)]
+    # The bases ascend with the guest starts (pc.ram: below the PCI hole, then above 4 GiB).
     for (base, start), first, last in zip(pieces, edges, edges[1:], strict=False):
-        extents.move(
-            first, last, start - base
-        )  # bases ascend with guest starts (pc.ram: low, then above 4 GiB)
+        extents.move(first, last, start - base)
     for start, _length, _name, block, base in placed:
         if block.name != main:
             extents.insert(stored[block.name], start - base)
